@@ -1,0 +1,182 @@
+"""The composition root: settings → registry → executors → services → ASGI app or worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferd.core.errors import ConfigError
+from inferd.core.executor import DeviceExecutor
+from inferd.core.prediction import PredictionService
+from inferd.core.registry import ModelRegistry
+from inferd.core.settings import Settings, parse_rate
+from inferd.core.tenancy import KeyRing, RateLimiter
+from inferd.http.access_log import AccessLog
+from inferd.http.app import create_fastapi_app
+from inferd.http.asgi import InferdASGI
+from inferd.http.predict import Gatekeeper, PredictHandler
+from inferd.metrics import InferdMetrics, UnknownModelLabels
+from inferd.runtimes.factory import build_pipeline
+
+logger = logging.getLogger("inferd")
+
+
+class DeviceMetrics:
+    """Adapts the executor's accounting to the labelled Prometheus children of one device."""
+
+    def __init__(self, metrics: InferdMetrics, device: str) -> None:
+        self._inflight = metrics.executor_inflight.labels(device)
+        self._queued = metrics.executor_queued.labels(device)
+        self._timeouts = metrics.executor_timeouts.labels(device)
+
+    def inflight_add(self, amount: int) -> None:
+        self._inflight.inc(amount)
+
+    def queued_add(self, amount: int) -> None:
+        self._queued.inc(amount)
+
+    def timeout(self) -> None:
+        self._timeouts.inc()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_keyring(settings: Settings) -> KeyRing:
+    keyring = KeyRing.parse(settings.api_keys)
+    if settings.dev:
+        if not is_loopback(settings.host):
+            raise ConfigError(
+                f"--dev serves with the well-known key 'dev' and binds loopback only, not {settings.host!r}"
+            )
+        keyring = keyring.merged(KeyRing.dev())
+    elif len(keyring) == 0:
+        raise ConfigError(
+            "no API keys configured: set INFERD_API_KEYS='KEY:TENANT:SCOPE[,SCOPE...];...' "
+            "(scopes: predict, jobs, models, admin), or pass --dev for a loopback-only development server"
+        )
+    return keyring
+
+
+def _burst_of(rate_text: str, explicit: int | None) -> float:
+    if explicit is not None:
+        return float(explicit)
+    match = re.match(r"\s*(\d+(?:\.\d+)?)", rate_text)
+    return max(1.0, float(match.group(1))) if match else 1.0
+
+
+def build_rate_limiter(settings: Settings) -> RateLimiter:
+    default = None
+    if settings.rate_limit:
+        default = (parse_rate(settings.rate_limit), _burst_of(settings.rate_limit, settings.rate_burst))
+    overrides = {
+        tenant: (
+            parse_rate(tenant_settings.rate_limit),
+            _burst_of(tenant_settings.rate_limit, tenant_settings.burst),
+        )
+        for tenant, tenant_settings in settings.tenants.items()
+        if tenant_settings.rate_limit
+    }
+    return RateLimiter(default=default, overrides=overrides)
+
+
+@dataclass
+class Engine:
+    """Everything an API process or a worker needs to run models."""
+
+    settings: Settings
+    metrics: InferdMetrics
+    registry: ModelRegistry
+    executors: dict[str, DeviceExecutor]
+    prediction: PredictionService
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for executor in self.executors.values():
+            executor.close()
+
+
+def build_engine(settings: Settings) -> Engine:
+    if settings.models is None:
+        raise ConfigError("no model repository given: pass --models DIR or set INFERD_MODELS")
+    devices = settings.device_threads
+    metrics = InferdMetrics(devices=devices)
+    registry = ModelRegistry(loader=build_pipeline, devices=devices)
+    registry.scan(settings.models)
+    registry.load_at_start()
+    for entry in registry.models.values():
+        for version in entry.versions.values():
+            metrics.model_state.labels(entry.name, version.version).set(1 if version.state == "loaded" else 0)
+    executors = {
+        device: DeviceExecutor(
+            device=device,
+            threads=threads,
+            queue_limit=settings.queue_limit,
+            metrics=DeviceMetrics(metrics, device),
+        )
+        for device, threads in devices.items()
+    }
+    prediction = PredictionService(
+        registry=registry,
+        executors=executors,
+        metrics=metrics,
+        unknown_labels=UnknownModelLabels(settings.unknown_model_labels),
+    )
+    return Engine(settings, metrics, registry, executors, prediction)
+
+
+async def _flush_periodically(access_log: AccessLog, interval_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        access_log.flush()
+
+
+def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bool = True) -> InferdASGI:
+    """The ASGI app for ``inferd serve``; tests build one per test with their own settings."""
+    keyring = build_keyring(settings)
+    engine = engine or build_engine(settings)
+    access_log = AccessLog(settings.access_log)
+    gatekeeper = Gatekeeper(keyring=keyring, rate_limiter=build_rate_limiter(settings))
+    predict = PredictHandler(
+        service=engine.prediction,
+        gatekeeper=gatekeeper,
+        max_body_bytes=settings.max_body_bytes,
+        max_batch_inputs=settings.max_batch_inputs,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        flusher = asyncio.create_task(_flush_periodically(access_log))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            engine.close()
+            access_log.close()
+
+    fastapi_app = create_fastapi_app(
+        registry=engine.registry,
+        metrics=engine.metrics,
+        gatekeeper=gatekeeper,
+        predict=predict,
+        readiness_checks=[],
+        lifespan=lifespan,
+    )
+    return InferdASGI(
+        app=fastapi_app,
+        predict=predict if fast_path else None,
+        access_log=access_log,
+        max_body_bytes=settings.max_body_bytes,
+    )

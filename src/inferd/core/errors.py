@@ -1,0 +1,94 @@
+"""One error tree for the whole server.
+
+Errors carry a stable ``code`` (the API's error code) and a message for humans; they never carry
+HTTP status codes. Adapters (native HTTP, V2 protocol, CLI, job worker) map codes to their own shape.
+"""
+
+from __future__ import annotations
+
+
+class InferdError(Exception):
+    """Root of every error inferd raises on purpose."""
+
+    code: str = "inference_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(InferdError):
+    """Settings, keys or a model repository entry are malformed; says which and what to fix."""
+
+    code = "config_error"
+
+
+class UnauthenticatedError(InferdError):
+    code = "unauthenticated"
+
+
+class ForbiddenError(InferdError):
+    code = "forbidden"
+
+
+class ModelNotFoundError(InferdError):
+    code = "model_not_found"
+
+
+class ModelNotReadyError(InferdError):
+    """The model exists but failed to load (or is not loaded); reported as a pipeline failure."""
+
+    code = "inference_error"
+
+
+class InvalidInputError(InferdError):
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(InferdError):
+    code = "payload_too_large"
+
+
+class RateLimitedError(InferdError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OverloadedError(InferdError):
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InferenceTimeoutError(InferdError):
+    code = "timeout"
+
+
+class InferenceError(InferdError):
+    code = "inference_error"
+
+
+class JobNotFoundError(InferdError):
+    code = "job_not_found"
+
+
+class ConflictError(InferdError):
+    code = "conflict"
+
+
+class MissingExtraError(InferdError):
+    """A runtime needs an optional dependency that is not installed."""
+
+    code = "inference_error"
+
+    def __init__(self, runtime: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"the {runtime!r} runtime needs the Python package {module!r}, which is not installed; "
+            f"install it with: pip install 'inferd[{extra}]'"
+        )
+        self.extra = extra

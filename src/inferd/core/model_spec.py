@@ -1,0 +1,64 @@
+"""``model.yaml``: what one model version is and how it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferd.core.errors import ConfigError
+
+Runtime = Literal["python", "sklearn", "onnx"]
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Runtime
+    model: str | None = None
+    artifact: str | None = None
+    device: str = "cpu"
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_batch_size: int = Field(default=1, ge=1)
+    input_schema: dict[str, Any] | None = None
+    preprocessor: str | None = None
+    validator: str | None = None
+    postprocessor: str | None = None
+    load_at_start: bool = True
+    # Where a model configured for an accelerator may run on the CPU when none is present.
+    # Off by default: a silent fallback hides a misconfigured fleet.
+    cpu_fallback: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> ModelSpec:
+        if self.runtime == "python" and not self.model:
+            raise ValueError("runtime 'python' needs 'model: module:attr' (a .py file in this folder)")
+        if self.runtime in ("sklearn", "onnx") and not self.artifact:
+            raise ValueError(f"runtime {self.runtime!r} needs 'artifact: FILE' (a file in this folder)")
+        for field_name in ("model", "preprocessor", "validator", "postprocessor"):
+            ref = getattr(self, field_name)
+            if ref is not None and (ref.count(":") != 1 or not all(ref.split(":"))):
+                raise ValueError(f"{field_name}: {ref!r} must look like 'module:attr'")
+        return self
+
+
+def read_model_spec(path: Path) -> ModelSpec:
+    """Parse and validate one model.yaml; ConfigError names the file and what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping with at least 'runtime:'")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'model.yaml'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

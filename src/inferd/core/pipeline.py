@@ -1,0 +1,137 @@
+"""A model version as a pipeline: preprocessor → validator → model → postprocessor.
+
+Stage semantics: the ``input_schema`` (checked on the item as the client sent it), a ``ValueError``
+from the preprocessor or the validator → ``invalid_input``; any other exception anywhere →
+``inference_error``. Everything here runs on executor threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inferd.core.errors import InferdError, InferenceError, InvalidInputError
+from inferd.runtimes.base import ModelRuntime
+
+logger = logging.getLogger("inferd.pipeline")
+
+MAX_CAUSE_CHARS = 300
+
+
+@dataclass(slots=True)
+class PipelineCall:
+    """One client request's items. ``indexed``: name the item index in error messages (batch calls)."""
+
+    items: Sequence[Any]
+    indexed: bool
+
+
+def _cause(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        model: ModelRuntime,
+        max_batch_size: int,
+        schema_check: Callable[[Any], str | None] | None = None,
+        preprocessor: Callable[[Any], Any] | None = None,
+        validator: Callable[[Any], None] | None = None,
+        postprocessor: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self._schema_check = schema_check
+        self._preprocessor = preprocessor
+        self._validator = validator
+        self._postprocessor = postprocessor
+        self._needs_preparation = any((schema_check, preprocessor, validator))
+
+    def __repr__(self) -> str:
+        return f"model {self.name} version {self.version}"
+
+    def prepare(self, item: Any, where: str) -> Any:
+        """Schema, preprocessor, validator for one item; raises InvalidInputError or InferenceError."""
+        if self._schema_check is not None:
+            problem = self._schema_check(item)
+            if problem is not None:
+                raise InvalidInputError(f"{where}does not match the model's input_schema: {problem}")
+        if self._preprocessor is not None:
+            try:
+                item = self._preprocessor(item)
+            except ValueError as exc:
+                raise InvalidInputError(f"{where}rejected by the preprocessor: {exc}") from exc
+            except Exception as exc:
+                logger.exception("preprocessor of %s:%s failed", self.name, self.version)
+                raise InferenceError(f"{where}preprocessor failed: {_cause(exc)}") from exc
+        if self._validator is not None:
+            try:
+                self._validator(item)
+            except ValueError as exc:
+                raise InvalidInputError(f"{where}rejected by the validator: {exc}") from exc
+            except Exception as exc:
+                logger.exception("validator of %s:%s failed", self.name, self.version)
+                raise InferenceError(f"{where}validator failed: {_cause(exc)}") from exc
+        return item
+
+    def prepare_call(self, call: PipelineCall) -> list[Any]:
+        if not self._needs_preparation:
+            return list(call.items)
+        if call.indexed:
+            return [self.prepare(item, f"inputs[{i}] ") for i, item in enumerate(call.items)]
+        return [self.prepare(item, "input ") for item in call.items]
+
+    def run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
+        """Run several requests' items through the model in shared calls of at most max_batch_size.
+
+        A request whose input is rejected fails alone; a failing model call fails the requests whose
+        items it carried.
+        """
+        outcomes: list[list[Any] | InferdError] = [[] for _ in calls]
+        flat: list[Any] = []
+        owners: list[int] = []
+        for index, call in enumerate(calls):
+            try:
+                prepared = self.prepare_call(call)
+            except InferdError as exc:
+                outcomes[index] = exc
+                continue
+            flat.extend(prepared)
+            owners.extend([index] * len(prepared))
+        size = self.max_batch_size
+        for start in range(0, len(flat), size):
+            chunk = flat[start : start + size]
+            chunk_owners = owners[start : start + size]
+            try:
+                outputs = self.model.predict(chunk)
+                if not isinstance(outputs, list | tuple) or len(outputs) != len(chunk):
+                    got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
+                    raise TypeError(f"predict() must return a list of {len(chunk)} outputs, got {got}")
+            except Exception as exc:
+                logger.exception("model %s:%s failed", self.name, self.version)
+                error = InferenceError(f"model {self.name}:{self.version} failed: {_cause(exc)}")
+                for owner in set(chunk_owners):
+                    outcomes[owner] = error
+                continue
+            for owner, output in zip(chunk_owners, outputs, strict=True):
+                result = outcomes[owner]
+                if isinstance(result, list):
+                    result.append(output)
+        if self._postprocessor is not None:
+            for index, result in enumerate(outcomes):
+                if isinstance(result, list):
+                    try:
+                        outcomes[index] = [self._postprocessor(output) for output in result]
+                    except Exception as exc:
+                        logger.exception("postprocessor of %s:%s failed", self.name, self.version)
+                        outcomes[index] = InferenceError(f"postprocessor failed: {_cause(exc)}")
+        return outcomes

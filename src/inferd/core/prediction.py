@@ -1,0 +1,101 @@
+"""PredictionService: the one path every inference takes (sync, batch, V2, job attempts).
+
+It resolves the version, counts the request, times it, classifies errors, and hands the work to the
+device executor. It is the only place inference metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inferd.core.errors import InferdError, ModelNotFoundError
+from inferd.core.executor import DeviceExecutor
+from inferd.core.pipeline import PipelineCall
+from inferd.core.registry import ModelRegistry, ModelVersion
+from inferd.metrics import InferdMetrics, UnknownModelLabels
+
+
+@dataclass(slots=True)
+class Prediction:
+    model: str
+    version: str
+    outputs: list[Any]
+
+
+class PredictionService:
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        executors: Mapping[str, DeviceExecutor],
+        metrics: InferdMetrics,
+        unknown_labels: UnknownModelLabels,
+    ) -> None:
+        self.registry = registry
+        self.executors = executors
+        self._metrics = metrics
+        self._unknown = unknown_labels
+
+    def resolve(self, model: str, version: str | None, *, tenant: str) -> ModelVersion:
+        """Resolve through routing; an unknown (model, version) is counted as a failed request."""
+        try:
+            return self.registry.resolve(model, version, tenant=tenant)
+        except ModelNotFoundError:
+            label_model, label_version = self._unknown.labels(model, version or "")
+            self._metrics.requests.labels(label_model, label_version, tenant).inc()
+            self._metrics.error_child(label_model, label_version, "model_not_found", tenant).inc()
+            raise
+
+    async def predict(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        version: str | None,
+        inputs: Sequence[Any],
+        indexed: bool,
+        timeout_s: float | None = None,
+        resolved: ModelVersion | None = None,
+    ) -> Prediction:
+        target = resolved if resolved is not None else self.resolve(model, version, tenant=tenant)
+        name, resolved_version = target.name, target.version
+        requests, latency = self._metrics.request_children(name, resolved_version, tenant)
+        requests.inc()
+        started = time.perf_counter()
+        executed = False
+        try:
+            pipeline = target.pipeline
+            if pipeline is None:
+                pipeline = await self.registry.ensure_loaded(target)
+            limit = target.spec.timeout_s if timeout_s is None else min(timeout_s, target.spec.timeout_s)
+            executor = self.executors[target.spec.device]
+            future = executor.submit(
+                pipeline, PipelineCall(inputs, indexed), size=len(inputs), timeout_s=limit
+            )
+            executed = True
+            outputs: list[Any] = await future
+        except InferdError as exc:
+            if executed:
+                latency.observe(time.perf_counter() - started)
+            self._metrics.error_child(name, resolved_version, exc.code, tenant).inc()
+            raise
+        except asyncio.CancelledError:
+            # The client went away; the call still ran (or runs) to completion on the executor.
+            latency.observe(time.perf_counter() - started)
+            raise
+        latency.observe(time.perf_counter() - started)
+        return Prediction(name, resolved_version, outputs)
+
+    async def check_inputs(
+        self, *, tenant: str, model: str, version: str | None, inputs: Sequence[Any], indexed: bool
+    ) -> ModelVersion:
+        """Resolve and run schema, preprocessor and validator without the model (job submission).
+        Not an execution: counts only ``model_not_found``, like any resolution."""
+        target = self.resolve(model, version, tenant=tenant)
+        pipeline = target.pipeline or await self.registry.ensure_loaded(target)
+        await asyncio.to_thread(pipeline.prepare_call, PipelineCall(inputs, indexed))
+        return target

@@ -1,0 +1,193 @@
+"""The model repository: ``DIR/<name>/<version>/model.yaml`` plus optional ``DIR/<name>/routing.yaml``.
+
+A malformed entry or a model that fails to load is recorded with the file and the reason; the other
+models keep serving and ``/readyz`` lists the problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferd.core.errors import ConfigError, InferdError, ModelNotFoundError, ModelNotReadyError
+from inferd.core.model_spec import ModelSpec, read_model_spec
+from inferd.core.pipeline import Pipeline
+from inferd.core.routing import RoutingPolicy, highest_version, read_routing, version_sort_key
+
+logger = logging.getLogger("inferd.registry")
+
+PipelineLoader = Callable[[str, str, Path, ModelSpec], Pipeline]
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: str
+    path: Path
+    spec: ModelSpec
+    state: str = "unloaded"  # unloaded | loaded | failed
+    error: str | None = None
+    pipeline: Pipeline | None = None
+    load_lock: asyncio.Lock | None = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "version": self.version,
+            "state": self.state,
+            "runtime": self.spec.runtime,
+            "device": self.spec.device,
+            "max_batch_size": self.spec.max_batch_size,
+            "timeout_s": self.spec.timeout_s,
+        }
+        if self.spec.description:
+            info["description"] = self.spec.description
+        if self.spec.input_schema is not None:
+            info["input_schema"] = self.spec.input_schema
+        if self.error:
+            info["error"] = self.error
+        return info
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    name: str
+    versions: dict[str, ModelVersion]
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
+
+    @property
+    def highest(self) -> str:
+        return highest_version(self.versions)
+
+    @property
+    def default_version(self) -> str:
+        if self.routing.default is not None:
+            return self.routing.default
+        if self.routing.weights:
+            return max(self.routing.weights.items(), key=lambda kv: (kv[1], version_sort_key(kv[0])))[0]
+        return self.highest
+
+    def describe(self) -> dict[str, Any]:
+        ordered = sorted(self.versions.values(), key=lambda v: version_sort_key(v.version))
+        return {
+            "name": self.name,
+            "default_version": self.default_version,
+            "routing": self.routing.describe(self.highest),
+            "versions": [version.describe() for version in ordered],
+        }
+
+
+@dataclass(slots=True)
+class RepositoryProblem:
+    path: str
+    message: str
+
+
+class ModelRegistry:
+    def __init__(self, *, loader: PipelineLoader, devices: Iterable[str]) -> None:
+        self._loader = loader
+        self._devices = set(devices)
+        self.models: dict[str, ModelEntry] = {}
+        self.problems: list[RepositoryProblem] = []
+
+    # -- discovery and loading -------------------------------------------------------------------
+
+    def scan(self, root: Path) -> None:
+        if not root.is_dir():
+            raise ConfigError(f"model repository {root} is not a directory")
+        for model_dir in sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        ):
+            versions: dict[str, ModelVersion] = {}
+            for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+                spec_file = version_dir / "model.yaml"
+                if not spec_file.is_file():
+                    continue
+                try:
+                    spec = read_model_spec(spec_file)
+                    if spec.device not in self._devices:
+                        raise ConfigError(
+                            f"{spec_file}: device {spec.device!r} is not configured "
+                            f"(configured: {', '.join(sorted(self._devices))}; see INFERD_DEVICES)"
+                        )
+                except ConfigError as exc:
+                    self._problem(str(spec_file), exc.message)
+                    continue
+                versions[version_dir.name] = ModelVersion(model_dir.name, version_dir.name, version_dir, spec)
+            if not versions:
+                continue
+            entry = ModelEntry(model_dir.name, versions)
+            routing_file = model_dir / "routing.yaml"
+            if routing_file.is_file():
+                try:
+                    entry.routing = read_routing(routing_file, versions)
+                except ConfigError as exc:
+                    self._problem(str(routing_file), exc.message + " (falling back to the highest version)")
+            self.models[entry.name] = entry
+
+    def _problem(self, path: str, message: str) -> None:
+        logger.error("model repository: %s", message)
+        self.problems.append(RepositoryProblem(path, message))
+
+    def load_version(self, version: ModelVersion) -> None:
+        """Blocking: import code and artifacts. Records failures instead of raising."""
+        try:
+            version.pipeline = self._loader(version.name, version.version, version.path, version.spec)
+        except InferdError as exc:
+            version.state, version.error = "failed", exc.message
+        except Exception as exc:  # user code at import or load(): report, keep serving the others
+            version.state, version.error = "failed", f"loading failed: {type(exc).__name__}: {exc}"
+        else:
+            version.state, version.error = "loaded", None
+            logger.info("loaded model %s version %s", version.name, version.version)
+            return
+        logger.error("model %s version %s failed to load: %s", version.name, version.version, version.error)
+
+    def load_at_start(self) -> None:
+        for entry in self.models.values():
+            for version in entry.versions.values():
+                if version.spec.load_at_start:
+                    self.load_version(version)
+
+    async def ensure_loaded(self, version: ModelVersion) -> Pipeline:
+        """The pipeline, loading it off the event loop on first use for ``load_at_start: false``."""
+        if version.pipeline is not None:
+            return version.pipeline
+        if version.state == "unloaded":
+            if version.load_lock is None:
+                version.load_lock = asyncio.Lock()
+            async with version.load_lock:
+                if version.state == "unloaded":
+                    await asyncio.to_thread(self.load_version, version)
+        if version.pipeline is None:
+            raise ModelNotReadyError(
+                f"model {version.name} version {version.version} failed to load: {version.error}"
+            )
+        return version.pipeline
+
+    # -- lookup ----------------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str | None, *, tenant: str) -> ModelVersion:
+        entry = self.models.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"no model named {name!r}; GET /v1/models lists the models")
+        if version is None:
+            version = entry.routing.choose(tenant=tenant, fallback_version=entry.highest)
+        found = entry.versions.get(version)
+        if found is None:
+            have = ", ".join(sorted(entry.versions, key=version_sort_key))
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r} (versions: {have})")
+        return found
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = [f"{p.path}: {p.message}" for p in self.problems]
+        for entry in self.models.values():
+            for version in entry.versions.values():
+                if version.spec.load_at_start and version.state != "loaded":
+                    reasons.append(
+                        f"model {entry.name} version {version.version}: {version.state}: {version.error}"
+                    )
+        return reasons

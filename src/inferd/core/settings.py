@@ -1,0 +1,175 @@
+"""Server settings: one validated object, built once by the CLI and passed down.
+
+Precedence, strongest first: command-line flags, ``INFERD_*`` environment variables, the YAML config
+file, defaults. The core never reads ``os.environ``; :func:`load_settings` is handed the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferd.core.errors import ConfigError
+
+ENV_PREFIX = "INFERD_"
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_rate(text: str) -> float:
+    """``"100/s"`` or ``"600/m"`` → tokens per second."""
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"rate limit {text!r} must look like '100/s' or '600/m'")
+    amount = float(match.group(1))
+    if amount <= 0:
+        raise ValueError(f"rate limit {text!r} must be positive")
+    per_second = amount if match.group(2).startswith("s") else amount / 60.0
+    return per_second
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"7d"``."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"duration {value!r} must be a number of seconds or like '30s', '15m', '7d'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_devices(text: str) -> dict[str, int]:
+    """``"cpu=4,gpu=1"`` → ``{"cpu": 4, "gpu": 1}`` (threads per device)."""
+    devices: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, threads = part.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not threads.strip().isdigit():
+            raise ValueError(f"device entry {part!r} must look like 'cpu=4' (device name = thread count)")
+        if int(threads) < 1:
+            raise ValueError(f"device entry {part!r} needs at least one thread")
+        devices[name] = int(threads)
+    if not devices:
+        raise ValueError("at least one device must be configured, e.g. 'cpu=4,gpu=1'")
+    return devices
+
+
+class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit: str | None = None
+    burst: int | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+
+class Settings(BaseModel):
+    """Everything configurable. Field ``foo_bar`` is ``INFERD_FOO_BAR`` and ``foo_bar:`` in the YAML file."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    models: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    dev: bool = False
+    devices: str = "cpu=4,gpu=1"
+    queue_limit: int = Field(default=64, ge=1)
+    api_keys: str = ""
+    rate_limit: str | None = None
+    rate_burst: int | None = Field(default=None, ge=1)
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_batch_inputs: int = Field(default=1024, ge=1)
+    unknown_model_labels: int = Field(default=100, ge=0)
+    access_log: str = "-"
+    log_level: str = "info"
+    # jobs
+    store: str = "sqlite:///.inferd/inferd.db"
+    worker: bool = True
+    worker_concurrency: int = Field(default=4, ge=1)
+    job_lease_s: float = Field(default=30.0, gt=0)
+    job_ttl: float = 7 * 86400.0
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_retry_base_s: float = Field(default=1.0, ge=0)
+    job_max_result_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    janitor_interval_s: float = Field(default=60.0, gt=0)
+    metrics_port: int | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: str) -> str:
+        parse_devices(value)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() not in ("", "off", "none"):
+            parse_rate(value)
+            return value
+        return None
+
+    @field_validator("job_ttl", mode="before")
+    @classmethod
+    def _check_ttl(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @property
+    def device_threads(self) -> dict[str, int]:
+        return parse_devices(self.devices)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = set(Settings.model_fields)
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        field = key[len(ENV_PREFIX) :].lower()
+        if field in known and field != "tenants":
+            values[field] = value
+    return values
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults < YAML file < environment < flags and validate; raise ConfigError saying what to fix."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: must be a mapping of setting names to values")
+        merged.update(data)
+    merged.update(_env_values(environ or {}))
+    merged.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,232 @@
+"""The FastAPI application: health, metrics, models, the documented predict routes, jobs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inferd.core.errors import InferdError, ModelNotFoundError
+from inferd.core.registry import ModelRegistry
+from inferd.core.tenancy import Principal
+from inferd.http.asgi import request_info
+from inferd.http.errors import error_headers, error_payload, error_status
+from inferd.http.predict import Gatekeeper, PredictHandler
+from inferd.metrics import InferdMetrics
+
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+Lifespan = Callable[[], AsyncIterator[None]]
+
+
+class PredictRequest(BaseModel):
+    input: Any = Field(description="One input item, as the model's input_schema describes it.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Shortens the model's timeout_s.")
+    parameters: dict[str, Any] | None = None
+
+
+class BatchPredictRequest(BaseModel):
+    inputs: list[Any] = Field(min_length=1, description="Input items; answered in the same order.")
+    timeout_s: float | None = Field(default=None, gt=0)
+    parameters: dict[str, Any] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    output: Any
+    request_id: str
+
+
+class BatchPredictResponse(BaseModel):
+    model: str
+    version: str
+    outputs: list[Any]
+    request_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": code}
+    for status, code in [
+        (401, "unauthenticated"),
+        (403, "forbidden"),
+        (404, "model_not_found / job_not_found"),
+        (409, "conflict"),
+        (413, "payload_too_large"),
+        (422, "invalid_input"),
+        (429, "rate_limited"),
+        (500, "inference_error"),
+        (503, "overloaded"),
+        (504, "timeout"),
+    ]
+}
+
+
+def requires_scope(gatekeeper: Gatekeeper, scope_name: str) -> Any:
+    """A FastAPI dependency: authenticate, check the scope, apply the tenant's rate limit."""
+
+    async def admit(request: Request) -> Principal:
+        return gatekeeper.admit(request.scope["headers"], scope_name, request_info(request.scope))
+
+    return Depends(admit)
+
+
+def _request_id(request: Request) -> str:
+    state = request.scope.get("state") or {}
+    return str(state.get("request_id", ""))
+
+
+def create_fastapi_app(
+    *,
+    registry: ModelRegistry,
+    metrics: InferdMetrics,
+    gatekeeper: Gatekeeper,
+    predict: PredictHandler,
+    readiness_checks: list[ReadinessCheck],
+    lifespan: Callable[[], Any] | None = None,
+    routers: list[Any] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def app_lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if lifespan is None:
+            yield
+            return
+        async with lifespan():
+            yield
+
+    app = FastAPI(
+        title="inferd",
+        version="0.1.0",
+        description="Self-hosted multi-tenant ML inference server. Authenticate with `Authorization: Bearer <key>`.",
+        lifespan=app_lifespan,
+    )
+
+    @app.exception_handler(InferdError)
+    async def inferd_error(request: Request, exc: InferdError) -> JSONResponse:
+        info = request_info(request.scope)
+        info.error = exc.code
+        headers = {k.decode(): v.decode() for k, v in error_headers(exc)}
+        return JSONResponse(
+            error_payload(exc, _request_id(request)), status_code=error_status(exc), headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in exc.errors()
+        )
+        body = {"error": {"code": "invalid_input", "message": problems}, "request_id": _request_id(request)}
+        request_info(request.scope).error = "invalid_input"
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail)}, "request_id": _request_id(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    def requires(scope_name: str) -> Any:
+        return requires_scope(gatekeeper, scope_name)
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        reasons = registry.not_ready_reasons()
+        for check in readiness_checks:
+            reasons.extend(await check())
+        loaded = sorted(
+            f"{entry.name}:{version.version}"
+            for entry in registry.models.values()
+            for version in entry.versions.values()
+            if version.state == "loaded"
+        )
+        if reasons:
+            return JSONResponse(
+                {"status": "not_ready", "reasons": reasons, "loaded": loaded}, status_code=503
+            )
+        return JSONResponse({"status": "ready", "loaded": loaded})
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(_: Principal = requires("models")) -> dict[str, Any]:
+        return {"models": [entry.describe() for entry in registry.models.values()]}
+
+    @app.get("/v1/models/{name}", tags=["models"], responses=ERROR_RESPONSES)
+    async def get_model(name: str, _: Principal = requires("models")) -> dict[str, Any]:
+        entry = registry.models.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"no model named {name!r}; GET /v1/models lists the models")
+        return entry.describe()
+
+    # The predict routes below are served by the pure-ASGI fast path in front of this app; they are
+    # declared here for /docs and run the same handler when the fast path is switched off.
+    async def _predict(
+        request: Request, principal: Principal, name: str, version: str | None, batch: bool
+    ) -> Response:
+        info = request_info(request.scope)
+        payload = await predict.execute(principal, name, version, batch, await request.body(), info)
+        return Response(payload, media_type="application/json")
+
+    predict_doc: dict[str, Any] = {"tags": ["inference"], "responses": ERROR_RESPONSES}
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, **predict_doc)
+    async def predict_routed(
+        request: Request, name: str, body: PredictRequest, principal: Principal = requires("predict")
+    ) -> Response:
+        return await _predict(request, principal, name, None, False)
+
+    @app.post("/v1/models/{name}/versions/{version}/predict", response_model=PredictResponse, **predict_doc)
+    async def predict_pinned(
+        request: Request,
+        name: str,
+        version: str,
+        body: PredictRequest,
+        principal: Principal = requires("predict"),
+    ) -> Response:
+        return await _predict(request, principal, name, version, False)
+
+    @app.post("/v1/models/{name}/predict/batch", response_model=BatchPredictResponse, **predict_doc)
+    async def batch_routed(
+        request: Request, name: str, body: BatchPredictRequest, principal: Principal = requires("predict")
+    ) -> Response:
+        return await _predict(request, principal, name, None, True)
+
+    @app.post(
+        "/v1/models/{name}/versions/{version}/predict/batch",
+        response_model=BatchPredictResponse,
+        **predict_doc,
+    )
+    async def batch_pinned(
+        request: Request,
+        name: str,
+        version: str,
+        body: BatchPredictRequest,
+        principal: Principal = requires("predict"),
+    ) -> Response:
+        return await _predict(request, principal, name, version, True)
+
+    for router in routers or []:
+        app.include_router(router)
+    return app

@@ -1,0 +1,58 @@
+"""One table from error codes to HTTP statuses, and the native error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from inferd.core.errors import InferdError, RateLimitedError
+
+STATUS_BY_CODE = {
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "model_not_found": 404,
+    "job_not_found": 404,
+    "invalid_input": 422,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "overloaded": 503,
+    "timeout": 504,
+    "inference_error": 500,
+    "conflict": 409,
+    "not_found": 404,
+    "method_not_allowed": 405,
+}
+
+
+def error_status(error: InferdError) -> int:
+    return STATUS_BY_CODE.get(error.code, 500)
+
+
+def error_headers(error: InferdError) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    if error.code == "unauthenticated":
+        headers.append((b"www-authenticate", b"Bearer"))
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        seconds = max(1, int(-(-float(retry_after) // 1)))
+        headers.append((b"retry-after", str(seconds).encode()))
+    return headers
+
+
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
+
+
+def error_payload(error: InferdError, request_id: str) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message}, "request_id": request_id}
+
+
+__all__ = [
+    "RateLimitedError",
+    "STATUS_BY_CODE",
+    "error_body",
+    "error_headers",
+    "error_payload",
+    "error_status",
+]

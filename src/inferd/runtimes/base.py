@@ -1,0 +1,15 @@
+"""The model runtime abstraction: load artifacts from a version folder, predict on a list of items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ModelRuntime(Protocol):
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Same length and order as ``batch``."""
+
+
+class RuntimeFactory(Protocol):
+    def __call__(self, *, version_dir: Path, spec: Any, device: str, gpu_available: bool) -> ModelRuntime: ...
