@@ -18,9 +18,14 @@ from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
 from inferd.core.tenancy import KeyRing, RateLimiter
 from inferd.http.access_log import AccessLog
-from inferd.http.app import create_fastapi_app
+from inferd.http.app import create_fastapi_app, requires_scope
 from inferd.http.asgi import InferdASGI
+from inferd.http.jobs import create_jobs_router
 from inferd.http.predict import Gatekeeper, PredictHandler
+from inferd.jobs.runtime import JobRuntime
+from inferd.jobs.service import JobService
+from inferd.jobs.urls import open_store
+from inferd.jobs.worker import JobWorker
 from inferd.metrics import InferdMetrics, UnknownModelLabels
 from inferd.runtimes.factory import build_pipeline
 
@@ -137,6 +142,30 @@ def build_engine(settings: Settings) -> Engine:
     return Engine(settings, metrics, registry, executors, prediction)
 
 
+def build_job_runtime(settings: Settings, engine: Engine, *, run_worker: bool) -> JobRuntime:
+    store = open_store(settings.store)
+    service = JobService(
+        store=store,
+        prediction=engine.prediction,
+        metrics=engine.metrics,
+        default_max_attempts=settings.job_max_attempts,
+        retry_base_s=settings.job_retry_base_s,
+        max_result_bytes=settings.job_max_result_bytes,
+    )
+    worker = (
+        JobWorker(service=service, concurrency=settings.worker_concurrency, lease_s=settings.job_lease_s)
+        if run_worker
+        else None
+    )
+    return JobRuntime(
+        store=store,
+        service=service,
+        worker=worker,
+        job_ttl_s=settings.job_ttl,
+        janitor_interval_s=settings.janitor_interval_s,
+    )
+
+
 async def _flush_periodically(access_log: AccessLog, interval_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -156,12 +185,16 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
         max_batch_inputs=settings.max_batch_inputs,
     )
 
+    jobs = build_job_runtime(settings, engine, run_worker=settings.worker)
+
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         flusher = asyncio.create_task(_flush_periodically(access_log))
+        await jobs.start()
         try:
             yield
         finally:
+            await jobs.stop()
             flusher.cancel()
             engine.close()
             access_log.close()
@@ -171,8 +204,15 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
         metrics=engine.metrics,
         gatekeeper=gatekeeper,
         predict=predict,
-        readiness_checks=[],
+        readiness_checks=[jobs.readiness],
         lifespan=lifespan,
+        routers=[
+            create_jobs_router(
+                service=jobs.service,
+                requires=lambda scope_name: requires_scope(gatekeeper, scope_name),
+                max_inputs=settings.max_batch_inputs,
+            )
+        ],
     )
     return InferdASGI(
         app=fastapi_app,

@@ -3,67 +3,35 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from inferd.cli_common import (
+    DEFAULT_URL,
+    ConfigOption,
+    KeyOption,
+    UrlOption,
+    configure_process,
+    err_console,
+    fail,
+    request,
+    settings_from,
+)
+from inferd.cli_jobs import jobs_app, migrate, worker
 from inferd.core.errors import ConfigError, InferdError
-from inferd.core.settings import Settings, load_settings
+from inferd.core.settings import Settings
 
 app = typer.Typer(help="inferd: a self-hosted, multi-tenant ML inference server.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-err_console = Console(stderr=True)
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="INFERD_URL", help="Server base URL.")]
-KeyOption = Annotated[str | None, typer.Option("--key", envvar="INFERD_API_KEY", help="API key.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config file.", exists=True)]
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings_from(flags: dict[str, Any], config: Path | None) -> Settings:
-    try:
-        return load_settings(flags=flags, config_file=config, environ=os.environ)
-    except ConfigError as exc:
-        fail(exc.message)
-        raise  # unreachable; fail() exits
-
-
-def configure_process(level: str) -> None:
-    """Process-wide setup, done only by the entry points: logging, and no ``*_created`` series (the seed's
-    metrics are exactly the counters, gauges and histogram buckets it names)."""
-    from prometheus_client import disable_created_metrics
-
-    disable_created_metrics()
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-
-
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+app.add_typer(jobs_app, name="jobs")
+app.command()(worker)
+app.command()(migrate)
 
 
 @app.command()
@@ -118,31 +86,6 @@ def serve(
     )
 
 
-def _client(url: str, key: str | None, timeout: float = 60.0) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=timeout)
-
-
-def _check(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            fail(f"{response.status_code} {body['error'].get('code')}: {body['error'].get('message')}", 1)
-        fail(f"{response.status_code}: {response.text[:500]}", 1)
-    return body
-
-
-def _request(method: str, url: str, key: str | None, path: str, **kwargs: Any) -> Any:
-    try:
-        with _client(url, key) as client:
-            return _check(client.request(method, path, **kwargs))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}", 1)
-
-
 @models_app.command("list")
 def models_list(
     url: UrlOption = DEFAULT_URL,
@@ -166,7 +109,7 @@ def models_list(
         for problem in registry.problems:
             err_console.print(f"[red]problem:[/] {problem.message}", highlight=False)
     else:
-        data = _request("GET", url, key, "/v1/models")
+        data = request("GET", url, key, "/v1/models")
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -201,7 +144,7 @@ def predict(
     except json.JSONDecodeError as exc:
         fail(f"--input is not valid JSON: {exc}")
     path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/predict"
-    body = _request("POST", url, key, path, json={"input": item})
+    body = request("POST", url, key, path, json={"input": item})
     print(json.dumps(body["output"]))
     err_console.print(f"model {body['model']} version {body['version']}", style="dim", highlight=False)
 

@@ -195,6 +195,10 @@ class DeviceExecutor:
                 taken.append(work)
             if queue:
                 self._ready.append(target)
+            if self._ready and self._idle:
+                # _flush wakes one thread per ready target; work this thread left behind (its pipeline's
+                # max_batch_size was reached) goes to another idle thread instead of waiting for this call.
+                self._cond.notify()
             self._queued -= len(taken)
             return taken
 

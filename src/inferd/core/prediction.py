@@ -71,7 +71,10 @@ class PredictionService:
             pipeline = target.pipeline
             if pipeline is None:
                 pipeline = await self.registry.ensure_loaded(target)
-            limit = target.spec.timeout_s if timeout_s is None else min(timeout_s, target.spec.timeout_s)
+            # timeout_s bounds one model call; a request that needs several calls gets one budget per call.
+            calls = max(1, -(-len(inputs) // target.spec.max_batch_size))
+            budget = target.spec.timeout_s * calls
+            limit = budget if timeout_s is None else min(timeout_s, budget)
             executor = self.executors[target.spec.device]
             future = executor.submit(
                 pipeline, PipelineCall(inputs, indexed), size=len(inputs), timeout_s=limit
@@ -94,8 +97,8 @@ class PredictionService:
         self, *, tenant: str, model: str, version: str | None, inputs: Sequence[Any], indexed: bool
     ) -> ModelVersion:
         """Resolve and run schema, preprocessor and validator without the model (job submission).
-        Not an execution: counts only ``model_not_found``, like any resolution."""
-        target = self.resolve(model, version, tenant=tenant)
+        Not an execution, so nothing is counted."""
+        target = self.registry.resolve(model, version, tenant=tenant)
         pipeline = target.pipeline or await self.registry.ensure_loaded(target)
         await asyncio.to_thread(pipeline.prepare_call, PipelineCall(inputs, indexed))
         return target

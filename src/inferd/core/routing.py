@@ -15,7 +15,8 @@ from inferd.core.errors import ConfigError
 
 def version_sort_key(version: str) -> tuple[int, int, str]:
     """Numbers sort numerically and before names ("2" < "10" < "beta")."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+    # isascii: str.isdigit() accepts characters such as "²" that int() rejects.
+    return (0, int(version), "") if version.isascii() and version.isdigit() else (1, 0, version)
 
 
 def highest_version(versions: Iterable[str]) -> str:

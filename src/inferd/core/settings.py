@@ -6,6 +6,7 @@ file, defaults. The core never reads ``os.environ``; :func:`load_settings` is ha
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +37,15 @@ def parse_rate(text: str) -> float:
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"7d"``."""
-    if isinstance(value, int | float):
-        return float(value)
+    # ValueError for anything else (an empty YAML value is None): pydantic turns only ValueError into a
+    # validation error naming the field; a TypeError would escape load_settings as a crash.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"duration {value!r} must be a non-negative number of seconds")
+        return seconds
+    if not isinstance(value, str):
+        raise ValueError(f"duration {value!r} must be a number of seconds or like '30s', '15m', '7d'")
     match = _DURATION.match(value)
     if not match:
         raise ValueError(f"duration {value!r} must be a number of seconds or like '30s', '15m', '7d'")

@@ -54,8 +54,11 @@ class KeyRing:
             if not entry:
                 continue
             parts = entry.split(":")
-            # Name the entry by position and tenant only: the key itself is a secret.
-            shown = f"entry {position}" + (f" (tenant {parts[1]!r})" if len(parts) > 1 and parts[1] else "")
+            # Name the entry by position and tenant only: the key itself is a secret. Only a three-part
+            # entry says which part is the tenant; in "a:b" or "k:e:y:t:s" the second part may be the key.
+            shown = f"entry {position}" + (
+                f" (tenant {parts[1].strip()!r})" if len(parts) == 3 and parts[1].strip() else ""
+            )
             if len(parts) != 3 or not all(p.strip() for p in parts):
                 raise ConfigError(f"INFERD_API_KEYS {shown}: must look like KEY:TENANT:SCOPE[,SCOPE...]")
             key, tenant, scope_text = (p.strip() for p in parts)

@@ -1,0 +1,121 @@
+"""The job routes of the native API (scope ``jobs``); a thin adapter over JobService."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from inferd.core.errors import InvalidInputError
+from inferd.core.tenancy import Principal
+from inferd.http.asgi import request_info
+from inferd.http.predict import parse_json_object, parse_timeout
+from inferd.jobs.models import JobStatus
+from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
+
+_SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
+MAX_IDEMPOTENCY_KEY = 200
+MAX_ATTEMPTS_LIMIT = 20
+
+
+def parse_job_request(
+    data: dict[str, Any], *, max_inputs: int
+) -> tuple[list[Any], bool, int | None, float | None]:
+    unknown = data.keys() - _SUBMIT_FIELDS
+    if unknown:
+        raise InvalidInputError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SUBMIT_FIELDS)}")
+    if ("input" in data) == ("inputs" in data):
+        raise InvalidInputError('send exactly one of "input" (one item) or "inputs" (a list of items)')
+    if "inputs" in data:
+        inputs = data["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidInputError('"inputs" must be a non-empty list')
+        if len(inputs) > max_inputs:
+            raise InvalidInputError(f'"inputs" has {len(inputs)} items; at most {max_inputs} per job')
+        batch = True
+    else:
+        inputs, batch = [data["input"]], False
+    max_attempts = data.get("max_attempts")
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool)
+        or not isinstance(max_attempts, int)
+        or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+    ):
+        raise InvalidInputError(f'"max_attempts" must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}')
+    return inputs, batch, max_attempts, parse_timeout(data)
+
+
+def create_jobs_router(*, service: JobService, requires: Any, max_inputs: int) -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+    jobs_scope = requires("jobs")
+
+    async def submit(
+        request: Request, principal: Principal, name: str, version: str | None, idempotency_key: str | None
+    ) -> JSONResponse:
+        info = request_info(request.scope)
+        info.model = name
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise InvalidInputError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        data = parse_json_object(await request.body(), '{"input": ...} or {"inputs": [...]}')
+        inputs, batch, max_attempts, timeout_s = parse_job_request(data, max_inputs=max_inputs)
+        job, _ = await service.create_job(
+            tenant=principal.tenant,
+            model=name,
+            version=version,
+            inputs=inputs,
+            batch=batch,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            idempotency_key=idempotency_key,
+            fingerprint=request_fingerprint(name, version, data) if idempotency_key else None,
+        )
+        info.version = job.version
+        return JSONResponse(job_document(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @router.post("/v1/models/{name}/jobs", status_code=202)
+    async def submit_routed(
+        request: Request,
+        name: str,
+        principal: Principal = jobs_scope,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Submit a durable job: `{"input": ...}` or `{"inputs": [...]}`, optional `max_attempts`, `timeout_s`."""
+        return await submit(request, principal, name, None, idempotency_key)
+
+    @router.post("/v1/models/{name}/versions/{version}/jobs", status_code=202)
+    async def submit_pinned(
+        request: Request,
+        name: str,
+        version: str,
+        principal: Principal = jobs_scope,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        return await submit(request, principal, name, version, idempotency_key)
+
+    @router.get("/v1/jobs/{job_id}")
+    async def get_job(
+        job_id: str,
+        principal: Principal = jobs_scope,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to hold until terminal.")] = 0,
+    ) -> dict[str, Any]:
+        return job_document(await service.get(job_id, tenant=principal.tenant, wait_s=wait))
+
+    @router.get("/v1/jobs")
+    async def list_jobs(
+        principal: Principal = jobs_scope,
+        status: JobStatus | None = None,
+        model: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        jobs, next_cursor = await service.list_jobs(
+            tenant=principal.tenant, status=status, model=model, limit=limit, cursor=cursor
+        )
+        return {"jobs": [job_document(job) for job in jobs], "next_cursor": next_cursor}
+
+    @router.post("/v1/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, principal: Principal = jobs_scope) -> dict[str, Any]:
+        return job_document(await service.cancel(job_id, tenant=principal.tenant))
+
+    return router

@@ -1,0 +1,255 @@
+"""Versioned schema migrations for the job stores.
+
+Each dialect has an ordered tuple of :class:`Migration` steps. ``schema_migrations`` records which
+versions a database has; opening a store applies the missing ones, all in one transaction, so a
+failed upgrade leaves the database at its previous version. Steps are append-only: once released, a
+migration is never edited, a new version is added instead.
+
+Concurrent starters are serialized: SQLite by ``BEGIN IMMEDIATE`` (one writer per file), PostgreSQL
+by a transaction-scoped advisory lock keyed on the schema, so several processes booting against an
+empty database at once neither fail on duplicate DDL nor apply a step twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from inferd.core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+# The jobs columns of the current schema, in the order both stores select and insert them.
+JOB_COLUMNS: tuple[str, ...] = (
+    "id",
+    "tenant",
+    "model",
+    "version",
+    "inputs",
+    "batch",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_s",
+    "created_at",
+    "run_after",
+    "started_at",
+    "finished_at",
+    "lease_owner",
+    "lease_expires_at",
+    "cancel_requested",
+    "outputs",
+    "error_code",
+    "error_message",
+    "idempotency_key",
+    "request_hash",
+)
+
+_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled'))"
+
+# Shared by both dialects (SQLite has partial indexes and DESC index columns too).
+# - claim scans pending jobs in creation order and stops after LIMIT rows; a partial index ordered by
+#   created_at makes that O(limit) instead of sorting every runnable job as (status, run_after, ...)
+#   would, and it stays small because only pending rows are in it.
+# - expired leases are looked up among running jobs only.
+# - list_jobs is keyset-paginated newest first per tenant.
+# - pending_counts and the retention sweep filter on status (and finished_at).
+# - the unique idempotency index is what makes insert race-free (ON CONFLICT ... DO NOTHING).
+_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX jobs_pending_created_idx ON jobs (created_at, id) WHERE status = 'pending'",
+    "CREATE INDEX jobs_running_lease_idx ON jobs (lease_expires_at) WHERE status = 'running'",
+    "CREATE INDEX jobs_tenant_created_idx ON jobs (tenant, created_at DESC, id DESC)",
+    "CREATE INDEX jobs_status_finished_idx ON jobs (status, finished_at)",
+    "CREATE UNIQUE INDEX jobs_tenant_idempotency_key_idx ON jobs (tenant, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL",
+)
+
+# SQLite keeps timestamps as fixed-width ISO-8601 UTC strings ("2024-01-02T03:04:05.000006+00:00"):
+# exact to the microsecond (unlike floats), readable in the sqlite3 shell, and they sort as text.
+SQLITE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "create jobs table",
+        (
+            f"""
+            CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                model TEXT NOT NULL,
+                version TEXT NOT NULL,
+                inputs TEXT NOT NULL,
+                batch INTEGER NOT NULL,
+                status TEXT NOT NULL {_STATUS_CHECK},
+                attempts INTEGER NOT NULL DEFAULT 0,
+                max_attempts INTEGER NOT NULL,
+                timeout_s REAL,
+                created_at TEXT NOT NULL,
+                run_after TEXT NOT NULL,
+                started_at TEXT,
+                finished_at TEXT,
+                lease_owner TEXT,
+                lease_expires_at TEXT,
+                cancel_requested INTEGER NOT NULL DEFAULT 0,
+                outputs TEXT,
+                error_code TEXT,
+                error_message TEXT,
+                idempotency_key TEXT,
+                request_hash TEXT
+            )
+            """,
+        ),
+    ),
+    Migration(2, "add job indexes", _INDEXES),
+)
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "create jobs table",
+        (
+            f"""
+            CREATE TABLE jobs (
+                id text PRIMARY KEY,
+                tenant text NOT NULL,
+                model text NOT NULL,
+                version text NOT NULL,
+                inputs jsonb NOT NULL,
+                batch boolean NOT NULL,
+                status text NOT NULL {_STATUS_CHECK},
+                attempts integer NOT NULL DEFAULT 0,
+                max_attempts integer NOT NULL,
+                timeout_s double precision,
+                created_at timestamptz NOT NULL,
+                run_after timestamptz NOT NULL,
+                started_at timestamptz,
+                finished_at timestamptz,
+                lease_owner text,
+                lease_expires_at timestamptz,
+                cancel_requested boolean NOT NULL DEFAULT false,
+                outputs jsonb,
+                error_code text,
+                error_message text,
+                idempotency_key text,
+                request_hash text
+            )
+            """,
+        ),
+    ),
+    Migration(2, "add job indexes", _INDEXES),
+)
+
+# First key of the two-int advisory lock ("infd"); the second is hashtext(schema), so stores in
+# different schemas of one database migrate independently.
+_PG_LOCK_CLASS = 0x696E6664
+
+_SQLITE_BOOKKEEPING = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        applied_at TEXT NOT NULL
+    )
+"""
+
+_PG_BOOKKEEPING = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version integer PRIMARY KEY,
+        name text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+
+def check_sequence(migrations: Sequence[Migration]) -> None:
+    """Versions must be 1, 2, 3, ... so "applied up to N" is meaningful."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions must be 1..N in order, got {versions}")
+
+
+def _pending(
+    migrations: Sequence[Migration], applied: set[int], target: int | None, where: str
+) -> list[Migration]:
+    known = migrations[-1].version if migrations else 0
+    newest = max(applied, default=0)
+    if newest > known:
+        raise ConfigError(
+            f"the job store at {where} has schema version {newest}, but this inferd only knows versions up "
+            f"to {known}: it was upgraded by a newer inferd; run that version (or a newer one) instead"
+        )
+    return [m for m in migrations if m.version not in applied and (target is None or m.version <= target)]
+
+
+def apply_sqlite_migrations(
+    conn: sqlite3.Connection,
+    *,
+    migrations: Sequence[Migration] = SQLITE_MIGRATIONS,
+    target: int | None = None,
+    where: str = "this SQLite database",
+) -> list[int]:
+    """Apply the missing migrations (up to ``target``, default all) in one transaction; returns the
+    versions applied. ``conn`` must be in autocommit mode (``isolation_level=None``)."""
+    check_sequence(migrations)
+    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so two processes opening
+    # the same new file serialize here instead of failing halfway through the DDL.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_SQLITE_BOOKKEEPING)
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        todo = _pending(migrations, applied, target, where)
+        for migration in todo:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, datetime.now(UTC).isoformat(timespec="microseconds")),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return [m.version for m in todo]
+
+
+async def apply_postgres_migrations(
+    conn: AsyncConnection[Any],
+    *,
+    schema: str,
+    migrations: Sequence[Migration] = POSTGRES_MIGRATIONS,
+    target: int | None = None,
+) -> list[int]:
+    """Create ``schema`` if missing and apply the missing migrations in it (up to ``target``, default
+    all), in one transaction under an advisory lock; returns the versions applied."""
+    check_sequence(migrations)
+    async with conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK_CLASS}, hashtext(%s))", (schema,))
+        cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        # Checked first because CREATE SCHEMA IF NOT EXISTS still demands CREATE on the database,
+        # which a least-privilege role using a pre-created schema does not have.
+        if await cur.fetchone() is None:
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        # Whatever search_path the connection came with, the DDL below must land in this schema.
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(_PG_BOOKKEEPING)
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+        applied = {row[0] for row in await cur.fetchall()}
+        todo = _pending(migrations, applied, target, f"PostgreSQL schema {schema!r}")
+        for migration in todo:
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+    return [m.version for m in todo]

@@ -1,0 +1,89 @@
+"""Runs the job machinery of one process: store, worker, queue-depth refresh, retention janitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from inferd.jobs.service import JobService
+from inferd.jobs.store import JobStore
+from inferd.jobs.worker import JobWorker
+
+logger = logging.getLogger("inferd.jobs")
+
+
+async def _every(interval_s: float, action: Callable[[], Awaitable[Any]], what: str) -> None:
+    while True:
+        try:
+            await action()
+        except Exception:
+            logger.exception("%s failed; trying again in %.1fs", what, interval_s)
+        await asyncio.sleep(interval_s)
+
+
+class JobRuntime:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        service: JobService,
+        worker: JobWorker | None,
+        job_ttl_s: float,
+        janitor_interval_s: float,
+        depth_refresh_s: float = 0.5,
+        shutdown_grace_s: float = 25.0,
+    ) -> None:
+        self.store = store
+        self.service = service
+        self.worker = worker
+        self._job_ttl_s = job_ttl_s
+        self._janitor_interval_s = janitor_interval_s
+        self._depth_refresh_s = depth_refresh_s
+        self._shutdown_grace_s = shutdown_grace_s
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._worker_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._tasks.append(
+            asyncio.create_task(
+                _every(self._depth_refresh_s, self.service.refresh_queue_depth, "job_queue_depth refresh")
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                _every(
+                    self._janitor_interval_s,
+                    lambda: self.service.delete_expired(self._job_ttl_s),
+                    "job retention",
+                )
+            )
+        )
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        """Stop claiming, finish or release running jobs within the grace period, close the store."""
+        if self.worker is not None and self._worker_task is not None:
+            self.worker.stop()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._worker_task, timeout=5)
+            await self.worker.drain(self._shutdown_grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.store.close()
+
+    async def readiness(self) -> list[str]:
+        try:
+            if await asyncio.wait_for(self.store.ping(), timeout=2):
+                return []
+        except Exception as exc:
+            return [f"job store does not answer: {type(exc).__name__}: {exc}"]
+        return ["job store does not answer"]

@@ -1,0 +1,303 @@
+"""JobService: the only writer of job state.
+
+Every transition is a conditional update in the store (see store.py), so a late result for a job that
+was cancelled, re-leased to another worker, or already finished is refused instead of overwriting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from inferd.core.errors import ConflictError, InferdError, InvalidInputError, JobNotFoundError
+from inferd.core.prediction import PredictionService
+from inferd.jobs.models import Job, JobError, JobStatus, utcnow
+from inferd.jobs.store import JobStore
+from inferd.metrics import InferdMetrics
+
+logger = logging.getLogger("inferd.jobs")
+
+RETRYABLE = frozenset({"timeout", "inference_error", "overloaded"})
+MAX_WAIT_S = 60.0
+
+
+def request_fingerprint(model: str, version: str | None, body: Any) -> str:
+    """What makes two submissions 'the same' for an idempotency key."""
+    canonical = orjson.dumps({"model": model, "version": version, "body": body}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        prediction: PredictionService,
+        metrics: InferdMetrics,
+        default_max_attempts: int = 3,
+        retry_base_s: float = 1.0,
+        max_result_bytes: int = 10 * 1024 * 1024,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.prediction = prediction
+        self._metrics = metrics
+        self._default_max_attempts = default_max_attempts
+        self._retry_base_s = retry_base_s
+        self._max_result_bytes = max_result_bytes
+        self._clock = clock
+        self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        version: str | None,
+        inputs: Sequence[Any],
+        batch: bool,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Validate the input now (invalid jobs are never queued), resolve the version through routing,
+        and store a pending job. Returns (job, created)."""
+        target = await self.prediction.check_inputs(
+            tenant=tenant, model=model, version=version, inputs=inputs, indexed=batch
+        )
+        now = self._clock()
+        job = Job(
+            id=str(uuid.uuid4()),
+            tenant=tenant,
+            model=target.name,
+            version=target.version,
+            inputs=list(inputs),
+            batch=batch,
+            max_attempts=max_attempts or self._default_max_attempts,
+            timeout_s=timeout_s,
+            created_at=now,
+            run_after=now,
+            idempotency_key=idempotency_key,
+            request_hash=fingerprint,
+        )
+        result = await self.store.insert(job)
+        if not result.created:
+            self._check_same_request(result.job, fingerprint)
+            return result.job, False
+        # The seed's bookkeeping; the periodic refresh from the store keeps it true across processes.
+        self._metrics.job_queue_depth.labels(job.model, job.version).inc()
+        return result.job, True
+
+    @staticmethod
+    def _check_same_request(job: Job, fingerprint: str | None) -> None:
+        if job.request_hash != fingerprint:
+            raise ConflictError(
+                "this Idempotency-Key was already used with a different request body; use a new key"
+            )
+
+    async def get(self, job_id: str, *, tenant: str, wait_s: float = 0.0) -> Job:
+        """The tenant's job; with ``wait_s``, hold until it is terminal or the wait ends."""
+        deadline = asyncio.get_running_loop().time() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        interval = 0.02
+        while True:
+            job = await self.store.get(job_id, tenant=tenant)
+            if job is None:
+                raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+            remaining = deadline - asyncio.get_running_loop().time()
+            if job.status.terminal or remaining <= 0:
+                return job
+            # Jobs finished by this process wake us at once; others are seen by polling.
+            try:
+                await asyncio.wait_for(self._finished.wait(), timeout=min(interval, remaining))
+            except TimeoutError:
+                pass
+            interval = min(interval * 2, 0.25)
+
+    async def list_jobs(
+        self, *, tenant: str, status: JobStatus | None, model: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Job], str | None]:
+        try:
+            return await self.store.list_jobs(
+                tenant=tenant, status=status, model=model, limit=limit, cursor=cursor
+            )
+        except ValueError as exc:  # a cursor that does not decode
+            raise InvalidInputError(f"invalid cursor: {exc}") from None
+
+    async def cancel(self, job_id: str, *, tenant: str) -> Job:
+        result = await self.store.cancel(job_id, tenant=tenant, now=self._clock())
+        if result.job is None:
+            raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+        if result.outcome == "terminal":
+            raise ConflictError(
+                f"job {job_id} is already {result.job.status.value}; only pending or running jobs can be cancelled"
+            )
+        if result.outcome == "cancelled":
+            self._metrics.job_queue_depth.labels(result.job.model, result.job.version).dec()
+            self._finished_job(result.job)
+        return result.job
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def mark_running(self, *, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+        """Claim up to ``limit`` runnable jobs for this worker (each claim is a lease)."""
+        now = self._clock()
+        jobs = await self.store.claim(worker_id=worker_id, limit=limit, lease_s=lease_s, now=now)
+        for job in jobs:
+            self._metrics.job_queue_depth.labels(job.model, job.version).dec()
+            waited_since = job.run_after if job.attempts > 1 else job.created_at
+            self._metrics.job_queue_wait.labels(job.model, job.version).observe(
+                max(0.0, (now - waited_since).total_seconds())
+            )
+        return jobs
+
+    async def renew(self, job_ids: list[str], *, worker_id: str, lease_s: float) -> int:
+        if not job_ids:
+            return 0
+        return await self.store.renew_leases(job_ids, worker_id=worker_id, lease_s=lease_s, now=self._clock())
+
+    async def run(self, job: Job, *, worker_id: str) -> Job | None:
+        """Execute one attempt through the PredictionService and record the outcome."""
+        try:
+            prediction = await self.prediction.predict(
+                tenant=job.tenant,
+                model=job.model,
+                version=job.version,
+                inputs=job.inputs,
+                indexed=job.batch,
+                timeout_s=job.timeout_s,
+            )
+            size = len(orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY))
+            if size > self._max_result_bytes:
+                error = JobError(
+                    "inference_error",
+                    f"the result is {size} bytes, over the {self._max_result_bytes}-byte limit "
+                    "(INFERD_JOB_MAX_RESULT_BYTES); split the inputs into smaller jobs",
+                )
+                return await self.fail(job, worker_id=worker_id, error=error, retry=False)
+            outputs = orjson.loads(orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY))
+        except InferdError as exc:
+            return await self.fail(
+                job, worker_id=worker_id, error=JobError(exc.code, exc.message), retry=exc.code in RETRYABLE
+            )
+        except TypeError as exc:  # outputs orjson cannot encode
+            error = JobError("inference_error", f"the model's output is not JSON-serializable: {exc}")
+            return await self.fail(job, worker_id=worker_id, error=error, retry=False)
+        return await self.complete(job, worker_id=worker_id, outputs=outputs)
+
+    async def complete(self, job: Job, *, worker_id: str, outputs: list[Any]) -> Job | None:
+        done = await self.store.finish(
+            job.id,
+            worker_id=worker_id,
+            attempt=job.attempts,
+            status=JobStatus.SUCCEEDED,
+            outputs=outputs,
+            error=None,
+            now=self._clock(),
+        )
+        return self._recorded(job, done)
+
+    async def fail(self, job: Job, *, worker_id: str, error: JobError, retry: bool) -> Job | None:
+        if retry and job.attempts < job.max_attempts:
+            delay = self._retry_base_s * 2 ** (job.attempts - 1)
+            delay *= random.uniform(0.8, 1.2)  # spread retries of jobs that failed together
+            run_after = self._clock() + timedelta(seconds=delay)
+            requeued = await self.store.retry_later(
+                job.id, worker_id=worker_id, attempt=job.attempts, error=error, run_after=run_after
+            )
+            if requeued is not None:
+                self._metrics.job_queue_depth.labels(job.model, job.version).inc()
+                logger.info(
+                    "job %s attempt %d failed (%s); retrying in %.1fs",
+                    job.id,
+                    job.attempts,
+                    error.code,
+                    delay,
+                )
+                return requeued
+            return self._recorded(job, None)
+        done = await self.store.finish(
+            job.id,
+            worker_id=worker_id,
+            attempt=job.attempts,
+            status=JobStatus.FAILED,
+            outputs=None,
+            error=error,
+            now=self._clock(),
+        )
+        return self._recorded(job, done)
+
+    def _recorded(self, job: Job, done: Job | None) -> Job | None:
+        if done is None:
+            # Cancelled, re-leased after our lease expired, or finished elsewhere: our result is discarded.
+            logger.warning(
+                "job %s attempt %d: result discarded (job no longer held by this worker)",
+                job.id,
+                job.attempts,
+            )
+            return None
+        self._finished_job(done)
+        return done
+
+    def _finished_job(self, job: Job) -> None:
+        if job.status.terminal:
+            self._metrics.jobs_finished.labels(job.model, job.version, job.status.value).inc()
+        self._finished.set()
+        self._finished = asyncio.Event()
+
+    async def release(self, job_ids: list[str], *, worker_id: str) -> int:
+        return await self.store.release(job_ids, worker_id=worker_id) if job_ids else 0
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    async def refresh_queue_depth(self) -> None:
+        """Set job_queue_depth from the store: the truth across processes, restarts and crashes."""
+        counts = await self.store.pending_counts()
+        gauge = self._metrics.job_queue_depth
+        for labels in {*counts, *self._known_depth_labels()}:
+            gauge.labels(*labels).set(counts.get(labels, 0))
+
+    def _known_depth_labels(self) -> list[tuple[str, str]]:
+        known: list[tuple[str, str]] = []
+        for metric in self._metrics.job_queue_depth.collect():
+            for sample in metric.samples:
+                known.append((sample.labels["model"], sample.labels["version"]))
+        return known
+
+    async def delete_expired(self, ttl_s: float) -> int:
+        return await self.store.delete_finished_before(self._clock() - timedelta(seconds=ttl_s))
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """The job object of the API."""
+    document: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "model": job.model,
+        "version": job.version,
+        "created_at": _time(job.created_at),
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+    }
+    if job.batch:
+        document["outputs"] = job.outputs
+    else:
+        document["output"] = job.outputs[0] if job.outputs else None
+    document["error"] = {"code": job.error.code, "message": job.error.message} if job.error else None
+    return document
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

@@ -1,0 +1,517 @@
+"""SQLite job store: the embedded default, one file, no server.
+
+sqlite3 is blocking and a connection belongs to one thread, so every call runs on one dedicated
+background thread owning one connection: calls from the API and an in-process worker are serialized
+there, and the event loop never blocks on disk. Other processes may use the same file: WAL lets
+readers run beside the single writer, busy_timeout makes writers queue instead of failing, and every
+read-modify-write runs as one statement or inside ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+
+from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.jobs.migrations import JOB_COLUMNS, apply_sqlite_migrations
+from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus, utcnow
+from inferd.jobs.store import CancelResult, InsertResult, decode_cursor, encode_cursor
+
+T = TypeVar("T")
+
+_COLS = ", ".join(JOB_COLUMNS)
+_PLACEHOLDERS = ", ".join("?" for _ in JOB_COLUMNS)
+_INSERT = f"INSERT INTO jobs ({_COLS}) VALUES ({_PLACEHOLDERS})"
+_INSERT_KEYED = (
+    f"{_INSERT} ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+)
+_TERMINAL = ", ".join(f"'{s.value}'" for s in TERMINAL_STATUSES)
+_LOST_MESSAGE = "worker lost while running the job (lease expired) and no attempts are left"
+# RETURNING needs 3.35; the bundled SQLite of every supported CPython is newer, a system one may not be.
+_MIN_SQLITE = (3, 35, 0)
+
+
+def _ts(value: datetime) -> str:
+    # Naive datetimes are taken as UTC (PostgreSQL's session time zone is UTC too).
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ts_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        # numpy arrays and scalars are accepted because model outputs are often made of them.
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except orjson.JSONEncodeError as exc:
+        # orjson also refuses integers beyond 64 bits; even stored exactly they would be read back
+        # as floats, so they are refused rather than silently altered.
+        raise InvalidInputError(f"job data is not JSON-serializable: {exc}") from exc
+
+
+def _params(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.tenant,
+        job.model,
+        job.version,
+        _dumps(job.inputs),
+        int(job.batch),
+        JobStatus(job.status).value,
+        job.attempts,
+        job.max_attempts,
+        job.timeout_s,
+        _ts(job.created_at),
+        _ts(job.run_after),
+        _ts_or_none(job.started_at),
+        _ts_or_none(job.finished_at),
+        job.lease_owner,
+        _ts_or_none(job.lease_expires_at),
+        int(job.cancel_requested),
+        None if job.outputs is None else _dumps(job.outputs),
+        None if job.error is None else job.error.code,
+        None if job.error is None else job.error.message,
+        job.idempotency_key,
+        job.request_hash,
+    )
+
+
+def _job(row: Sequence[Any]) -> Job:
+    created_at = _dt(row[10])
+    run_after = _dt(row[11])
+    assert created_at is not None and run_after is not None  # NOT NULL columns
+    return Job(
+        id=row[0],
+        tenant=row[1],
+        model=row[2],
+        version=row[3],
+        inputs=orjson.loads(row[4]),
+        batch=bool(row[5]),
+        status=JobStatus(row[6]),
+        attempts=row[7],
+        max_attempts=row[8],
+        timeout_s=row[9],
+        created_at=created_at,
+        run_after=run_after,
+        started_at=_dt(row[12]),
+        finished_at=_dt(row[13]),
+        lease_owner=row[14],
+        lease_expires_at=_dt(row[15]),
+        cancel_requested=bool(row[16]),
+        outputs=None if row[17] is None else orjson.loads(row[17]),
+        error=None if row[18] is None else JobError(row[18], row[19] or ""),
+        idempotency_key=row[20],
+        request_hash=row[21],
+    )
+
+
+def _id_list(job_ids: Iterable[str]) -> str:
+    # Passed as one JSON parameter and expanded with json_each, so the statement text is fixed
+    # (and cached) whatever the number of ids.
+    return orjson.dumps(list(job_ids)).decode()
+
+
+class SQLiteJobStore:
+    """JobStore on a SQLite file. ``open()`` creates the file and applies migrations."""
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._work = asyncio.Event()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("SQLiteJobStore is not open")
+        return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("SQLiteJobStore is not open")
+        return fn(conn)
+
+    @staticmethod
+    def _write_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _connect(self) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise ConfigError(
+                f"the SQLite job store needs SQLite >= 3.35 (for RETURNING), but Python is linked "
+                f"against {sqlite3.sqlite_version}; use a newer Python build or the PostgreSQL store"
+            )
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode only risks the last transactions on power loss, never corruption,
+            # and saves an fsync per commit: the difference between hundreds and thousands of jobs/s.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            apply_sqlite_migrations(conn, where=repr(self.path))
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            raise RuntimeError("SQLiteJobStore is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-sqlite")
+        self._work = asyncio.Event()  # bound to the loop that opens the store
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
+            self._work.set()  # wake waiters so they notice the store is gone
+
+    async def ping(self) -> bool:
+        try:
+            return await self._run(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
+        except (sqlite3.Error, RuntimeError):
+            return False
+
+    # -- submission -------------------------------------------------------------------------------
+
+    async def insert(self, job: Job) -> InsertResult:
+        params = _params(job)
+        key = job.idempotency_key
+
+        def do(conn: sqlite3.Connection) -> InsertResult:
+            try:
+                if key is None:
+                    conn.execute(_INSERT, params)
+                    return InsertResult(job, created=True)
+                # A keyed insert that loses the unique index race inserts nothing and reads the
+                # winner; the loop covers the winner being deleted between the two statements.
+                for _ in range(3):
+                    if conn.execute(_INSERT_KEYED, params).rowcount == 1:
+                        return InsertResult(job, created=True)
+                    row = conn.execute(
+                        f"SELECT {_COLS} FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                        (job.tenant, key),
+                    ).fetchone()
+                    if row is not None:
+                        return InsertResult(_job(row), created=False)
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"cannot insert job {job.id!r}: {exc}") from exc
+            raise ConflictError(f"idempotency key {key!r} kept conflicting with a vanishing job")
+
+        result = await self._run(do)
+        if result.created:
+            self._work.set()
+        return result
+
+    async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
+        if any(job.idempotency_key is not None for job in jobs):
+            raise ValueError("insert_many does not take idempotency keys; use insert for those jobs")
+        if not jobs:
+            return []
+        rows = [_params(job) for job in jobs]
+
+        def do(conn: sqlite3.Connection) -> None:
+            try:
+                self._write_tx(conn, lambda c: c.executemany(_INSERT, rows))
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"cannot insert jobs: {exc}") from exc
+
+        await self._run(do)
+        self._work.set()
+        return [InsertResult(job, created=True) for job in jobs]
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
+        query = f"SELECT {_COLS} FROM jobs WHERE id = ?"
+        params: tuple[str, ...] = (job_id,)
+        if tenant is not None:
+            query, params = query + " AND tenant = ?", (job_id, tenant)
+        row = await self._run(lambda conn: conn.execute(query, params).fetchone())
+        return None if row is None else _job(row)
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: str,
+        status: JobStatus | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        if limit < 1:
+            raise InvalidInputError(f"limit must be at least 1, got {limit}")
+        where = ["tenant = ?"]
+        params: list[Any] = [tenant]
+        if status is not None:
+            where.append("status = ?")
+            params.append(JobStatus(status).value)
+        if model is not None:
+            where.append("model = ?")
+            params.append(model)
+        if cursor is not None:
+            created_at, last_id = decode_cursor(cursor)
+            where.append("(created_at, id) < (?, ?)")
+            params += [_ts(created_at), last_id]
+        # One extra row tells whether another page exists, so the last page has no cursor.
+        params.append(limit + 1)
+        query = (
+            f"SELECT {_COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        rows = await self._run(lambda conn: conn.execute(query, params).fetchall())
+        jobs = [_job(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
+        return jobs, next_cursor
+
+    async def pending_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT model, version, count(*) FROM jobs WHERE status = 'pending' GROUP BY model, version"
+            ).fetchall()
+        )
+        return {(model, version): count for model, version, count in rows}
+
+    # -- worker side ------------------------------------------------------------------------------
+
+    async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
+        if limit < 1:
+            return []
+        now_s = _ts(now)
+        expires = _ts(now + timedelta(seconds=lease_s))
+
+        def tx(conn: sqlite3.Connection) -> list[Job]:
+            # Jobs of dead workers that must not run again are settled first, so they neither take
+            # claim slots nor linger as "running" forever.
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL "
+                "WHERE status = 'running' AND lease_expires_at < ? AND cancel_requested",
+                (now_s, now_s),
+            )
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL, error_code = 'inference_error', error_message = ? "
+                "WHERE status = 'running' AND lease_expires_at < ? AND attempts >= max_attempts",
+                (now_s, _LOST_MESSAGE, now_s),
+            )
+            rows = conn.execute(
+                f"""
+                UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,
+                    lease_expires_at = ?, started_at = ?
+                WHERE id IN (
+                    SELECT id FROM (
+                        SELECT id, created_at FROM (
+                            SELECT id, created_at FROM jobs
+                            WHERE status = 'pending' AND run_after <= ? AND NOT cancel_requested
+                            ORDER BY created_at, id LIMIT ?
+                        )
+                        UNION ALL
+                        SELECT id, created_at FROM (
+                            SELECT id, created_at FROM jobs
+                            WHERE status = 'running' AND lease_expires_at < ?
+                            ORDER BY created_at, id LIMIT ?
+                        )
+                    )
+                    ORDER BY created_at, id LIMIT ?
+                )
+                RETURNING {_COLS}
+                """,
+                (worker_id, expires, now_s, now_s, limit, now_s, limit, limit),
+            ).fetchall()
+            return [_job(row) for row in rows]
+
+        jobs = await self._run(lambda conn: self._write_tx(conn, tx))
+        # RETURNING order is unspecified in SQLite; callers get oldest first.
+        jobs.sort(key=lambda job: (job.created_at, job.id))
+        return jobs
+
+    async def renew_leases(self, job_ids: list[str], *, worker_id: str, lease_s: float, now: datetime) -> int:
+        if not job_ids:
+            return 0
+        params = (_ts(now + timedelta(seconds=lease_s)), _id_list(job_ids), worker_id)
+        return await self._run(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET lease_expires_at = ? "
+                    "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ?",
+                    params,
+                ).rowcount
+            )
+        )
+
+    async def finish(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        outputs: list[Any] | None,
+        error: JobError | None,
+        now: datetime,
+    ) -> Job | None:
+        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise ValueError(f"finish takes succeeded or failed, not {status!r}")
+        params = (
+            JobStatus(status).value,
+            _ts(now),
+            None if outputs is None else _dumps(outputs),
+            None if error is None else error.code,
+            None if error is None else error.message,
+            job_id,
+            worker_id,
+            attempt,
+        )
+        row = await self._run(
+            lambda conn: conn.execute(
+                f"""
+                UPDATE jobs SET
+                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,
+                    finished_at = ?,
+                    outputs = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+                    error_code = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+                    error_message = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+                    lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                RETURNING {_COLS}
+                """,
+                params,
+            ).fetchone()
+        )
+        return None if row is None else _job(row)
+
+    async def retry_later(
+        self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime
+    ) -> Job | None:
+        # A job whose cancellation was requested while it ran is not retried: it ends cancelled.
+        params = (_ts(utcnow()), _ts(run_after), error.code, error.message, job_id, worker_id, attempt)
+        row = await self._run(
+            lambda conn: conn.execute(
+                f"""
+                UPDATE jobs SET
+                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                    finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END,
+                    run_after = ?, error_code = ?, error_message = ?,
+                    lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                RETURNING {_COLS}
+                """,
+                params,
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        self._work.set()
+        return _job(row)
+
+    async def release(self, job_ids: list[str], *, worker_id: str) -> int:
+        if not job_ids:
+            return 0
+        params = (_ts(utcnow()), _id_list(job_ids), worker_id)
+        count = await self._run(
+            lambda conn: (
+                conn.execute(
+                    """
+                UPDATE jobs SET
+                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                    attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
+                    finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END,
+                    lease_owner = NULL, lease_expires_at = NULL
+                WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ?
+                """,
+                    params,
+                ).rowcount
+            )
+        )
+        if count:
+            self._work.set()
+        return count
+
+    async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
+        params = (_ts(now), job_id, tenant)
+
+        def do(conn: sqlite3.Connection) -> CancelResult:
+            row = conn.execute(
+                f"""
+                UPDATE jobs SET
+                    status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+                    finished_at = CASE WHEN status = 'pending' THEN ? ELSE finished_at END,
+                    cancel_requested = 1
+                WHERE id = ? AND tenant = ? AND status IN ('pending', 'running')
+                RETURNING {_COLS}
+                """,
+                params,
+            ).fetchone()
+            if row is not None:
+                job = _job(row)
+                return CancelResult(
+                    job, "cancelled" if job.status is JobStatus.CANCELLED else "cancel_requested"
+                )
+            # Nothing matched: the job is missing or already terminal, and terminal is final.
+            row = conn.execute(
+                f"SELECT {_COLS} FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+            ).fetchone()
+            return CancelResult(None, "not_found") if row is None else CancelResult(_job(row), "terminal")
+
+        return await self._run(do)
+
+    async def delete_finished_before(self, cutoff: datetime) -> int:
+        params = (_ts(cutoff),)
+        return await self._run(
+            lambda conn: (
+                conn.execute(
+                    f"DELETE FROM jobs WHERE status IN ({_TERMINAL}) AND finished_at < ?", params
+                ).rowcount
+            )
+        )
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        # Only this process's writes set the event; the timeout doubles as the polling interval
+        # that picks up jobs submitted by other processes sharing the file.
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._work.wait()
+        except TimeoutError:
+            pass
+        self._work.clear()

@@ -1,0 +1,93 @@
+"""Job store URLs: which store to build from one settings string."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from inferd.core.errors import ConfigError
+from inferd.jobs.postgres import PostgresJobStore
+from inferd.jobs.sqlite import SQLiteJobStore
+from inferd.jobs.store import JobStore
+
+ACCEPTED_FORMS = (
+    "sqlite:///relative/path.db (relative to the working directory), sqlite:////absolute/path.db, "
+    "postgresql://user:password@host:port/dbname[?schema=NAME] (postgres:// works too)"
+)
+
+
+def _redact(url: str) -> str:
+    """The URL with its password masked, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def _invalid(url: str, why: str) -> ConfigError:
+    return ConfigError(f"invalid job store URL {_redact(url)!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
+
+
+def _sqlite(url: str) -> SQLiteJobStore:
+    rest = url[len("sqlite://") :]
+    # SQLAlchemy convention: the empty host leaves "/" + path, so three slashes mean relative and four
+    # mean absolute.
+    if not rest.startswith("/"):
+        raise _invalid(url, "a sqlite URL has no host part; write sqlite:/// followed by the file path")
+    if "?" in rest or "#" in rest:
+        raise _invalid(url, "sqlite URLs take no query parameters")
+    path = rest[1:]
+    if not path or path.endswith("/"):
+        raise _invalid(url, "the sqlite URL names no database file")
+    absolute = os.path.abspath(path)
+    try:
+        Path(absolute).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the directory for the job store {absolute!r} (from {url!r}): {exc}"
+        ) from exc
+    return SQLiteJobStore(absolute)
+
+
+def _postgres(url: str) -> PostgresJobStore:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # parsing the port is what validates it
+    except ValueError as exc:
+        raise _invalid(url, str(exc)) from exc
+    schema = "public"
+    kept: list[str] = []
+    seen_schema = False
+    # The query is filtered textually so the other parameters reach libpq exactly as written.
+    for item in parts.query.split("&") if parts.query else []:
+        key, _, value = item.partition("=")
+        if unquote(key) != "schema":
+            kept.append(item)
+            continue
+        if seen_schema:
+            raise _invalid(url, "the schema parameter is given twice")
+        seen_schema = True
+        schema = unquote(value)
+    dsn = urlunsplit(parts._replace(query="&".join(kept)))
+    try:
+        return PostgresJobStore(dsn, schema=schema)
+    except ConfigError as exc:
+        raise _invalid(url, exc.message) from exc
+
+
+def open_store(url: str) -> JobStore:
+    """Build the (not yet opened) store a URL names; ``await store.open()`` connects and migrates.
+    For SQLite, the file's directory is created here."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        return _sqlite(url)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(url)
+    raise _invalid(url, "unknown scheme" if scheme else "not a URL")

@@ -1,0 +1,142 @@
+"""The job worker: claims pending jobs, runs them through the PredictionService, renews leases.
+
+One claiming loop per process: it claims as many jobs as it has free slots in one statement, and
+waits for a store notification (LISTEN/NOTIFY on PostgreSQL, an in-process event on SQLite) or the
+poll interval only when there is nothing to claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+from inferd.jobs.models import Job
+from inferd.jobs.service import JobService
+
+logger = logging.getLogger("inferd.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobWorker:
+    def __init__(
+        self,
+        *,
+        service: JobService,
+        concurrency: int,
+        lease_s: float,
+        poll_interval_s: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.service = service
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.worker_id = worker_id or new_worker_id()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    @property
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
+
+    async def run(self) -> None:
+        """Claim and execute until :meth:`stop`; never returns while jobs are held."""
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            while not self._stopping.is_set():
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    await self._wait(self._slot_freed)
+                    continue
+                try:
+                    jobs = await self.service.mark_running(
+                        worker_id=self.worker_id, limit=free, lease_s=self.lease_s
+                    )
+                except Exception:
+                    logger.exception("claiming jobs failed; retrying in %.1fs", self.poll_interval_s)
+                    await self._sleep(self.poll_interval_s)
+                    continue
+                for job in jobs:
+                    self._start(job)
+                if not jobs:
+                    await self._wait_for_work()
+        finally:
+            renewer.cancel()
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self._running[job.id] = task
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            await self.service.run(job, worker_id=self.worker_id)
+        except Exception:
+            # Store unreachable while recording: the lease expires and another attempt runs the job.
+            logger.exception("job %s: recording the outcome failed", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+
+    async def _wait_for_work(self) -> None:
+        waiter = asyncio.create_task(self.service.store.wait_for_work(self.poll_interval_s))
+        stopper = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        event.clear()
+        if self.concurrency - len(self._running) > 0:
+            return
+        stopper = asyncio.create_task(self._stopping.wait())
+        waiter = asyncio.create_task(event.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _renew_leases(self) -> None:
+        interval = max(0.05, self.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.service.renew(self.running_jobs, worker_id=self.worker_id, lease_s=self.lease_s)
+            except Exception:
+                logger.exception("renewing leases failed")
+
+    def stop(self) -> None:
+        """Stop claiming new jobs."""
+        self._stopping.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """After stop(): let running jobs finish for up to ``grace_s``, then give the rest back."""
+        tasks = list(self._running.values())
+        if tasks:
+            logger.info("waiting up to %.0fs for %d running job(s)", grace_s, len(tasks))
+            renewer = asyncio.create_task(self._renew_leases())
+            try:
+                await asyncio.wait(tasks, timeout=grace_s)
+            finally:
+                renewer.cancel()
+        leftover = self.running_jobs
+        if leftover:
+            released = await self.service.release(leftover, worker_id=self.worker_id)
+            logger.warning("released %d unfinished job(s) back to pending", released)
+            for task in list(self._running.values()):
+                task.cancel()
