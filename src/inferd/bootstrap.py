@@ -20,7 +20,7 @@ from inferd.core.tenancy import KeyRing, RateLimiter
 from inferd.http.access_log import AccessLog
 from inferd.http.app import create_fastapi_app, requires_scope
 from inferd.http.asgi import InferdASGI
-from inferd.http.jobs import create_jobs_router
+from inferd.http.jobs import JobSubmitHandler, create_jobs_router
 from inferd.http.predict import Gatekeeper, PredictHandler
 from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
@@ -39,6 +39,8 @@ class DeviceMetrics:
         self._inflight = metrics.executor_inflight.labels(device)
         self._queued = metrics.executor_queued.labels(device)
         self._timeouts = metrics.executor_timeouts.labels(device)
+        self._batch_items = metrics.batch_items
+        self._batch_children: dict[Any, Any] = {}
 
     def inflight_add(self, amount: int) -> None:
         self._inflight.inc(amount)
@@ -48,6 +50,13 @@ class DeviceMetrics:
 
     def timeout(self) -> None:
         self._timeouts.inc()
+
+    def step(self, target: Any, items: int) -> None:
+        child = self._batch_children.get(target)
+        if child is None:
+            labels = (getattr(target, "name", "unknown"), getattr(target, "version", "unknown"))
+            child = self._batch_children[target] = self._batch_items.labels(*labels)
+        child.observe(items)
 
 
 def is_loopback(host: str) -> bool:
@@ -86,14 +95,15 @@ def build_rate_limiter(settings: Settings) -> RateLimiter:
     default = None
     if settings.rate_limit:
         default = (parse_rate(settings.rate_limit), _burst_of(settings.rate_limit, settings.rate_burst))
-    overrides = {
-        tenant: (
-            parse_rate(tenant_settings.rate_limit),
-            _burst_of(tenant_settings.rate_limit, tenant_settings.burst),
-        )
-        for tenant, tenant_settings in settings.tenants.items()
-        if tenant_settings.rate_limit
-    }
+    overrides: dict[str, tuple[float, float] | None] = {}
+    for tenant, tenant_settings in settings.tenants.items():
+        rate = tenant_settings.rate_limit
+        if rate is None:
+            continue
+        if rate.strip().lower() in ("off", "none", "unlimited"):
+            overrides[tenant] = None  # exempt from the default limit
+        else:
+            overrides[tenant] = (parse_rate(rate), _burst_of(rate, tenant_settings.burst))
     return RateLimiter(default=default, overrides=overrides)
 
 
@@ -118,12 +128,18 @@ def build_engine(settings: Settings) -> Engine:
         raise ConfigError("no model repository given: pass --models DIR or set INFERD_MODELS")
     devices = settings.device_threads
     metrics = InferdMetrics(devices=devices)
-    registry = ModelRegistry(loader=build_pipeline, devices=devices)
+    registry = ModelRegistry(
+        loader=build_pipeline,
+        devices=devices,
+        on_state_change=lambda v: metrics.model_state.labels(v.name, v.version).set(
+            1 if v.state == "loaded" else 0
+        ),
+    )
     registry.scan(settings.models)
-    registry.load_at_start()
     for entry in registry.models.values():
         for version in entry.versions.values():
-            metrics.model_state.labels(entry.name, version.version).set(1 if version.state == "loaded" else 0)
+            metrics.model_state.labels(entry.name, version.version).set(0)
+    registry.load_at_start()
     executors = {
         device: DeviceExecutor(
             device=device,
@@ -186,6 +202,12 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
     )
 
     jobs = build_job_runtime(settings, engine, run_worker=settings.worker)
+    submit_job = JobSubmitHandler(
+        service=jobs.service,
+        gatekeeper=gatekeeper,
+        max_body_bytes=settings.max_body_bytes,
+        max_inputs=settings.max_batch_inputs,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -209,14 +231,15 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
         routers=[
             create_jobs_router(
                 service=jobs.service,
+                submitter=submit_job,
                 requires=lambda scope_name: requires_scope(gatekeeper, scope_name),
-                max_inputs=settings.max_batch_inputs,
             )
         ],
     )
     return InferdASGI(
         app=fastapi_app,
         predict=predict if fast_path else None,
+        submit_job=submit_job if fast_path else None,
         access_log=access_log,
         max_body_bytes=settings.max_body_bytes,
     )

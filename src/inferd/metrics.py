@@ -62,9 +62,10 @@ class InferdMetrics:
         self.executor_queued = Gauge(
             "executor_queued", "Requests waiting for a thread of the device.", ["device"], registry=r
         )
-        self.model_batch_size = Histogram(
-            "inference_model_batch_size",
-            "Items per model call after merging concurrent requests.",
+        self.batch_items = Histogram(
+            "inference_batch_items",
+            "Items run in one executor step after merging concurrent requests (split into model calls of at "
+            "most max_batch_size).",
             ["model", "version"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,

@@ -39,6 +39,7 @@ class ExecutorMetrics(Protocol):
     def inflight_add(self, amount: int) -> None: ...
     def queued_add(self, amount: int) -> None: ...
     def timeout(self) -> None: ...
+    def step(self, target: Any, items: int) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -209,11 +210,13 @@ class DeviceExecutor:
             if taken is None:
                 return
             metrics.queued_add(-len(taken))
-            works = [work for work in taken if not work.abandoned]
+            # Skip work nobody waits for: past its deadline, or its client went away (future cancelled).
+            works = [work for work in taken if not work.abandoned and not work.future.done()]
             if not works:
                 continue
             metrics.inflight_add(len(works))
             try:
+                metrics.step(works[0].target, sum(work.size for work in works))
                 outcomes: Sequence[Any] | BaseException = works[0].target.run_group([w.call for w in works])
             except InferdError as exc:
                 outcomes = exc

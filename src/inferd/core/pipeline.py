@@ -55,6 +55,8 @@ class Pipeline:
         self._validator = validator
         self._postprocessor = postprocessor
         self._needs_preparation = any((schema_check, preprocessor, validator))
+        # User hooks may be slow or blocking; a schema check alone is cheap enough for the event loop.
+        self.preparation_blocks = preprocessor is not None or validator is not None
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
@@ -62,7 +64,11 @@ class Pipeline:
     def prepare(self, item: Any, where: str) -> Any:
         """Schema, preprocessor, validator for one item; raises InvalidInputError or InferenceError."""
         if self._schema_check is not None:
-            problem = self._schema_check(item)
+            try:
+                problem = self._schema_check(item)
+            except Exception as exc:  # e.g. an unresolvable $ref: the schema is at fault, not the input
+                logger.exception("input_schema check of %s:%s failed", self.name, self.version)
+                raise InferenceError(f"{where}input_schema check failed: {_cause(exc)}") from exc
             if problem is not None:
                 raise InvalidInputError(f"{where}does not match the model's input_schema: {problem}")
         if self._preprocessor is not None:

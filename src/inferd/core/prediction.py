@@ -100,5 +100,9 @@ class PredictionService:
         Not an execution, so nothing is counted."""
         target = self.registry.resolve(model, version, tenant=tenant)
         pipeline = target.pipeline or await self.registry.ensure_loaded(target)
-        await asyncio.to_thread(pipeline.prepare_call, PipelineCall(inputs, indexed))
+        call = PipelineCall(inputs, indexed)
+        if pipeline.preparation_blocks:
+            await asyncio.to_thread(pipeline.prepare_call, call)
+        else:
+            pipeline.prepare_call(call)
         return target

@@ -87,8 +87,15 @@ class RepositoryProblem:
 
 
 class ModelRegistry:
-    def __init__(self, *, loader: PipelineLoader, devices: Iterable[str]) -> None:
+    def __init__(
+        self,
+        *,
+        loader: PipelineLoader,
+        devices: Iterable[str],
+        on_state_change: Callable[[ModelVersion], None] | None = None,
+    ) -> None:
         self._loader = loader
+        self._on_state_change = on_state_change
         self._devices = set(devices)
         self.models: dict[str, ModelEntry] = {}
         self.problems: list[RepositoryProblem] = []
@@ -143,8 +150,12 @@ class ModelRegistry:
         else:
             version.state, version.error = "loaded", None
             logger.info("loaded model %s version %s", version.name, version.version)
-            return
-        logger.error("model %s version %s failed to load: %s", version.name, version.version, version.error)
+        if version.state == "failed":
+            logger.error(
+                "model %s version %s failed to load: %s", version.name, version.version, version.error
+            )
+        if self._on_state_change is not None:
+            self._on_state_change(version)
 
     def load_at_start(self) -> None:
         for entry in self.models.values():

@@ -80,7 +80,7 @@ class TenantSettings(BaseModel):
     @field_validator("rate_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
-        if value is not None:
+        if value is not None and value.strip().lower() not in ("off", "none", "unlimited"):
             parse_rate(value)
         return value
 

@@ -97,14 +97,14 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token bucket per tenant: ``rate`` tokens per second, ``burst`` capacity (default: one second's
-    worth, i.e. N for 'N/s'). In-process: each replica limits on its own."""
+    """Token bucket per tenant: ``rate`` tokens per second, ``burst`` capacity (the settings default it to
+    N for 'N/s' or 'N/m'). An override of None exempts a tenant. In-process: each replica limits alone."""
 
     def __init__(
         self,
         *,
         default: tuple[float, float] | None,
-        overrides: Mapping[str, tuple[float, float]] | None = None,
+        overrides: Mapping[str, tuple[float, float] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._default = default
@@ -115,7 +115,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
-        return self._default is not None or bool(self._overrides)
+        return self._default is not None or any(v is not None for v in self._overrides.values())
 
     def acquire(self, tenant: str, cost: float = 1.0) -> None:
         limits = self._overrides.get(tenant, self._default)

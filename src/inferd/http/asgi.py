@@ -25,7 +25,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# Used with fullmatch: with match() and "$", a value ending in "\n" passed and was echoed back.
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -146,11 +147,16 @@ class InferdASGI:
         *,
         app: ASGIApp,
         predict: FastHandler | None,
+        submit_job: FastHandler | None = None,
         access_log: AccessLog,
         max_body_bytes: int,
     ) -> None:
         self._app = app
-        self._predict = predict
+        self._fast_handlers = {
+            action: handler
+            for action, handler in (("predict", predict), ("jobs", submit_job))
+            if handler is not None
+        }
         self._access_log = access_log
         self._max_body_bytes = max_body_bytes
 
@@ -160,17 +166,19 @@ class InferdASGI:
             return
         started = time.perf_counter()
         sent_id = header(scope, b"x-request-id")
-        request_id = sent_id.decode() if sent_id and _SANE_REQUEST_ID.match(sent_id) else os.urandom(12).hex()
+        request_id = (
+            sent_id.decode() if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else os.urandom(12).hex()
+        )
         info = RequestInfo(request_id)
         state = scope.setdefault("state", {})
         state["inferd"] = info
         state["request_id"] = request_id
         path: str = scope["path"]
         try:
-            route = self._fast_route(scope["method"], path) if self._predict is not None else None
-            if route is not None:
-                assert self._predict is not None
-                await self._predict(scope, receive, send, info, *route)
+            route = self._fast_route(scope["method"], path) if self._fast_handlers else None
+            handler = self._fast_handlers.get(route[0]) if route is not None else None
+            if route is not None and handler is not None:
+                await handler(scope, receive, send, info, *route[1:])
             else:
                 await self._forward(scope, receive, send, info)
         finally:
@@ -190,19 +198,22 @@ class InferdASGI:
                 self._access_log.write(record)
 
     @staticmethod
-    def _fast_route(method: str, path: str) -> tuple[str, str | None, bool] | None:
+    def _fast_route(method: str, path: str) -> tuple[str, str, str | None, bool] | None:
+        """``(action, name, version, batch)`` for ``/v1/models/{name}[/versions/{v}]/predict[/batch]``
+        and ``.../jobs``; None for every other route."""
         if method != "POST" or not path.startswith("/v1/models/"):
             return None
         parts = path[len("/v1/models/") :].split("/")
         batch = parts[-1] == "batch"
         if batch:
             parts.pop()
-        if not parts or parts[-1] != "predict" or not parts[0]:
+        action = parts[-1]
+        if action not in ("predict", "jobs") or (batch and action == "jobs") or not parts[0]:
             return None
         if len(parts) == 2:
-            return parts[0], None, batch
+            return action, parts[0], None, batch
         if len(parts) == 4 and parts[1] == "versions" and parts[2]:
-            return parts[0], parts[2], batch
+            return action, parts[0], parts[2], batch
         return None
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> None:
@@ -214,4 +225,38 @@ class InferdASGI:
                 message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
 
+        if _declares_body(scope):
+            # FastAPI turns any exception raised while it reads a body into "400 There was an error
+            # parsing the body", so a limit raised from inside its receive never reached the client as
+            # 413. Read (and limit) the body here, answer 413 ourselves, and replay it to the app.
+            try:
+                body = await read_body(scope, receive, self._max_body_bytes)
+            except InferdError as exc:
+                await send_error(send, exc, info)
+                return
+            await self._app(scope, _ReplayReceive(body, receive), send_with_id)
+            return
         await self._app(scope, BodyLimitedReceive(receive, self._max_body_bytes), send_with_id)
+
+
+def _declares_body(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+class _ReplayReceive:
+    """Hands the already-read body to the app once, then passes on the server's messages (disconnect)."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._body is None:
+            return await self._receive()
+        body, self._body = self._body, None
+        return {"type": "http.request", "body": body, "more_body": False}

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from inferd.core.errors import InvalidInputError
+from inferd.core.errors import InferdError, InvalidInputError
 from inferd.core.tenancy import Principal
-from inferd.http.asgi import request_info
-from inferd.http.predict import parse_json_object, parse_timeout
+from inferd.http.asgi import (
+    Receive,
+    RequestInfo,
+    Scope,
+    Send,
+    header,
+    read_body,
+    request_info,
+    send_error,
+    send_response,
+)
+from inferd.http.predict import Gatekeeper, parse_json_object, parse_timeout
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
 
@@ -46,20 +57,54 @@ def parse_job_request(
     return inputs, batch, max_attempts, parse_timeout(data)
 
 
-def create_jobs_router(*, service: JobService, requires: Any, max_inputs: int) -> APIRouter:
-    router = APIRouter(tags=["jobs"])
-    jobs_scope = requires("jobs")
+class JobSubmitHandler:
+    """Job submission, served by the pure-ASGI fast path and by the documented FastAPI routes."""
 
-    async def submit(
-        request: Request, principal: Principal, name: str, version: str | None, idempotency_key: str | None
-    ) -> JSONResponse:
-        info = request_info(request.scope)
+    def __init__(
+        self, *, service: JobService, gatekeeper: Gatekeeper, max_body_bytes: int, max_inputs: int
+    ) -> None:
+        self._service = service
+        self._gatekeeper = gatekeeper
+        self._max_body_bytes = max_body_bytes
+        self._max_inputs = max_inputs
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        info: RequestInfo,
+        name: str,
+        version: str | None,
+        _: bool,
+    ) -> None:
+        try:
+            principal = self._gatekeeper.admit(scope["headers"], "jobs", info)
+            raw_key = header(scope, b"idempotency-key")
+            body = await read_body(scope, receive, self._max_body_bytes)
+            key = raw_key.decode("latin-1") if raw_key is not None else None
+            payload, location = await self.execute(principal, name, version, body, key, info)
+        except InferdError as exc:
+            await send_error(send, exc, info)
+            return
+        info.status = 202
+        await send_response(send, 202, payload, info.request_id, [(b"location", location.encode())])
+
+    async def execute(
+        self,
+        principal: Principal,
+        name: str,
+        version: str | None,
+        body: bytes,
+        idempotency_key: str | None,
+        info: RequestInfo,
+    ) -> tuple[bytes, str]:
         info.model = name
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInputError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        data = parse_json_object(await request.body(), '{"input": ...} or {"inputs": [...]}')
-        inputs, batch, max_attempts, timeout_s = parse_job_request(data, max_inputs=max_inputs)
-        job, _ = await service.create_job(
+        data = parse_json_object(body, '{"input": ...} or {"inputs": [...]}')
+        inputs, batch, max_attempts, timeout_s = parse_job_request(data, max_inputs=self._max_inputs)
+        job, _ = await self._service.create_job(
             tenant=principal.tenant,
             model=name,
             version=version,
@@ -71,7 +116,23 @@ def create_jobs_router(*, service: JobService, requires: Any, max_inputs: int) -
             fingerprint=request_fingerprint(name, version, data) if idempotency_key else None,
         )
         info.version = job.version
-        return JSONResponse(job_document(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        return orjson.dumps(job_document(job)), f"/v1/jobs/{job.id}"
+
+
+def create_jobs_router(*, service: JobService, submitter: JobSubmitHandler, requires: Any) -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+    jobs_scope = requires("jobs")
+
+    async def submit(
+        request: Request, principal: Principal, name: str, version: str | None, idempotency_key: str | None
+    ) -> Response:
+        info = request_info(request.scope)
+        payload, location = await submitter.execute(
+            principal, name, version, await request.body(), idempotency_key, info
+        )
+        return Response(
+            payload, status_code=202, media_type="application/json", headers={"Location": location}
+        )
 
     @router.post("/v1/models/{name}/jobs", status_code=202)
     async def submit_routed(
@@ -79,7 +140,7 @@ def create_jobs_router(*, service: JobService, requires: Any, max_inputs: int) -
         name: str,
         principal: Principal = jobs_scope,
         idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         """Submit a durable job: `{"input": ...}` or `{"inputs": [...]}`, optional `max_attempts`, `timeout_s`."""
         return await submit(request, principal, name, None, idempotency_key)
 
@@ -90,7 +151,7 @@ def create_jobs_router(*, service: JobService, requires: Any, max_inputs: int) -
         version: str,
         principal: Principal = jobs_scope,
         idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         return await submit(request, principal, name, version, idempotency_key)
 
     @router.get("/v1/jobs/{job_id}")

@@ -4,6 +4,11 @@ Every operation is one statement on an autocommit pooled connection (one round t
 claimers are kept apart by ``FOR UPDATE SKIP LOCKED``; idempotent submission relies on the unique
 (tenant, idempotency_key) index. Workers are woken by LISTEN/NOTIFY: writes that make work available
 call ``pg_notify`` in the same statement, so the notification is sent exactly when the row commits.
+
+Single inserts notify at most once per ``notify_debounce_s``: a committing NOTIFY takes a cluster-wide
+lock, which serializes those commits and defeats group commit (measured: about 3x fewer inserts/s
+when every insert notifies). An insert that skips it schedules one trailing notification at the end of
+the window, so no wake-up is lost; it is merely up to one window late during a burst.
 """
 
 from __future__ import annotations
@@ -39,11 +44,17 @@ _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _COLS = ", ".join(JOB_COLUMNS)
 _J_COLS = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
 _INSERT_VALUES = f"INSERT INTO jobs ({_COLS}) VALUES ({', '.join('%s' for _ in JOB_COLUMNS)})"
-_INSERT = f"WITH ins AS ({_INSERT_VALUES} RETURNING 1) SELECT pg_notify('{CHANNEL}', %s) FROM ins"
-_INSERT_KEYED = (
-    f"WITH ins AS ({_INSERT_VALUES} ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL"
-    f" DO NOTHING RETURNING 1) SELECT pg_notify('{CHANNEL}', %s) FROM ins"
+_INSERT_KEYED_VALUES = (
+    f"{_INSERT_VALUES} ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
+_NOTIFYING = "WITH ins AS ({} RETURNING 1) SELECT pg_notify('" + CHANNEL + "', %s) FROM ins"
+# (keyed, notify) -> statement; each reports the inserted row count through rowcount.
+_INSERTS = {
+    (False, False): _INSERT_VALUES,
+    (False, True): _NOTIFYING.format(_INSERT_VALUES),
+    (True, False): _INSERT_KEYED_VALUES,
+    (True, True): _NOTIFYING.format(_INSERT_KEYED_VALUES),
+}
 _ARRAY_TYPES = (
     "text",  # id
     "text",  # tenant
@@ -101,7 +112,7 @@ settled AS (
 ),
 runnable AS (
     SELECT id, created_at FROM jobs
-    WHERE status = 'pending' AND run_after <= %(now)s 
+    WHERE status = 'pending' AND run_after <= %(now)s AND NOT cancel_requested
     ORDER BY created_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -264,15 +275,19 @@ class PostgresJobStore:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout_s: float = 10.0,
+        notify_debounce_s: float = 0.01,
     ) -> None:
         self.dsn = dsn
         self.schema = validate_schema_name(schema)
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout_s = connect_timeout_s
+        self.notify_debounce_s = notify_debounce_s
         self._pool: AsyncConnectionPool[Any] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._work = asyncio.Event()
+        self._last_notify = float("-inf")  # loop time of the last notification this store sent
+        self._trailing_notify: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -293,6 +308,32 @@ class PostgresJobStore:
         if self._pool is None:
             raise RuntimeError("PostgresJobStore is not open")
         return self._pool
+
+    def _notify_now(self) -> bool:
+        """Whether the next insert should notify in its statement (leading edge of the window)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_notify >= self.notify_debounce_s:
+            self._last_notify = now
+            return True
+        return False
+
+    def _notify_later(self) -> None:
+        """After an insert committed without notifying: make sure one notification follows it."""
+        if self._trailing_notify is None:
+            self._trailing_notify = asyncio.create_task(self._send_trailing_notify())
+
+    async def _send_trailing_notify(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._last_notify + self.notify_debounce_s - loop.time()))
+        # Cleared before sending, so inserts committing from here on schedule their own.
+        self._trailing_notify = None
+        self._last_notify = loop.time()
+        try:
+            async with self._pool_or_raise().connection() as conn:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.schema))
+        except (psycopg.Error, RuntimeError) as exc:
+            # Other processes' workers still find the jobs when their wait times out.
+            log.warning("job store: could not notify workers of new jobs: %s", exc)
 
     async def _listen_connection(self, conninfo: str) -> AsyncConnection[Any]:
         conn = await AsyncConnection.connect(conninfo, autocommit=True)
@@ -360,6 +401,11 @@ class PostgresJobStore:
         self._listener = asyncio.create_task(self._listen(conn, conninfo), name="inferd-jobs-listen")
 
     async def close(self) -> None:
+        trailing, self._trailing_notify = self._trailing_notify, None
+        if trailing is not None:
+            trailing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trailing
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -381,36 +427,38 @@ class PostgresJobStore:
     # -- submission -------------------------------------------------------------------------------
 
     async def insert(self, job: Job) -> InsertResult:
-        params = [*_params(job), self.schema]
+        keyed = job.idempotency_key is not None
+        row_params = _params(job)
         try:
             async with self._pool_or_raise().connection() as conn:
-                if job.idempotency_key is None:
-                    await conn.execute(_INSERT, params)
-                    created = True
+                # Losing the unique-index race inserts nothing; the winner is then read in a new
+                # statement (a fresh snapshot, which sees it committed). The loop covers the winner
+                # being deleted in between.
+                for _ in range(3):
+                    notify = self._notify_now()
+                    statement = _INSERTS[keyed, notify]
+                    cur = await conn.execute(statement, [*row_params, self.schema] if notify else row_params)
+                    if cur.rowcount == 1:
+                        break
+                    if notify:
+                        self._last_notify = float("-inf")  # nothing was inserted, nothing was sent
+                    cur = await conn.execute(
+                        f"SELECT {_COLS} FROM jobs WHERE tenant = %s AND idempotency_key = %s",
+                        (job.tenant, job.idempotency_key),
+                    )
+                    row = await cur.fetchone()
+                    if row is not None:
+                        return InsertResult(_job(row), created=False)
                 else:
-                    # Losing the unique-index race inserts nothing; the winner is read in a new
-                    # statement (a fresh snapshot, which sees it committed). The loop covers the
-                    # winner being deleted in between.
-                    for _ in range(3):
-                        cur = await conn.execute(_INSERT_KEYED, params)
-                        if cur.rowcount == 1:
-                            created = True
-                            break
-                        cur = await conn.execute(
-                            f"SELECT {_COLS} FROM jobs WHERE tenant = %s AND idempotency_key = %s",
-                            (job.tenant, job.idempotency_key),
-                        )
-                        row = await cur.fetchone()
-                        if row is not None:
-                            return InsertResult(_job(row), created=False)
-                    else:
-                        raise ConflictError(
-                            f"idempotency key {job.idempotency_key!r} kept conflicting with a vanishing job"
-                        )
+                    raise ConflictError(
+                        f"idempotency key {job.idempotency_key!r} kept conflicting with a vanishing job"
+                    )
         except psycopg.errors.UniqueViolation as exc:
             raise ConflictError(f"cannot insert job {job.id!r}: {exc}") from exc
+        if not notify:
+            self._notify_later()
         self._work.set()
-        return InsertResult(job, created=created)
+        return InsertResult(job, created=True)
 
     async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
         if any(job.idempotency_key is not None for job in jobs):

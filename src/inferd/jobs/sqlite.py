@@ -10,7 +10,9 @@ read-modify-write runs as one statement or inside ``BEGIN IMMEDIATE``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,8 @@ from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus, utcn
 from inferd.jobs.store import CancelResult, InsertResult, decode_cursor, encode_cursor
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _COLS = ", ".join(JOB_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" for _ in JOB_COLUMNS)
@@ -168,7 +172,7 @@ class SQLiteJobStore:
             )
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(conn)
             # NORMAL in WAL mode only risks the last transactions on power loss, never corruption,
             # and saves an fsync per commit: the difference between hundreds and thousands of jobs/s.
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -179,10 +183,37 @@ class SQLiteJobStore:
             raise
         self._conn = conn
 
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL needs an exclusive lock and SQLite reports contention for it
+        # at once, without the busy handler, so processes opening a fresh file together retry here.
+        # Once switched, the mode is stored in the file and this is a no-op.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if row is None or str(row[0]).lower() != "wal":
+            log.warning(
+                "job store %s: SQLite refused WAL mode (journal_mode is %s); readers will block writers",
+                self.path,
+                None if row is None else row[0],
+            )
+
     def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            # Refreshes planner statistics where they drifted; SQLite recommends it before closing.
+            conn.execute("PRAGMA optimize")
+        except sqlite3.Error as exc:  # e.g. busy: only a missed optimization
+            log.debug("job store %s: PRAGMA optimize skipped: %s", self.path, exc)
+        finally:
+            conn.close()
 
     async def open(self) -> None:
         if self._executor is not None:

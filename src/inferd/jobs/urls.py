@@ -39,6 +39,8 @@ def _sqlite(url: str) -> SQLiteJobStore:
     rest = url[len("sqlite://") :]
     # SQLAlchemy convention: the empty host leaves "/" + path, so three slashes mean relative and four
     # mean absolute.
+    if not rest:
+        raise _invalid(url, "the sqlite URL names no database file")
     if not rest.startswith("/"):
         raise _invalid(url, "a sqlite URL has no host part; write sqlite:/// followed by the file path")
     if "?" in rest or "#" in rest:

@@ -138,5 +138,9 @@ class JobWorker:
         if leftover:
             released = await self.service.release(leftover, worker_id=self.worker_id)
             logger.warning("released %d unfinished job(s) back to pending", released)
-            for task in list(self._running.values()):
+            cancelled = list(self._running.values())
+            for task in cancelled:
                 task.cancel()
+            # Wait for the cancellations to land, so no task still runs (or records) once drain()
+            # returns and the caller closes the store; bounded in case a task swallows it.
+            await asyncio.wait(cancelled, timeout=1.0)

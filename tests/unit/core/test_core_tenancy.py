@@ -1,0 +1,177 @@
+"""API keys, scopes and the per-tenant token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferd.core.errors import ConfigError, ForbiddenError, RateLimitedError, UnauthenticatedError
+from inferd.core.tenancy import SCOPES, KeyRing, Principal, RateLimiter
+
+SECRET = "sk-live-9f8e7d6c5b4a"
+
+
+def test_parse_valid_keys() -> None:
+    ring = KeyRing.parse(f" {SECRET}:acme:predict,jobs ; k2:beta:models;;k3:ops:admin ")
+    assert len(ring) == 3
+    assert ring.authenticate(SECRET) == Principal("acme", frozenset({"predict", "jobs"}))
+    assert ring.authenticate("k2") == Principal("beta", frozenset({"models"}))
+    assert ring.authenticate("k3").scopes == frozenset({"admin"})
+
+
+def test_empty_text_gives_an_empty_ring() -> None:
+    assert len(KeyRing.parse("")) == 0
+    assert len(KeyRing.parse(" ; ")) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        (f"{SECRET}", 1),
+        (f"{SECRET}:acme", 1),
+        (f"k1:a:predict;{SECRET}::predict", 2),
+        (f"k1:a:predict;k2:b:jobs;{SECRET}:c:", 3),
+        (f"{SECRET}:acme:predict:extra", 1),
+        (f"k1:a:predict;;{SECRET}:acme:predict,jobz", 3),
+        (f"{SECRET}:acme:predict;{SECRET}:other:jobs", 2),
+    ],
+)
+def test_malformed_entries_name_the_position_and_never_the_key(text: str, position: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        KeyRing.parse(text)
+    message = info.value.message
+    assert f"entry {position}" in message
+    assert "INFERD_API_KEYS" in message
+    assert SECRET not in message
+    assert SECRET[:8] not in message
+
+
+def test_key_with_colons_is_not_echoed() -> None:
+    # Five parts: any of them may be a piece of the key, so none is shown as the tenant.
+    with pytest.raises(ConfigError) as info:
+        KeyRing.parse("sk:part2secret:acme:predict:x")
+    assert "part2secret" not in info.value.message
+
+
+def test_unknown_scope_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        KeyRing.parse(f"{SECRET}:acme:predict,superuser")
+    assert "superuser" in info.value.message
+    assert "tenant 'acme'" in info.value.message
+    assert SECRET not in info.value.message
+
+
+def test_scopes_and_admin_implies_all() -> None:
+    user = Principal("acme", frozenset({"predict"}))
+    user.require("predict")
+    for scope in ("jobs", "models", "admin"):
+        with pytest.raises(ForbiddenError) as info:
+            user.require(scope)
+        assert info.value.code == "forbidden"
+        assert repr(scope) in info.value.message
+    admin = Principal("ops", frozenset({"admin"}))
+    for scope in SCOPES:
+        admin.require(scope)
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong", SECRET + "x", SECRET[:-1]])
+def test_unknown_or_missing_key_is_unauthenticated(key: str | None) -> None:
+    ring = KeyRing.parse(f"{SECRET}:acme:predict")
+    with pytest.raises(UnauthenticatedError) as info:
+        ring.authenticate(key)
+    assert info.value.code == "unauthenticated"
+
+
+def test_dev_ring_and_merge() -> None:
+    ring = KeyRing.parse(f"{SECRET}:acme:predict").merged(KeyRing.dev())
+    assert ring.authenticate("dev").scopes == SCOPES
+    assert ring.authenticate(SECRET).tenant == "acme"
+    assert len(ring) == 2
+
+
+def test_raw_keys_are_not_kept() -> None:
+    ring = KeyRing.parse(f"{SECRET}:acme:predict")
+    assert SECRET not in repr(vars(ring))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limiter_burst_then_429_then_refill() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(default=(2.0, 5.0), clock=clock)  # 2/s, burst 5
+    assert limiter.enabled
+    for _ in range(5):
+        limiter.acquire("acme")
+    with pytest.raises(RateLimitedError) as info:
+        limiter.acquire("acme")
+    assert info.value.code == "rate_limited"
+    assert info.value.retry_after_s == 1
+    assert "acme" in info.value.message
+    clock.now += 0.5  # one token back
+    limiter.acquire("acme")
+    with pytest.raises(RateLimitedError):
+        limiter.acquire("acme")
+    clock.now += 100  # refills, but never above the burst
+    for _ in range(5):
+        limiter.acquire("acme")
+    with pytest.raises(RateLimitedError):
+        limiter.acquire("acme")
+
+
+def test_rate_limiter_retry_after_rounds_up_to_whole_seconds() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(default=(0.1, 1.0), clock=clock)  # one request per 10 s
+    limiter.acquire("t")
+    with pytest.raises(RateLimitedError) as info:
+        limiter.acquire("t")
+    assert info.value.retry_after_s == 10
+    clock.now += 9.0
+    with pytest.raises(RateLimitedError) as later:
+        limiter.acquire("t")
+    assert later.value.retry_after_s == 1
+    clock.now += 1.0
+    limiter.acquire("t")
+
+
+def test_rate_limiter_cost() -> None:
+    limiter = RateLimiter(default=(1.0, 10.0), clock=FakeClock())
+    limiter.acquire("t", cost=8)
+    with pytest.raises(RateLimitedError) as info:
+        limiter.acquire("t", cost=3)
+    assert info.value.retry_after_s == 1
+    limiter.acquire("t", cost=2)
+
+
+def test_tenants_have_separate_buckets_and_overrides() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(default=(1.0, 1.0), overrides={"big": (100.0, 50.0)}, clock=clock)
+    limiter.acquire("small-a")
+    with pytest.raises(RateLimitedError):
+        limiter.acquire("small-a")
+    limiter.acquire("small-b")  # another tenant's bucket is untouched
+    for _ in range(50):
+        limiter.acquire("big")
+    with pytest.raises(RateLimitedError):
+        limiter.acquire("big")
+
+
+def test_override_only_limits_just_that_tenant() -> None:
+    limiter = RateLimiter(default=None, overrides={"capped": (1.0, 1.0)}, clock=FakeClock())
+    assert limiter.enabled
+    for _ in range(100):
+        limiter.acquire("free")
+    limiter.acquire("capped")
+    with pytest.raises(RateLimitedError):
+        limiter.acquire("capped")
+
+
+def test_disabled_limiter_never_limits() -> None:
+    limiter = RateLimiter(default=None, clock=FakeClock())
+    assert not limiter.enabled
+    for _ in range(1000):
+        limiter.acquire("t")
