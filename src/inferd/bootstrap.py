@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import disable_created_metrics
+
 from inferd.core.errors import ConfigError
 from inferd.core.executor import DeviceExecutor
 from inferd.core.prediction import PredictionService
@@ -127,6 +129,9 @@ def build_engine(settings: Settings) -> Engine:
     if settings.models is None:
         raise ConfigError("no model repository given: pass --models DIR or set INFERD_MODELS")
     devices = settings.device_threads
+    # The seed's metrics are exactly the series it names: no ``*_created`` samples (a process-wide switch
+    # of prometheus_client, flipped only here in the composition root).
+    disable_created_metrics()
     metrics = InferdMetrics(devices=devices)
     registry = ModelRegistry(
         loader=build_pipeline,

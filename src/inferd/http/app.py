@@ -189,41 +189,43 @@ def create_fastapi_app(
         payload = await predict.execute(principal, name, version, batch, await request.body(), info)
         return Response(payload, media_type="application/json")
 
-    predict_doc: dict[str, Any] = {"tags": ["inference"], "responses": ERROR_RESPONSES}
+    # The body is not a parameter: FastAPI would parse it before the auth dependency runs, and a client
+    # without a key must get 401 before anything about its body (as on the fast path).
+    def predict_doc(model: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        return {
+            "tags": ["inference"],
+            "responses": ERROR_RESPONSES,
+            "response_model": response,
+            "openapi_extra": {
+                "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+            },
+        }
 
-    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, **predict_doc)
+    single_doc = predict_doc(PredictRequest, PredictResponse)
+    batch_doc = predict_doc(BatchPredictRequest, BatchPredictResponse)
+
+    @app.post("/v1/models/{name}/predict", **single_doc)
     async def predict_routed(
-        request: Request, name: str, body: PredictRequest, principal: Principal = requires("predict")
+        request: Request, name: str, principal: Principal = requires("predict")
     ) -> Response:
         return await _predict(request, principal, name, None, False)
 
-    @app.post("/v1/models/{name}/versions/{version}/predict", response_model=PredictResponse, **predict_doc)
+    @app.post("/v1/models/{name}/versions/{version}/predict", **single_doc)
     async def predict_pinned(
-        request: Request,
-        name: str,
-        version: str,
-        body: PredictRequest,
-        principal: Principal = requires("predict"),
+        request: Request, name: str, version: str, principal: Principal = requires("predict")
     ) -> Response:
         return await _predict(request, principal, name, version, False)
 
-    @app.post("/v1/models/{name}/predict/batch", response_model=BatchPredictResponse, **predict_doc)
+    @app.post("/v1/models/{name}/predict/batch", **batch_doc)
     async def batch_routed(
-        request: Request, name: str, body: BatchPredictRequest, principal: Principal = requires("predict")
+        request: Request, name: str, principal: Principal = requires("predict")
     ) -> Response:
         return await _predict(request, principal, name, None, True)
 
-    @app.post(
-        "/v1/models/{name}/versions/{version}/predict/batch",
-        response_model=BatchPredictResponse,
-        **predict_doc,
-    )
+    @app.post("/v1/models/{name}/versions/{version}/predict/batch", **batch_doc)
     async def batch_pinned(
-        request: Request,
-        name: str,
-        version: str,
-        body: BatchPredictRequest,
-        principal: Principal = requires("predict"),
+        request: Request, name: str, version: str, principal: Principal = requires("predict")
     ) -> Response:
         return await _predict(request, principal, name, version, True)
 

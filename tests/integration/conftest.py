@@ -1,0 +1,334 @@
+"""Shared fixtures for the HTTP integration tests.
+
+Two ways to reach the server:
+
+- in process: ``build_engine`` + ``build_app`` behind ``httpx.ASGITransport``. Each ``InProcessAPI`` owns
+  one event loop for its whole life, because a ``DeviceExecutor`` binds to the loop of its first call;
+  tests call it synchronously (``api.post(...)``) or run coroutines on it (``api.run(...)``).
+- a real ``inferd serve`` subprocess on a free loopback port (``running_server``), for what only a real
+  HTTP stack shows: chunked bodies, the access log file, start-up failures, the /metrics text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from inferd.bootstrap import Engine, build_app, build_engine
+from inferd.core.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+# The test modules import their helpers from here. Under the name "conftest" they could get another
+# directory's conftest (pytest re-imports each rootless conftest.py as "conftest"), so this module also
+# registers itself under a name of its own; pytest always imports it before this directory's tests.
+sys.modules.setdefault("inferd_http_testkit", sys.modules[__name__])
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MODELS = FIXTURES / "models"
+BROKEN_MODELS = FIXTURES / "broken_models"
+
+# key:tenant:scopes, as in the brief: one key per scope, two tenants.
+API_KEYS = "k1:acme:predict;k2:acme:models;k3:beta:admin;k4:acme:jobs"
+PREDICT_KEY = "k1"  # acme, predict
+MODELS_KEY = "k2"  # acme, models
+ADMIN_KEY = "k3"  # beta, admin
+JOBS_KEY = "k4"  # acme, jobs
+
+SERVER_START_TIMEOUT_S = 30.0
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_settings(workdir: Path, **overrides: Any) -> Settings:
+    flags: dict[str, Any] = {
+        "models": MODELS,
+        "api_keys": API_KEYS,
+        "access_log": "off",
+        "log_level": "warning",
+        "store": f"sqlite:///{workdir / 'jobs.db'}",  # never the default store under the cwd
+        "worker": False,
+    }
+    flags.update(overrides)
+    return load_settings(flags=flags, environ={})
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The native error shape, exactly: {"error": {"code", "message"}, "request_id"}."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "request_id"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert body["request_id"] == response.headers["x-request-id"], (body, dict(response.headers))
+    return body
+
+
+class InProcessAPI:
+    """One engine, its apps (fast path on, and optionally off) and one event loop."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self._workdir = Path(tempfile.mkdtemp(prefix="inferd-test-"))
+        self.settings = make_settings(self._workdir, **overrides)
+        self.loop = asyncio.new_event_loop()
+        self.engine: Engine = build_engine(self.settings)
+        self.app = build_app(self.settings, engine=self.engine)
+        self.client = self._client_for(self.app)
+        self._fallback_client: httpx.AsyncClient | None = None
+        # ASGITransport does not run the lifespan; the app's (job store, log flusher) must run.
+        self._lifespan = Lifespan(self.app)
+        try:
+            self.run(self._lifespan.startup())
+        except BaseException:
+            self.engine.close()
+            self.loop.close()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _client_for(app: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+    @property
+    def fallback_client(self) -> httpx.AsyncClient:
+        """A client of the same engine with the pure-ASGI fast path switched off (FastAPI routes)."""
+        if self._fallback_client is None:
+            app = build_app(self.settings, engine=self.engine, fast_path=False)
+            self._fallback_client = self._client_for(app)
+        return self._fallback_client
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(awaitable)
+
+    def gather(self, *awaitables: Awaitable[Any]) -> list[Any]:
+        async def all_of() -> list[Any]:
+            return list(await asyncio.gather(*awaitables))
+
+        return self.run(all_of())
+
+    def arequest(
+        self, method: str, url: str, *, key: str | None = None, fast_path: bool = True, **kwargs: Any
+    ) -> Awaitable[httpx.Response]:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if key is not None:
+            headers.update(bearer(key))
+        client = self.client if fast_path else self.fallback_client
+        return client.request(method, url, headers=headers, **kwargs)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self.run(self.arequest(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        try:
+            for client in (self.client, self._fallback_client):
+                if client is not None:
+                    self.run(client.aclose())
+            self.run(self._lifespan.shutdown())
+        finally:
+            self.engine.close()
+            self.loop.close()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class Lifespan:
+    """Drives the ASGI lifespan protocol of an app, as a server would."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _exchange(self, message: str, expected: str) -> None:
+        await self._to_app.put({"type": message})
+        reply = await asyncio.wait_for(self._from_app.get(), timeout=30)
+        if reply["type"] != expected:
+            raise RuntimeError(f"lifespan: {reply}")
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        self._task = asyncio.create_task(self._app(scope, self._to_app.get, self._from_app.put))
+        await self._exchange("lifespan.startup", "lifespan.startup.complete")
+
+    async def shutdown(self) -> None:
+        if self._task is None:
+            return
+        await self._exchange("lifespan.shutdown", "lifespan.shutdown.complete")
+        await asyncio.wait_for(self._task, timeout=30)
+
+
+@contextlib.contextmanager
+def in_process_api(**overrides: Any) -> Iterator[InProcessAPI]:
+    api = InProcessAPI(**overrides)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessAPI]:
+    """The default in-process server: tests/fixtures/models, the four keys, 4 KiB body limit."""
+    with in_process_api(max_body_bytes=4096) as instance:
+        yield instance
+
+
+@pytest.fixture
+def make_api() -> Iterator[Callable[..., InProcessAPI]]:
+    """A factory for in-process servers with other settings; all are closed at teardown."""
+    created: list[InProcessAPI] = []
+
+    def factory(**overrides: Any) -> InProcessAPI:
+        instance = InProcessAPI(**overrides)
+        created.append(instance)
+        return instance
+
+    yield factory
+    for instance in created:
+        instance.close()
+
+
+# -- real server processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment without any INFERD_* setting, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("INFERD_")}
+    env["COLUMNS"] = "250"  # rich wraps error messages at the terminal width
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def inferd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "inferd.cli", *args]
+
+
+def run_inferd(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run an ``inferd`` command to completion (for start-up failures)."""
+    return subprocess.run(
+        inferd_command(*args),
+        env=server_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    output_path: Path
+    access_log: Path
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = bearer(key) if key else {}
+        client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0, **kwargs)
+        self.clients.append(client)
+        return client
+
+
+@contextlib.contextmanager
+def running_server(
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    models: Path = MODELS,
+    wait_ready: bool = True,
+) -> Iterator[ServerProcess]:
+    """Start ``inferd serve`` on a free 127.0.0.1 port; wait for /readyz 200 (or /livez 200 with
+    ``wait_ready=False``); terminate it (kill if it hangs) at exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    access_log = workdir / "access.log"
+    output_path = workdir / "server.out"
+    full_env = {
+        "INFERD_API_KEYS": API_KEYS,
+        "INFERD_ACCESS_LOG": str(access_log),
+        "INFERD_STORE": f"sqlite:///{workdir / 'jobs.db'}",
+        **(env or {}),
+    }
+    command = inferd_command(
+        "serve", "--models", str(models), "--host", "127.0.0.1", "--port", str(port), *args
+    )
+    with open(output_path, "wb") as output:
+        process = subprocess.Popen(
+            command, env=server_env(full_env), cwd=workdir, stdout=output, stderr=subprocess.STDOUT
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", output_path, access_log)
+    try:
+        _wait_until_serving(server, "/readyz" if wait_ready else "/livez")
+        yield server
+    finally:
+        for client in server.clients:
+            client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _wait_until_serving(server: ServerProcess, path: str) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    last = "no answer"
+    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                pytest.fail(
+                    f"inferd serve exited with {server.process.returncode} during start-up:\n{server.output()}"
+                )
+            try:
+                response = client.get(path)
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text}"
+            time.sleep(0.05)
+    pytest.fail(
+        f"inferd serve did not answer {path} with 200 in {SERVER_START_TIMEOUT_S}s ({last}):\n"
+        f"{server.output()}"
+    )
