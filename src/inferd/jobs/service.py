@@ -264,6 +264,8 @@ class JobService:
                 # Cancelled while this attempt ran: the store ended it instead of re-queueing it, so it
                 # is a finished job (counted, long-polls woken), not a pending one.
                 return self._recorded(job, requeued)
+            if requeued is not None and requeued.status.terminal:  # cancelled while it ran: not retried
+                return self._recorded(job, requeued)
             if requeued is not None:
                 self._metrics.job_queue_depth.labels(job.model, job.version).inc()
                 logger.info(

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -612,10 +613,32 @@ async def test_wait_for_work_wakes_when_work_comes_back(
     await asyncio.wait_for(waiter, 2.0)
 
 
+ONLY_POSTGRES = pytest.mark.parametrize(
+    "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)  # SQLite reaches other processes by polling only: the wait_for_work timeout
+
+
+@ONLY_POSTGRES
 async def test_postgres_wakes_other_processes(store_factory: StoreFactory, make_job: JobFactory) -> None:
     waiting, submitting = await store_factory(), await store_factory()
-    if not isinstance(waiting, PostgresJobStore):
-        pytest.skip("SQLite reaches other processes by polling only (the wait_for_work timeout)")
     waiter = await start_waiting(waiting)
     await submitting.insert(make_job())
     await asyncio.wait_for(waiter, 3.0)
+
+
+@ONLY_POSTGRES
+async def test_postgres_debounced_inserts_still_wake_other_processes(
+    backend: Any, store_factory: StoreFactory, make_job: JobFactory
+) -> None:
+    waiting = await store_factory()
+    submitting = PostgresJobStore(backend.postgres_url, schema=backend.schema, notify_debounce_s=0.5)
+    await submitting.open()
+    try:
+        await submitting.insert(make_job())  # first of a burst: notifies in its statement
+        waiter = await start_waiting(waiting)  # takes that notification
+        await submitting.insert(make_job())  # within the window: no notification of its own...
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await asyncio.wait_for(waiter, 3.0)  # ...but the trailing one at the window's end
+    finally:
+        await submitting.close()
