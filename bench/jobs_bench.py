@@ -53,7 +53,9 @@ class Processes:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "INFERD_ACCESS_LOG": "off", "INFERD_LOG_LEVEL": "warning", **(extra_env or {})}
         log = open(self.workdir / log_name, "wb")  # noqa: SIM115 (lives as long as the process)
         proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -92,7 +94,11 @@ def run_wrk(url: str, duration: int, connections: int) -> dict[str, Any]:
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     rejected = int(non2xx.group(1)) if non2xx else 0
-    return {"submitted": total - rejected, "rejected": rejected, "submit_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    return {
+        "submitted": total - rejected,
+        "rejected": rejected,
+        "submit_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+    }  # type: ignore[union-attr]
 
 
 def wait_drained(count_succeeded: Any, count_open: Any, expected: int, timeout_s: float = 300) -> float:
@@ -115,8 +121,17 @@ def bench_sqlite(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     procs = Processes(workdir)
     try:
         procs.start(
-            [*inferd_command(), "serve", "--models", str(ROOT / "examples/models"), "--dev", "--port", str(port),
-             "--store", f"sqlite:///{db}"],
+            [
+                *inferd_command(),
+                "serve",
+                "--models",
+                str(ROOT / "examples/models"),
+                "--dev",
+                "--port",
+                str(port),
+                "--store",
+                f"sqlite:///{db}",
+            ],
             "sqlite-serve.log",
             {"INFERD_WORKER_CONCURRENCY": str(args.worker_concurrency)},
         )
@@ -128,7 +143,11 @@ def bench_sqlite(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         started = time.monotonic()
         wrk = run_wrk(f"{url}/v1/models/echo/jobs", args.duration, args.connections)
-        ended = wait_drained(lambda: count("status = 'succeeded'"), lambda: count("status IN ('pending', 'running')"), wrk["submitted"])
+        ended = wait_drained(
+            lambda: count("status = 'succeeded'"),
+            lambda: count("status IN ('pending', 'running')"),
+            wrk["submitted"],
+        )
         conn.close()
     finally:
         procs.stop()
@@ -146,14 +165,32 @@ def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         subprocess.run([*inferd_command(), "migrate", "--store", store], check=True, capture_output=True)
         procs.start(
-            [*inferd_command(), "serve", "--models", str(ROOT / "examples/models"), "--dev", "--port", str(port),
-             "--store", store, "--no-worker"],
+            [
+                *inferd_command(),
+                "serve",
+                "--models",
+                str(ROOT / "examples/models"),
+                "--dev",
+                "--port",
+                str(port),
+                "--store",
+                store,
+                "--no-worker",
+            ],
             "pg-serve.log",
         )
         for index in range(2):
             procs.start(
-                [*inferd_command(), "worker", "--models", str(ROOT / "examples/models"), "--store", store,
-                 "--concurrency", str(args.worker_concurrency)],
+                [
+                    *inferd_command(),
+                    "worker",
+                    "--models",
+                    str(ROOT / "examples/models"),
+                    "--store",
+                    store,
+                    "--concurrency",
+                    str(args.worker_concurrency),
+                ],
                 f"pg-worker-{index}.log",
             )
         wait_ready(url)
@@ -166,7 +203,11 @@ def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
             started = time.monotonic()
             wrk = run_wrk(f"{url}/v1/models/echo/jobs", args.duration, args.connections)
-            ended = wait_drained(lambda: count("status = 'succeeded'"), lambda: count("status IN ('pending', 'running')"), wrk["submitted"])
+            ended = wait_drained(
+                lambda: count("status = 'succeeded'"),
+                lambda: count("status IN ('pending', 'running')"),
+                wrk["submitted"],
+            )
     finally:
         procs.stop()
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
@@ -177,24 +218,50 @@ def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def bench_pgbench(duration: int) -> dict[str, float]:
     database = "inferd_pgbench"
     base = ["-h", "127.0.0.1", "-U", "postgres"]
-    subprocess.run(["psql", *base, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {database}"], check=True, capture_output=True)
-    subprocess.run(["psql", *base, "-d", "postgres", "-qc", f"CREATE DATABASE {database}"], check=True, capture_output=True)
+    subprocess.run(
+        ["psql", *base, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {database}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["psql", *base, "-d", "postgres", "-qc", f"CREATE DATABASE {database}"],
+        check=True,
+        capture_output=True,
+    )
     try:
         subprocess.run(["pgbench", *base, "-i", "-s", "1", "-q", database], check=True, capture_output=True)
         results = {}
         for clients in (1, 4):
             out = subprocess.run(
-                ["pgbench", *base, "-N", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration), database],
-                check=True, capture_output=True, text=True,
+                [
+                    "pgbench",
+                    *base,
+                    "-N",
+                    "-c",
+                    str(clients),
+                    "-j",
+                    str(min(clients, 2)),
+                    "-T",
+                    str(duration),
+                    database,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             results[f"tps_{clients}_clients"] = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
         return results
     finally:
-        subprocess.run(["psql", *base, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {database}"], capture_output=True)
+        subprocess.run(
+            ["psql", *base, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {database}"],
+            capture_output=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--worker-concurrency", type=int, default=64)
@@ -206,18 +273,24 @@ def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inferd-jobs-bench-")))
         results["sqlite"] = bench_sqlite(args, workdir)
-        print(f"sqlite   : {results['sqlite']['jobs_per_s']:8.0f} jobs/s end to end "
-              f"({results['sqlite']['submitted']} jobs, submit {results['sqlite']['submit_rps']:.0f}/s)  goal >= 500")
+        print(
+            f"sqlite   : {results['sqlite']['jobs_per_s']:8.0f} jobs/s end to end "
+            f"({results['sqlite']['submitted']} jobs, submit {results['sqlite']['submit_rps']:.0f}/s)  goal >= 500"
+        )
         if not args.skip_postgres:
             results["pgbench"] = bench_pgbench(args.duration)
             results["postgres"] = bench_postgres(args, workdir)
             pg = results["postgres"]
             ratio = pg["jobs_per_s"] / results["pgbench"]["tps_4_clients"]
             results["postgres"]["ratio_to_pgbench_4_clients"] = ratio
-            print(f"pgbench -N: {results['pgbench']['tps_1_clients']:8.0f} tps (1 client), "
-                  f"{results['pgbench']['tps_4_clients']:.0f} tps (4 clients)")
-            print(f"postgres : {pg['jobs_per_s']:8.0f} jobs/s end to end ({pg['submitted']} jobs, submit "
-                  f"{pg['submit_rps']:.0f}/s)  = {ratio:.2f} x pgbench(4 clients)  goal >= 1000")
+            print(
+                f"pgbench -N: {results['pgbench']['tps_1_clients']:8.0f} tps (1 client), "
+                f"{results['pgbench']['tps_4_clients']:.0f} tps (4 clients)"
+            )
+            print(
+                f"postgres : {pg['jobs_per_s']:8.0f} jobs/s end to end ({pg['submitted']} jobs, submit "
+                f"{pg['submit_rps']:.0f}/s)  = {ratio:.2f} x pgbench(4 clients)  goal >= 1000"
+            )
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     out_file = out_dir / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -7,7 +7,9 @@ the throughput of a trivial model (see PERF-NOTES). Instead:
   free thread takes every queued request of one pipeline (up to its ``max_batch_size`` items) as one
   model call, so under load a single thread hop serves many requests;
 - results come back to the loop with one ``call_soon_threadsafe`` per model call;
-- deadlines live in one heap swept by one loop timer, not one timer per request.
+- deadlines live in insertion-ordered tables (one per timeout value, so each is sorted by deadline)
+  swept by one loop timer, not one timer per request; finished work leaves its table at once, so
+  the garbage collector never walks thousands of finished requests waiting for their deadline.
 
 Python cannot kill a thread: a call past its deadline is answered with a timeout at once, but the
 thread stays busy (and counted in ``executor_inflight``) until the call really returns.
@@ -16,8 +18,6 @@ thread stays busy (and counted in ``executor_inflight``) until the call really r
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -81,8 +81,8 @@ class DeviceExecutor:
         self._closed = False
         self._submitted: list[_Work] = []  # this loop iteration's submissions, handed over in one step
         self._flush_scheduled = False
-        self._deadlines: list[tuple[float, int, _Work]] = []
-        self._sequence = itertools.count()
+        # timeout_s → {work: None}: one insertion-ordered table per timeout value keeps deadlines sorted.
+        self._deadlines: dict[float, dict[_Work, None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._workers = [
@@ -110,7 +110,10 @@ class DeviceExecutor:
         deadline = loop.time() + timeout_s
         work = _Work(target, call, size, future, deadline, timeout_s)
         self._submitted.append(work)
-        heapq.heappush(self._deadlines, (deadline, next(self._sequence), work))
+        table = self._deadlines.get(timeout_s)
+        if table is None:
+            table = self._deadlines[timeout_s] = {}
+        table[work] = None
         if self._timer is None or deadline < self._timer_when:
             self._arm(loop, deadline)
         if not self._flush_scheduled:
@@ -146,23 +149,36 @@ class DeviceExecutor:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, work = heapq.heappop(heap)
-            if work.future.done():
-                continue
-            work.abandoned = True
-            self._metrics.timeout()
-            work.future.set_exception(
-                InferenceTimeoutError(
-                    f"{work.target!r} did not finish within {work.timeout_s:g}s on the {self.device} executor"
-                )
+        earliest: float | None = None
+        for timeout_s, table in list(self._deadlines.items()):
+            while table:
+                work = next(iter(table))
+                if work.deadline > now:
+                    earliest = work.deadline if earliest is None else min(earliest, work.deadline)
+                    break
+                del table[work]
+                self._expire(work)
+            if not table:
+                del self._deadlines[timeout_s]
+        if earliest is not None:
+            self._arm(loop, earliest)
+
+    def _expire(self, work: _Work) -> None:
+        if work.future.done():
+            return
+        work.abandoned = True
+        self._metrics.timeout()
+        work.future.set_exception(
+            InferenceTimeoutError(
+                f"{work.target!r} did not finish within {work.timeout_s:g}s on the {self.device} executor"
             )
-        if heap:
-            self._arm(loop, heap[0][0])
+        )
 
     def _deliver(self, works: list[_Work], outcomes: Sequence[Any] | BaseException) -> None:
         for index, work in enumerate(works):
+            table = self._deadlines.get(work.timeout_s)
+            if table is not None:
+                table.pop(work, None)
             if work.future.done():
                 continue
             if isinstance(outcomes, BaseException):

@@ -46,13 +46,14 @@ class InsertBatcher:
         self._store = store
         self._queued: list[tuple[Job, asyncio.Future[None]]] = []
         self._writing = False
+        self._drainer: asyncio.Task[None] | None = None  # a reference, so the task cannot be collected
 
     async def insert(self, job: Job) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((job, future))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         await future
 
     async def _drain(self) -> None:
@@ -60,19 +61,44 @@ class InsertBatcher:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    await self._store.insert_many([job for job, _ in batch])
+                    await self._write(batch)
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                    raise
         finally:
             self._writing = False
+
+    async def _write(self, batch: list[tuple[Job, asyncio.Future[None]]]) -> None:
+        try:
+            await self._store.insert_many([job for job, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            # One job the store refuses (e.g. data PostgreSQL cannot hold) must not fail the other
+            # submissions that happened to share its statement. insert_many is all-or-nothing, so
+            # writing each job alone cannot duplicate any.
+            for job, future in batch:
+                try:
+                    await self._store.insert_many([job])
+                except Exception as single:
+                    _settle(future, single)
+                else:
+                    _settle(future, None)
+            return
+        for _, future in batch:
+            _settle(future, None)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the submitter went away (cancelled)
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 class JobService:
@@ -260,10 +286,6 @@ class JobService:
             requeued = await self.store.retry_later(
                 job.id, worker_id=worker_id, attempt=job.attempts, error=error, run_after=run_after
             )
-            if requeued is not None and requeued.status.terminal:
-                # Cancelled while this attempt ran: the store ended it instead of re-queueing it, so it
-                # is a finished job (counted, long-polls woken), not a pending one.
-                return self._recorded(job, requeued)
             if requeued is not None and requeued.status.terminal:  # cancelled while it ran: not retried
                 return self._recorded(job, requeued)
             if requeued is not None:
