@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from inferd.core.errors import InferdError, InvalidInputError
+from inferd.core.errors import InferdError, InferenceError, InvalidInputError
 from inferd.core.tenancy import Principal
 from inferd.http.asgi import (
     Receive,
@@ -24,6 +25,8 @@ from inferd.http.asgi import (
 from inferd.http.predict import Gatekeeper, parse_json_object, parse_timeout
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
+
+logger = logging.getLogger("inferd.jobs")
 
 _SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
 MAX_IDEMPOTENCY_KEY = 200
@@ -86,6 +89,14 @@ class JobSubmitHandler:
             payload, location = await self.execute(principal, name, version, body, key, info)
         except InferdError as exc:
             await send_error(send, exc, info)
+            return
+        except Exception as exc:
+            # The store failed (unreachable, locked, refused the row). Nothing above this handler
+            # answers for the fast path, so without this the client got a bare 500 with neither the
+            # error shape nor X-Request-ID.
+            logger.exception("storing a job for model %s failed", name)
+            error = InferenceError(f"the job could not be stored ({type(exc).__name__}); retry later")
+            await send_error(send, error, info)
             return
         info.status = 202
         await send_response(send, 202, payload, info.request_id, [(b"location", location.encode())])

@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
 from inferd.jobs.migrations import JOB_COLUMNS, apply_postgres_migrations
 from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, InsertResult, decode_cursor, encode_cursor
+from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +132,19 @@ WHERE j.id = p.id
 RETURNING {_J_COLS}
 """
 
-_FINISH = f"""
-UPDATE jobs SET
-    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE %(status)s::text END,
+_FINISH_MANY = f"""
+UPDATE jobs j SET
+    status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE v.status END,
     finished_at = %(now)s,
-    outputs = CASE WHEN cancel_requested THEN NULL ELSE %(outputs)s::jsonb END,
-    error_code = CASE WHEN cancel_requested THEN NULL ELSE %(code)s::text END,
-    error_message = CASE WHEN cancel_requested THEN NULL ELSE %(message)s::text END,
+    outputs = CASE WHEN j.cancel_requested THEN NULL ELSE v.outputs END,
+    error_code = CASE WHEN j.cancel_requested THEN NULL ELSE v.code END,
+    error_message = CASE WHEN j.cancel_requested THEN NULL ELSE v.message END,
     lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %(id)s AND status = 'running' AND lease_owner = %(worker)s AND attempts = %(attempt)s
-RETURNING {_COLS}
+FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(outputs)s::jsonb[], %(codes)s::text[],
+            %(messages)s::text[], %(workers)s::text[], %(attempts)s::int[])
+     AS v(id, status, outputs, code, message, worker, attempt)
+WHERE j.id = v.id AND j.status = 'running' AND j.lease_owner = v.worker AND j.attempts = v.attempt
+RETURNING {_J_COLS}
 """
 
 # A job whose cancellation was requested while it ran is not retried: it ends cancelled.
@@ -570,22 +573,30 @@ class PostgresJobStore:
         error: JobError | None,
         now: datetime,
     ) -> Job | None:
-        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise ValueError(f"finish takes succeeded or failed, not {status!r}")
+        request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
+        return (await self.finish_many([request], now=now))[0]
+
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        for request in requests:
+            if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+        if not requests:
+            return []
         params = {
-            "status": JobStatus(status).value,
             "now": now,
-            "outputs": _jsonb(outputs),
-            "code": None if error is None else error.code,
-            "message": None if error is None else error.message,
-            "id": job_id,
-            "worker": worker_id,
-            "attempt": attempt,
+            "ids": [r.job_id for r in requests],
+            "statuses": [JobStatus(r.status).value for r in requests],
+            "outputs": [_jsonb(r.outputs) for r in requests],
+            "codes": [None if r.error is None else r.error.code for r in requests],
+            "messages": [None if r.error is None else r.error.message for r in requests],
+            "workers": [r.worker_id for r in requests],
+            "attempts": [r.attempt for r in requests],
         }
         async with self._pool_or_raise().connection() as conn:
-            cur = await conn.execute(_FINISH, params)
-            row = await cur.fetchone()
-        return None if row is None else _job(row)
+            cur = await conn.execute(_FINISH_MANY, params)
+            rows = await cur.fetchall()
+        done = {job.id: job for job in (_job(row) for row in rows)}
+        return [done.get(r.job_id) for r in requests]
 
     async def retry_later(
         self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime

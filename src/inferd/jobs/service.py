@@ -11,19 +11,22 @@ import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from inferd.core.errors import ConflictError, InferdError, InvalidInputError, JobNotFoundError
 from inferd.core.prediction import PredictionService
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import JobStore
+from inferd.jobs.store import FinishRequest, InsertResult, JobStore
 from inferd.metrics import InferdMetrics
 
 logger = logging.getLogger("inferd.jobs")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 RETRYABLE = frozenset({"timeout", "inference_error", "overloaded"})
 MAX_WAIT_S = 60.0
@@ -35,70 +38,40 @@ def request_fingerprint(model: str, version: str | None, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-class InsertBatcher:
-    """Merges concurrent submissions into one multi-row INSERT (one commit, one fsync for many jobs).
+class Coalescer(Generic[T, R]):
+    """Runs concurrent calls as one batched call: one statement and one commit (one fsync) for many
+    jobs. No added latency: the first item is written at once; items that arrive while that write is
+    in flight go together in the next. Each caller returns when its own item is written."""
 
-    No added latency: the first job is written at once; jobs that arrive while that write is in
-    flight are written together by the next one. Each caller returns only after its own row committed.
-    """
-
-    def __init__(self, store: JobStore) -> None:
-        self._store = store
-        self._queued: list[tuple[Job, asyncio.Future[None]]] = []
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._write = write
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._writing = False
-        self._drainer: asyncio.Task[None] | None = None  # a reference, so the task cannot be collected
 
-    async def insert(self, job: Job) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((job, future))
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queued.append((item, future))
         if not self._writing:
             self._writing = True
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        await future
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
 
     async def _drain(self) -> None:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    await self._write(batch)
-                except BaseException as exc:
+                    results = await self._write([item for item, _ in batch])
+                except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
-                    raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
         finally:
             self._writing = False
-
-    async def _write(self, batch: list[tuple[Job, asyncio.Future[None]]]) -> None:
-        try:
-            await self._store.insert_many([job for job, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc)
-                return
-            # One job the store refuses (e.g. data PostgreSQL cannot hold) must not fail the other
-            # submissions that happened to share its statement. insert_many is all-or-nothing, so
-            # writing each job alone cannot duplicate any.
-            for job, future in batch:
-                try:
-                    await self._store.insert_many([job])
-                except Exception as single:
-                    _settle(future, single)
-                else:
-                    _settle(future, None)
-            return
-        for _, future in batch:
-            _settle(future, None)
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():  # the submitter went away (cancelled)
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 class JobService:
@@ -121,7 +94,10 @@ class JobService:
         self._max_result_bytes = max_result_bytes
         self._clock = clock
         self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
-        self._inserts = InsertBatcher(store)
+        self._inserts: Coalescer[Job, InsertResult] = Coalescer(store.insert_many)
+        self._finishes: Coalescer[FinishRequest, Job | None] = Coalescer(
+            lambda requests: store.finish_many(requests, now=self._clock())
+        )
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -159,7 +135,7 @@ class JobService:
             request_hash=fingerprint,
         )
         if idempotency_key is None:
-            await self._inserts.insert(job)
+            await self._inserts.submit(job)
             self._metrics.job_queue_depth.labels(job.model, job.version).inc()
             return job, True
         result = await self.store.insert(job)
@@ -267,16 +243,8 @@ class JobService:
         return await self.complete(job, worker_id=worker_id, outputs=outputs)
 
     async def complete(self, job: Job, *, worker_id: str, outputs: list[Any]) -> Job | None:
-        done = await self.store.finish(
-            job.id,
-            worker_id=worker_id,
-            attempt=job.attempts,
-            status=JobStatus.SUCCEEDED,
-            outputs=outputs,
-            error=None,
-            now=self._clock(),
-        )
-        return self._recorded(job, done)
+        request = FinishRequest(job.id, worker_id, job.attempts, JobStatus.SUCCEEDED, outputs, None)
+        return self._recorded(job, await self._finishes.submit(request))
 
     async def fail(self, job: Job, *, worker_id: str, error: JobError, retry: bool) -> Job | None:
         if retry and job.attempts < job.max_attempts:
@@ -299,16 +267,8 @@ class JobService:
                 )
                 return requeued
             return self._recorded(job, None)
-        done = await self.store.finish(
-            job.id,
-            worker_id=worker_id,
-            attempt=job.attempts,
-            status=JobStatus.FAILED,
-            outputs=None,
-            error=error,
-            now=self._clock(),
-        )
-        return self._recorded(job, done)
+        request = FinishRequest(job.id, worker_id, job.attempts, JobStatus.FAILED, None, error)
+        return self._recorded(job, await self._finishes.submit(request))
 
     def _recorded(self, job: Job, done: Job | None) -> Job | None:
         if done is None:

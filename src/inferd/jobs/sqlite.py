@@ -23,7 +23,7 @@ import orjson
 from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
 from inferd.jobs.migrations import JOB_COLUMNS, apply_sqlite_migrations
 from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, InsertResult, decode_cursor, encode_cursor
+from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
@@ -127,6 +127,19 @@ def _id_list(job_ids: Iterable[str]) -> str:
     # Passed as one JSON parameter and expanded with json_each, so the statement text is fixed
     # (and cached) whatever the number of ids.
     return orjson.dumps(list(job_ids)).decode()
+
+
+_FINISH = f"""
+UPDATE jobs SET
+    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,
+    finished_at = ?,
+    outputs = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+    error_code = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+    error_message = CASE WHEN cancel_requested THEN NULL ELSE ? END,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+RETURNING {_COLS}
+"""
 
 
 class SQLiteJobStore:
@@ -423,35 +436,32 @@ class SQLiteJobStore:
         error: JobError | None,
         now: datetime,
     ) -> Job | None:
-        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise ValueError(f"finish takes succeeded or failed, not {status!r}")
-        params = (
-            JobStatus(status).value,
-            _ts(now),
-            None if outputs is None else _dumps(outputs),
-            None if error is None else error.code,
-            None if error is None else error.message,
-            job_id,
-            worker_id,
-            attempt,
-        )
-        row = await self._run(
-            lambda conn: conn.execute(
-                f"""
-                UPDATE jobs SET
-                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,
-                    finished_at = ?,
-                    outputs = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-                    error_code = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-                    error_message = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-                    lease_owner = NULL, lease_expires_at = NULL
-                WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                RETURNING {_COLS}
-                """,
-                params,
-            ).fetchone()
-        )
-        return None if row is None else _job(row)
+        request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
+        return (await self.finish_many([request], now=now))[0]
+
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        for request in requests:
+            if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+        params = [
+            (
+                JobStatus(r.status).value,
+                _ts(now),
+                None if r.outputs is None else _dumps(r.outputs),
+                None if r.error is None else r.error.code,
+                None if r.error is None else r.error.message,
+                r.job_id,
+                r.worker_id,
+                r.attempt,
+            )
+            for r in requests
+        ]
+
+        def tx(conn: sqlite3.Connection) -> list[Job | None]:
+            rows = [conn.execute(_FINISH, row_params).fetchone() for row_params in params]
+            return [None if row is None else _job(row) for row in rows]
+
+        return await self._run(lambda conn: self._write_tx(conn, tx))
 
     async def retry_later(
         self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime

@@ -25,6 +25,18 @@ class InsertResult:
 
 
 @dataclass(slots=True)
+class FinishRequest:
+    """One worker's outcome for one attempt, as ``finish`` takes it."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    status: JobStatus
+    outputs: list[Any] | None
+    error: JobError | None
+
+
+@dataclass(slots=True)
 class CancelResult:
     job: Job | None  # None: no such job for this tenant
     outcome: str  # "cancelled" | "cancel_requested" | "terminal" | "not_found"
@@ -84,6 +96,9 @@ class JobStore(Protocol):
         """Running → succeeded/failed, only if this worker still holds this attempt's lease. If the job
         was marked for cancellation meanwhile it becomes cancelled and the result is discarded.
         Returns the updated job, or None when the condition did not match (nothing written)."""
+
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        """``finish`` for several jobs in one statement and one commit; results in request order."""
 
     async def retry_later(
         self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime

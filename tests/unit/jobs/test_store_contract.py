@@ -13,7 +13,7 @@ import pytest
 from inferd.core.errors import InvalidInputError
 from inferd.jobs.models import Job, JobError, JobStatus
 from inferd.jobs.postgres import PostgresJobStore
-from inferd.jobs.store import CancelResult, JobStore
+from inferd.jobs.store import CancelResult, FinishRequest, JobStore
 
 JobFactory = Callable[..., Job]
 StoreFactory = Callable[[], Awaitable[JobStore]]
@@ -399,6 +399,33 @@ async def test_finish_is_refused_without_the_lease(store: JobStore, make_job: Jo
         "missing", worker_id="w1", attempt=1, status=JobStatus.SUCCEEDED, outputs=[1], error=None, now=NOW
     )
     assert missing is None
+
+
+async def test_finish_many_settles_each_job_on_its_own_condition(
+    store: JobStore, make_job: JobFactory
+) -> None:
+    first, second, third = make_job(), make_job(), make_job()
+    for job in (first, second, third):
+        await store.insert(job)
+    claimed = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW)
+    assert len(claimed) == 3
+    await store.cancel(third.id, tenant=third.tenant, now=NOW)
+
+    results = await store.finish_many(
+        [
+            FinishRequest(first.id, "w1", 1, JobStatus.SUCCEEDED, ["a"], None),
+            FinishRequest(second.id, "w1", 2, JobStatus.SUCCEEDED, ["stale attempt"], None),
+            FinishRequest(third.id, "w1", 1, JobStatus.FAILED, None, JobError("timeout", "slow")),
+        ],
+        now=NOW,
+    )
+
+    assert [r.id if r else None for r in results] == [first.id, None, third.id]
+    assert results[0] is not None and results[0].status is JobStatus.SUCCEEDED and results[0].outputs == ["a"]
+    assert results[2] is not None and results[2].status is JobStatus.CANCELLED and results[2].error is None
+    still_running = await store.get(second.id)
+    assert still_running is not None and still_running.status is JobStatus.RUNNING
+    assert await store.finish_many([], now=NOW) == []
 
 
 async def test_finish_after_cancel_request_cancels_and_discards(
