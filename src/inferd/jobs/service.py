@@ -47,13 +47,14 @@ class Coalescer(Generic[T, R]):
         self._write = write
         self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._writing = False
+        self._drainer: asyncio.Task[None] | None = None  # a reference, so the task cannot be collected
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queued.append((item, future))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -63,15 +64,34 @@ class Coalescer(Generic[T, R]):
                 try:
                     results = await self._write([item for item, _ in batch])
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    if len(batch) == 1:
+                        _reject(batch[0][1], exc)
+                        continue
+                    # One item the store refuses (e.g. a string PostgreSQL cannot hold) must not fail
+                    # the others that happened to share its statement: the batched write is
+                    # all-or-nothing, so writing each alone cannot apply any of them twice.
+                    for item, future in batch:
+                        try:
+                            [result] = await self._write([item])
+                        except Exception as single:
+                            _reject(future, single)
+                        else:
+                            _resolve(future, result)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                    _resolve(future, result)
         finally:
             self._writing = False
+
+
+def _resolve(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():  # done: the caller went away (cancelled)
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 class JobService:
@@ -94,9 +114,9 @@ class JobService:
         self._max_result_bytes = max_result_bytes
         self._clock = clock
         self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
-        self._inserts: Coalescer[Job, InsertResult] = Coalescer(store.insert_many)
+        self._inserts: Coalescer[Job, InsertResult] = Coalescer(lambda jobs: self.store.insert_many(jobs))
         self._finishes: Coalescer[FinishRequest, Job | None] = Coalescer(
-            lambda requests: store.finish_many(requests, now=self._clock())
+            lambda requests: self.store.finish_many(requests, now=self._clock())
         )
 
     # -- clients ---------------------------------------------------------------------------------

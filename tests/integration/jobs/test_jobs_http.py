@@ -1,0 +1,335 @@
+"""The job API over HTTP, in process (ASGITransport, lifespan entered, in-process worker on SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app
+
+from inferd.jobs.models import JobStatus
+from inferd.jobs.sqlite import SQLiteJobStore
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_submit_get_single_and_batch_jobs(tmp_path: Path, fast_path: bool) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, fast_path=fast_path) as api:
+            response = await api.submit("echo", {"input": {"a": 1}})
+            assert response.status_code == 202, response.text
+            job = response.json()
+            assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+            assert set(job) == JOB_FIELDS | {"output"}
+            assert job["status"] in ("pending", "running", "succeeded")
+            assert job["model"] == "echo" and job["version"] == "2"  # resolved at submission
+            assert uuid.UUID(job["id"]).version == 4
+            assert job["max_attempts"] == 3
+
+            done = await api.wait_done(job["id"])
+            assert set(done) == JOB_FIELDS | {"output"}
+            assert done["status"] == "succeeded" and done["output"] == {"a": 1} and done["error"] is None
+            assert done["attempts"] == 1 and done["finished_at"] is not None
+
+            items = [{"i": i} for i in range(9)]
+            batch = await api.submit_ok("echo", {"inputs": items, "max_attempts": 5, "timeout_s": 10})
+            assert set(batch) == JOB_FIELDS | {"outputs"} and batch["max_attempts"] == 5
+            done = await api.wait_done(batch["id"])
+            assert done["outputs"] == items
+            pipeline = api.engine.registry.models["echo"].versions["2"].pipeline
+            assert pipeline is not None
+            assert max(len(call) for call in pipeline.model.calls) <= 4
+
+            pinned = await api.client.post(
+                "/v1/models/echo/versions/1/jobs", json={"input": "v1"}, headers=bearer(ACME)
+            )
+            assert pinned.status_code == 202, pinned.text
+            assert pinned.json()["version"] == "1"
+            assert (await api.wait_done(pinned.json()["id"]))["output"] == "v1"
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_submission_is_validated_and_rejected_jobs_are_not_stored(tmp_path: Path, fast_path: bool) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, fast_path=fast_path) as api:
+            assert_error(await api.submit("no-such-model", {"input": 1}), 404, "model_not_found")
+            assert_error(
+                await api.client.post(
+                    "/v1/models/echo/versions/9/jobs", json={"input": 1}, headers=bearer(ACME)
+                ),
+                404,
+                "model_not_found",
+            )
+            rejected = assert_error(await api.submit("strict", {"input": "seven"}), 422, "invalid_input")
+            assert "input_schema" in rejected["error"]["message"]
+            rejected = assert_error(await api.submit("strict", {"inputs": [1, "two"]}), 422, "invalid_input")
+            assert "inputs[1]" in rejected["error"]["message"]
+            assert_error(await api.submit("echo", {"input": 1, "inputs": [1]}), 422, "invalid_input")
+            assert_error(await api.submit("echo", {"inputs": []}), 422, "invalid_input")
+            assert_error(await api.submit("echo", {"input": 1, "max_attempts": 0}), 422, "invalid_input")
+            assert_error(await api.submit("echo", {"input": 1, "bogus": 1}), 422, "invalid_input")
+            listed = await api.list()
+            assert listed.status_code == 200 and listed.json() == {"jobs": [], "next_cursor": None}
+            # Nothing was queued either.
+            text = (await api.client.get("/metrics")).text
+            assert 'job_queue_depth{model="strict"' not in text
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_jobs_scope_is_required(tmp_path: Path, fast_path: bool) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, fast_path=fast_path) as api:
+            assert_error(await api.submit("echo", {"input": 1}, key=PREDICT_ONLY), 403, "forbidden")
+            assert_error(
+                await api.client.post("/v1/models/echo/jobs", json={"input": 1}), 401, "unauthenticated"
+            )
+            assert_error(await api.list(key=PREDICT_ONLY), 403, "forbidden")
+
+    asyncio.run(body())
+
+
+def test_cancel_pending_and_terminal_jobs(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            job = await api.submit_ok("echo", {"input": "never runs"})
+            response = await api.cancel(job["id"])
+            assert response.status_code == 200, response.text
+            cancelled = response.json()
+            assert set(cancelled) == JOB_FIELDS | {"output"}
+            assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+            assert cancelled["output"] is None
+            assert (await api.get(job["id"])).json()["status"] == "cancelled"
+            body = assert_error(await api.cancel(job["id"]), 409, "conflict")
+            assert "cancelled" in body["error"]["message"]
+
+    asyncio.run(body())
+
+
+def test_cancel_running_job_discards_its_result(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path) as api:
+            job = await api.submit_ok("slowjob", {"input": {"sleep_s": 0.6}})
+            deadline = time.monotonic() + 10
+            while (await api.get(job["id"])).json()["status"] != "running":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            response = await api.cancel(job["id"])
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "running"  # marked; the attempt is still executing
+            final = await api.wait_done(job["id"])
+            assert final["status"] == "cancelled"
+            assert final["output"] is None and final["error"] is None
+            assert_error(await api.cancel(job["id"]), 409, "conflict")
+
+            done = await api.submit_ok("echo", {"input": 1})
+            await api.wait_done(done["id"])
+            assert_error(await api.cancel(done["id"]), 409, "conflict")
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_idempotency_key(tmp_path: Path, fast_path: bool) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, fast_path=fast_path, worker=False) as api:
+            key = {"Idempotency-Key": "order-42"}
+            first = await api.submit("echo", {"input": {"n": 1}}, headers=key)
+            second = await api.submit("echo", {"input": {"n": 1}}, headers=key)
+            assert first.status_code == 202 and second.status_code == 202, (first.text, second.text)
+            assert first.json()["id"] == second.json()["id"]
+            assert second.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+            assert_error(await api.submit("echo", {"input": {"n": 2}}, headers=key), 409, "conflict")
+            assert_error(await api.submit("echo", {"inputs": [{"n": 1}]}, headers=key), 409, "conflict")
+            other_tenant = await api.submit("echo", {"input": {"n": 1}}, headers=key, key=BETA)
+            assert other_tenant.status_code == 202
+            assert other_tenant.json()["id"] != first.json()["id"]
+            assert len((await api.list()).json()["jobs"]) == 1
+            assert len((await api.list(key=BETA)).json()["jobs"]) == 1
+            no_key_a = await api.submit_ok("echo", {"input": {"n": 1}})
+            no_key_b = await api.submit_ok("echo", {"input": {"n": 1}})
+            assert no_key_a["id"] != no_key_b["id"]  # without a key, every submission is a new job
+            assert_error(
+                await api.submit("echo", {"input": 1}, headers={"Idempotency-Key": "x" * 201}),
+                422,
+                "invalid_input",
+            )
+
+    asyncio.run(body())
+
+
+def test_tenant_isolation_and_list_pagination(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            mine = [(await api.submit_ok("echo", {"input": i}))["id"] for i in range(7)]
+            strict = await api.submit_ok("strict", {"input": 3})
+            mine.append(strict["id"])
+            theirs = await api.submit_ok("echo", {"input": "beta"}, key=BETA)
+
+            assert_error(await api.get(theirs["id"]), 404, "job_not_found")
+            assert_error(await api.get(theirs["id"], wait=0.2), 404, "job_not_found")
+            assert_error(await api.cancel(theirs["id"]), 404, "job_not_found")
+            assert_error(await api.get(str(uuid.uuid4())), 404, "job_not_found")
+            # The other tenant's job is untouched by the refused cancel.
+            assert (await api.get(theirs["id"], key=BETA)).json()["status"] == "pending"
+
+            seen: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                params: dict[str, Any] = {"limit": 3}
+                if cursor:
+                    params["cursor"] = cursor
+                response = await api.list(**params)
+                assert response.status_code == 200, response.text
+                page = response.json()
+                assert set(page) == {"jobs", "next_cursor"}
+                assert len(page["jobs"]) <= 3
+                seen += [job["id"] for job in page["jobs"]]
+                pages += 1
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+                assert pages < 10
+            assert pages == 3
+            assert len(seen) == len(set(seen)) == 8
+            assert set(seen) == set(mine)
+            assert seen == list(reversed(mine))  # newest first
+            assert theirs["id"] not in seen
+
+            only_strict = (await api.list(model="strict")).json()["jobs"]
+            assert [job["id"] for job in only_strict] == [strict["id"]]
+            await api.cancel(mine[0])
+            cancelled = (await api.list(status="cancelled")).json()["jobs"]
+            assert [job["id"] for job in cancelled] == [mine[0]]
+            assert len((await api.list(status="pending")).json()["jobs"]) == 7
+            assert [job["id"] for job in (await api.list(key=BETA)).json()["jobs"]] == [theirs["id"]]
+            assert_error(await api.list(cursor="not-a-cursor"), 422, "invalid_input")
+            assert_error(await api.list(status="bogus"), 422, "invalid_input")
+
+    asyncio.run(body())
+
+
+def test_wait_returns_when_the_job_finishes(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path) as api:
+            job = await api.submit_ok("slowjob", {"input": {"sleep_s": 0.3}})
+            started = time.monotonic()
+            response = await api.get(job["id"], wait=20)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200
+            assert response.json()["status"] == "succeeded"
+            assert response.json()["output"] == {"slept": 0.3, "tag": None}
+            assert elapsed < 3.0, elapsed  # answered at completion, far before the 20 s wait
+            # An already finished job is answered at once.
+            started = time.monotonic()
+            assert (await api.get(job["id"], wait=20)).json()["status"] == "succeeded"
+            assert time.monotonic() - started < 1.0
+            assert_error(await api.get(job["id"], wait=61), 422, "invalid_input")
+
+    asyncio.run(body())
+
+
+def test_wait_ends_with_the_pending_job(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            job = await api.submit_ok("echo", {"input": 1})
+            started = time.monotonic()
+            response = await api.get(job["id"], wait=0.6)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200
+            assert response.json()["status"] == "pending"
+            assert 0.55 <= elapsed < 3.0, elapsed
+
+    asyncio.run(body())
+
+
+def test_flaky_job_retried_over_http_and_failed_job_reports_last_error(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path) as api:
+            ok = await api.submit_ok("flaky", {"input": {"marker": str(tmp_path / "m1")}})
+            bad = await api.submit_ok(
+                "flaky", {"input": {"marker": str(tmp_path / "m2"), "failures": 9}, "max_attempts": 2}
+            )
+            done = await api.wait_done(ok["id"])
+            assert done["status"] == "succeeded" and done["attempts"] == 2 and done["error"] is None
+            failed = await api.wait_done(bad["id"])
+            assert failed["status"] == "failed" and failed["attempts"] == 2
+            assert failed["error"]["code"] == "inference_error"
+            assert "flaky failure 2 of 9" in failed["error"]["message"]
+            assert failed["output"] is None
+
+    asyncio.run(body())
+
+
+def test_result_size_limit_over_http(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, job_max_result_bytes=2048) as api:
+            job = await api.submit_ok("big", {"input": {"n": 10_000}})
+            done = await api.wait_done(job["id"])
+            assert done["status"] == "failed" and done["attempts"] == 1
+            assert done["error"]["code"] == "inference_error"
+            assert "2048-byte limit" in done["error"]["message"]
+
+    asyncio.run(body())
+
+
+def test_queue_depth_metric_in_process(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            for i in range(3):
+                await api.submit_ok("strict", {"input": i})
+            text = (await api.client.get("/metrics")).text
+            assert 'job_queue_depth{model="strict",version="1"} 3.0' in text
+            job = await api.submit_ok("strict", {"input": 9})
+            await api.cancel(job["id"])
+            text = (await api.client.get("/metrics")).text
+            assert 'job_queue_depth{model="strict",version="1"} 3.0' in text
+            assert JobStatus.CANCELLED.value == (await api.get(job["id"])).json()["status"]
+
+    asyncio.run(body())
+
+
+def test_store_failure_on_submit_is_a_native_500_with_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            ok = await api.submit("echo", {"input": 1})
+            assert ok.status_code == 202
+
+            async def store_down(*args: Any, **kwargs: Any) -> Any:
+                raise OSError("disk unplugged")
+
+            monkeypatch.setattr(SQLiteJobStore, "insert_many", store_down)
+            response = await api.submit("echo", {"input": 2}, headers={"X-Request-ID": "req-store-down"})
+            body = assert_error(response, 500, "inference_error")
+            assert body["request_id"] == "req-store-down" == response.headers["x-request-id"]
+            assert "could not be stored" in body["error"]["message"]
+            assert "disk unplugged" not in body["error"]["message"]  # no internals leak
+            assert len((await api.list()).json()["jobs"]) == 1
+
+    asyncio.run(body())
+
+
+def test_retention_janitor_of_the_runtime_deletes_expired_finished_jobs(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False, job_ttl=0.3, janitor_interval_s=0.1) as api:
+            finished = await api.submit_ok("echo", {"input": "done"})
+            assert (await api.cancel(finished["id"])).status_code == 200  # terminal now
+            pending = await api.submit_ok("echo", {"input": "waiting"})
+            deadline = time.monotonic() + 5
+            while (await api.get(finished["id"])).status_code == 200:
+                assert time.monotonic() < deadline, "the janitor did not delete the expired job"
+                await asyncio.sleep(0.05)
+            assert_error(await api.get(finished["id"]), 404, "job_not_found")
+            await asyncio.sleep(0.5)  # well past the ttl: pending jobs are never expired
+            assert (await api.get(pending["id"])).json()["status"] == "pending"
+
+    asyncio.run(body())
