@@ -174,7 +174,12 @@ def build_job_runtime(settings: Settings, engine: Engine, *, run_worker: bool) -
         max_result_bytes=settings.job_max_result_bytes,
     )
     worker = (
-        JobWorker(service=service, concurrency=settings.worker_concurrency, lease_s=settings.job_lease_s)
+        JobWorker(
+            service=service,
+            concurrency=settings.worker_concurrency,
+            lease_s=settings.job_lease_s,
+            poll_interval_s=settings.worker_poll_s,
+        )
         if run_worker
         else None
     )
@@ -184,6 +189,7 @@ def build_job_runtime(settings: Settings, engine: Engine, *, run_worker: bool) -
         worker=worker,
         job_ttl_s=settings.job_ttl,
         janitor_interval_s=settings.janitor_interval_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
 

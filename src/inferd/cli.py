@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -51,8 +54,6 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the models of a repository over HTTP."""
-    import uvicorn
-
     from inferd.bootstrap import build_app
 
     flags: dict[str, Any] = {"models": models, "host": host, "port": port, "store": store}
@@ -73,7 +74,7 @@ def serve(
     except InferdError as exc:
         fail(exc.message)
         return
-    uvicorn.run(
+    server_config = uvicorn.Config(
         asgi,
         host=settings.host,
         port=settings.port,
@@ -82,8 +83,20 @@ def serve(
         access_log=False,
         log_level=settings.log_level.lower(),
         lifespan="on",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
     )
+    CleanExitServer(server_config).run()
+
+
+class CleanExitServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so a clean stop would exit with status
+    -15; an orchestrator's stop (SIGTERM) that drained everything is a success and exits 0."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
+            captured.remove(sig)
 
 
 @models_app.command("list")

@@ -32,7 +32,7 @@ from inferd.cli_common import (
     request,
     settings_from,
 )
-from inferd.core.errors import InferdError
+from inferd.core.errors import ConfigError, InferdError
 
 jobs_app = typer.Typer(help="Submit and inspect durable async jobs.", no_args_is_help=True)
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -78,7 +78,13 @@ async def _run_worker(settings: Any, metrics_host: str) -> None:
         server, _ = start_http_server(
             settings.metrics_port, addr=metrics_host, registry=engine.metrics.registry
         )
-    await runtime.start()
+    try:
+        await runtime.start()
+    except InferdError:
+        raise
+    except Exception as exc:  # unreachable or misconfigured store: say so without a traceback
+        engine.close()
+        raise ConfigError(f"cannot open the job store {settings.store}: {type(exc).__name__}: {exc}") from exc
     Console(stderr=True).print(
         f"inferd worker {runtime.worker.worker_id if runtime.worker else ''} running "
         f"(concurrency {settings.worker_concurrency})",

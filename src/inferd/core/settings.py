@@ -115,6 +115,8 @@ class Settings(BaseModel):
     job_retry_base_s: float = Field(default=1.0, ge=0)
     job_max_result_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     janitor_interval_s: float = Field(default=60.0, gt=0)
+    worker_poll_s: float = Field(default=1.0, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     metrics_port: int | None = None
 
     @field_validator("devices")

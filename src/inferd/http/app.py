@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,8 @@ from inferd.http.asgi import request_info
 from inferd.http.errors import error_headers, error_payload, error_status
 from inferd.http.predict import Gatekeeper, PredictHandler
 from inferd.metrics import InferdMetrics
+
+logger = logging.getLogger("inferd.http")
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
 Lifespan = Callable[[], AsyncIterator[None]]
@@ -125,6 +128,17 @@ def create_fastapi_app(
         return JSONResponse(
             error_payload(exc, _request_id(request)), status_code=error_status(exc), headers=headers
         )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # The store or a bug, never the client's input: a safe message, the traceback in the server log.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        request_info(request.scope).error = "inference_error"
+        body = {
+            "error": {"code": "inference_error", "message": "internal error; the server log has the details"},
+            "request_id": _request_id(request),
+        }
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,6 +8,7 @@ Every other route goes to the FastAPI app, which also documents the predict rout
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from inferd.core.errors import InferdError, InvalidInputError, PayloadTooLargeError
+from inferd.core.errors import InferdError, InferenceError, InvalidInputError, PayloadTooLargeError
 from inferd.http.access_log import AccessLog
 from inferd.http.errors import error_body, error_headers, error_status
 
@@ -26,6 +27,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Used with fullmatch: with match() and "$", a value ending in "\n" passed and was echoed back.
+logger = logging.getLogger("inferd.http")
+
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -181,6 +184,14 @@ class InferdASGI:
                 await handler(scope, receive, send, info, *route[1:])
             else:
                 await self._forward(scope, receive, send, info)
+        except Exception:
+            # FastAPI's handler already answered and logged it (it re-raises for the server's sake);
+            # anything else gets the native 500 here. Either way the server prints no second traceback.
+            if info.status == 0:
+                logger.exception("unhandled error on %s %s", scope["method"], path)
+                error = InferenceError("internal error; the server log has the details")
+                await send_error(send, error, info)
+            info.error = info.error or "inference_error"
         finally:
             if self._access_log.enabled:
                 record: dict[str, Any] = {

@@ -187,14 +187,22 @@ _RECONNECT_MIN_S = 0.5
 _RECONNECT_MAX_S = 30.0
 
 
+# An escaped NUL that is not itself an escaped backslash followed by "u0000".
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _dumps(value: Any) -> bytes:
     try:
         # numpy arrays and scalars are accepted because model outputs are often made of them.
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        data = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError as exc:
         # orjson also refuses integers beyond 64 bits; even stored exactly they would be read back
         # as floats, so they are refused rather than silently altered.
         raise InvalidInputError(f"job data is not JSON-serializable: {exc}") from exc
+    if _ESCAPED_NUL.search(data):
+        # jsonb cannot hold U+0000; refusing it here gives the client a 422 instead of a store error.
+        raise InvalidInputError("job data contains the character U+0000, which PostgreSQL cannot store")
+    return data
 
 
 def _jsonb(value: Any) -> Jsonb | None:

@@ -114,6 +114,7 @@ class JobService:
         self._max_result_bytes = max_result_bytes
         self._clock = clock
         self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
+        self._depth: dict[tuple[str, str], int] = {}  # mirrors job_queue_depth, refreshed from the store
         self._inserts: Coalescer[Job, InsertResult] = Coalescer(lambda jobs: self.store.insert_many(jobs))
         self._finishes: Coalescer[FinishRequest, Job | None] = Coalescer(
             lambda requests: self.store.finish_many(requests, now=self._clock())
@@ -156,14 +157,14 @@ class JobService:
         )
         if idempotency_key is None:
             await self._inserts.submit(job)
-            self._metrics.job_queue_depth.labels(job.model, job.version).inc()
+            self._adjust_depth(job.model, job.version, +1)
             return job, True
         result = await self.store.insert(job)
         if not result.created:
             self._check_same_request(result.job, fingerprint)
             return result.job, False
         # The seed's bookkeeping; the periodic refresh from the store keeps it true across processes.
-        self._metrics.job_queue_depth.labels(job.model, job.version).inc()
+        self._adjust_depth(job.model, job.version, +1)
         return result.job, True
 
     @staticmethod
@@ -210,7 +211,7 @@ class JobService:
                 f"job {job_id} is already {result.job.status.value}; only pending or running jobs can be cancelled"
             )
         if result.outcome == "cancelled":
-            self._metrics.job_queue_depth.labels(result.job.model, result.job.version).dec()
+            self._adjust_depth(result.job.model, result.job.version, -1)
             self._finished_job(result.job)
         return result.job
 
@@ -221,7 +222,7 @@ class JobService:
         now = self._clock()
         jobs = await self.store.claim(worker_id=worker_id, limit=limit, lease_s=lease_s, now=now)
         for job in jobs:
-            self._metrics.job_queue_depth.labels(job.model, job.version).dec()
+            self._adjust_depth(job.model, job.version, -1)
             waited_since = job.run_after if job.attempts > 1 else job.created_at
             self._metrics.job_queue_wait.labels(job.model, job.version).observe(
                 max(0.0, (now - waited_since).total_seconds())
@@ -264,7 +265,12 @@ class JobService:
 
     async def complete(self, job: Job, *, worker_id: str, outputs: list[Any]) -> Job | None:
         request = FinishRequest(job.id, worker_id, job.attempts, JobStatus.SUCCEEDED, outputs, None)
-        return self._recorded(job, await self._finishes.submit(request))
+        try:
+            done = await self._finishes.submit(request)
+        except InvalidInputError as exc:  # the store refuses this output (e.g. U+0000 on PostgreSQL)
+            error = JobError("inference_error", f"the model's output cannot be stored: {exc.message}")
+            return await self.fail(job, worker_id=worker_id, error=error, retry=False)
+        return self._recorded(job, done)
 
     async def fail(self, job: Job, *, worker_id: str, error: JobError, retry: bool) -> Job | None:
         if retry and job.attempts < job.max_attempts:
@@ -277,7 +283,7 @@ class JobService:
             if requeued is not None and requeued.status.terminal:  # cancelled while it ran: not retried
                 return self._recorded(job, requeued)
             if requeued is not None:
-                self._metrics.job_queue_depth.labels(job.model, job.version).inc()
+                self._adjust_depth(job.model, job.version, +1)
                 logger.info(
                     "job %s attempt %d failed (%s); retrying in %.1fs",
                     job.id,
@@ -313,19 +319,21 @@ class JobService:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
+    def _adjust_depth(self, model: str, version: str, delta: int) -> None:
+        """The seed's bookkeeping between two refreshes. Never below zero: a job taken over from a dead
+        worker was running, not pending, and the store cannot tell the two apart in one claim."""
+        key = (model, version)
+        value = max(0, self._depth.get(key, 0) + delta)
+        self._depth[key] = value
+        self._metrics.job_queue_depth.labels(model, version).set(value)
+
     async def refresh_queue_depth(self) -> None:
         """Set job_queue_depth from the store: the truth across processes, restarts and crashes."""
         counts = await self.store.pending_counts()
         gauge = self._metrics.job_queue_depth
-        for labels in {*counts, *self._known_depth_labels()}:
-            gauge.labels(*labels).set(counts.get(labels, 0))
-
-    def _known_depth_labels(self) -> list[tuple[str, str]]:
-        known: list[tuple[str, str]] = []
-        for metric in self._metrics.job_queue_depth.collect():
-            for sample in metric.samples:
-                known.append((sample.labels["model"], sample.labels["version"]))
-        return known
+        for key in {*counts, *self._depth}:
+            self._depth[key] = counts.get(key, 0)
+            gauge.labels(*key).set(self._depth[key])
 
     async def delete_expired(self, ttl_s: float) -> int:
         return await self.store.delete_finished_before(self._clock() - timedelta(seconds=ttl_s))

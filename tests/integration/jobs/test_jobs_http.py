@@ -318,6 +318,27 @@ def test_store_failure_on_submit_is_a_native_500_with_request_id(
     asyncio.run(body())
 
 
+def test_store_failure_on_read_is_a_native_500_with_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            job = await api.submit_ok("echo", {"input": 1})
+
+            async def store_down(*args: Any, **kwargs: Any) -> Any:
+                raise OSError("disk unplugged")
+
+            monkeypatch.setattr(SQLiteJobStore, "get", store_down)
+            response = await api.client.get(
+                f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {ACME}", "X-Request-ID": "req-read-down"}
+            )
+            body = assert_error(response, 500, "inference_error")
+            assert body["request_id"] == "req-read-down" == response.headers["x-request-id"]
+            assert "disk unplugged" not in body["error"]["message"]
+
+    asyncio.run(body())
+
+
 def test_retention_janitor_of_the_runtime_deletes_expired_finished_jobs(tmp_path: Path) -> None:
     async def body() -> None:
         async with job_app(tmp_path, worker=False, job_ttl=0.3, janitor_interval_s=0.1) as api:

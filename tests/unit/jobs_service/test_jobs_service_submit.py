@@ -91,13 +91,16 @@ def test_a_finish_the_store_refuses_fails_alone_not_its_batch(store_url: str) ->
                 )
             )
             assert max(recorder.sizes) > 1, recorder.sizes
-            assert isinstance(outcomes[3], InvalidInputError)
             for i, (job, outcome) in enumerate(zip(claimed, outcomes, strict=True)):
                 stored = await h.store.get(job.id)
                 assert stored is not None
                 if i == 3:
-                    # Not recorded: still running under w1, so its lease will expire and it runs again.
-                    assert stored.status is JobStatus.RUNNING and stored.lease_owner == "w1"
+                    # An output the store refuses fails its own job at once (no retry: it would be
+                    # refused again), with a message that says why.
+                    assert isinstance(outcome, Job) and outcome.status is JobStatus.FAILED, outcome
+                    assert stored.status is JobStatus.FAILED and stored.error is not None
+                    assert stored.error.code == "inference_error"
+                    assert "cannot be stored" in stored.error.message
                 else:
                     assert isinstance(outcome, Job) and outcome.status is JobStatus.SUCCEEDED, outcome
                     assert stored.status is JobStatus.SUCCEEDED and stored.outputs == outputs[i]
