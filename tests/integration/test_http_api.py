@@ -611,8 +611,13 @@ def test_access_log_one_json_line_per_request(server: ServerProcess) -> None:
             ),
             "log-models": client.get("/v1/models", headers={**auth, "X-Request-ID": "log-models"}),
             "log-livez": client.get("/livez", headers={"X-Request-ID": "log-livez"}),
+            "log-500": client.post(
+                "/v1/models/boom/predict",
+                json={"input": PAYLOAD_MARKER},
+                headers={**auth, "X-Request-ID": "log-500"},
+            ),
         }
-    assert [r.status_code for r in calls.values()] == [200, 200, 401, 404, 422, 200, 200]
+    assert [r.status_code for r in calls.values()] == [200, 200, 401, 404, 422, 200, 200, 500]
     records = _log_records(server.access_log, set(calls))
     by_id: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -637,6 +642,9 @@ def test_access_log_one_json_line_per_request(server: ServerProcess) -> None:
     assert by_id["log-404"][0]["tenant"] == "acme"
     assert by_id["log-422"][0]["model"] == "schema"
     assert by_id["log-models"][0]["tenant"] == "acme"
+    failed = by_id["log-500"][0]
+    assert (failed["error"], failed["cause"]) == ("inference_error", "RuntimeError")
+    assert by_id["log-422"][0]["error"] == "invalid_input" and "cause" not in by_id["log-422"][0]
     text = server.access_log.read_text()
     assert LOG_KEY not in text
     assert WRONG_KEY not in text

@@ -12,9 +12,11 @@ class InferdError(Exception):
 
     code: str = "inference_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # A short cause that is safe to log: never input data (the message may quote the input).
+        self.cause = cause
 
 
 class ConfigError(InferdError):
@@ -60,8 +62,8 @@ class RateLimitedError(InferdError):
 class OverloadedError(InferdError):
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, cause: str | None = None) -> None:
+        super().__init__(message, cause=cause)
         self.retry_after_s = retry_after_s
 
 

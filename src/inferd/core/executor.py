@@ -104,7 +104,8 @@ class DeviceExecutor:
         pending = self._queued + len(self._submitted)
         if pending >= self.queue_limit:
             raise OverloadedError(
-                f"the {self.device} executor queue is full ({self.queue_limit} requests waiting); retry later"
+                f"the {self.device} executor queue is full ({self.queue_limit} requests waiting); retry later",
+                cause="queue full",
             )
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + timeout_s
@@ -170,7 +171,8 @@ class DeviceExecutor:
         self._metrics.timeout()
         work.future.set_exception(
             InferenceTimeoutError(
-                f"{work.target!r} did not finish within {work.timeout_s:g}s on the {self.device} executor"
+                f"{work.target!r} did not finish within {work.timeout_s:g}s on the {self.device} executor",
+                cause=f"deadline {work.timeout_s:g}s",
             )
         )
 

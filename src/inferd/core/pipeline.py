@@ -68,7 +68,9 @@ class Pipeline:
                 problem = self._schema_check(item)
             except Exception as exc:  # e.g. an unresolvable $ref: the schema is at fault, not the input
                 logger.exception("input_schema check of %s:%s failed", self.name, self.version)
-                raise InferenceError(f"{where}input_schema check failed: {_cause(exc)}") from exc
+                raise InferenceError(
+                    f"{where}input_schema check failed: {_cause(exc)}", cause=type(exc).__name__
+                ) from exc
             if problem is not None:
                 raise InvalidInputError(f"{where}does not match the model's input_schema: {problem}")
         if self._preprocessor is not None:
@@ -78,7 +80,9 @@ class Pipeline:
                 raise InvalidInputError(f"{where}rejected by the preprocessor: {exc}") from exc
             except Exception as exc:
                 logger.exception("preprocessor of %s:%s failed", self.name, self.version)
-                raise InferenceError(f"{where}preprocessor failed: {_cause(exc)}") from exc
+                raise InferenceError(
+                    f"{where}preprocessor failed: {_cause(exc)}", cause=type(exc).__name__
+                ) from exc
         if self._validator is not None:
             try:
                 self._validator(item)
@@ -86,7 +90,9 @@ class Pipeline:
                 raise InvalidInputError(f"{where}rejected by the validator: {exc}") from exc
             except Exception as exc:
                 logger.exception("validator of %s:%s failed", self.name, self.version)
-                raise InferenceError(f"{where}validator failed: {_cause(exc)}") from exc
+                raise InferenceError(
+                    f"{where}validator failed: {_cause(exc)}", cause=type(exc).__name__
+                ) from exc
         return item
 
     def prepare_call(self, call: PipelineCall) -> list[Any]:
@@ -124,7 +130,9 @@ class Pipeline:
                     raise TypeError(f"predict() must return a list of {len(chunk)} outputs, got {got}")
             except Exception as exc:
                 logger.exception("model %s:%s failed", self.name, self.version)
-                error = InferenceError(f"model {self.name}:{self.version} failed: {_cause(exc)}")
+                error = InferenceError(
+                    f"model {self.name}:{self.version} failed: {_cause(exc)}", cause=type(exc).__name__
+                )
                 for owner in set(chunk_owners):
                     outcomes[owner] = error
                 continue
@@ -139,5 +147,7 @@ class Pipeline:
                         outcomes[index] = [self._postprocessor(output) for output in result]
                     except Exception as exc:
                         logger.exception("postprocessor of %s:%s failed", self.name, self.version)
-                        outcomes[index] = InferenceError(f"postprocessor failed: {_cause(exc)}")
+                        outcomes[index] = InferenceError(
+                            f"postprocessor failed: {_cause(exc)}", cause=type(exc).__name__
+                        )
         return outcomes

@@ -123,7 +123,7 @@ def create_fastapi_app(
     @app.exception_handler(InferdError)
     async def inferd_error(request: Request, exc: InferdError) -> JSONResponse:
         info = request_info(request.scope)
-        info.error = exc.code
+        info.error, info.cause = exc.code, exc.cause
         headers = {k.decode(): v.decode() for k, v in error_headers(exc)}
         return JSONResponse(
             error_payload(exc, _request_id(request)), status_code=error_status(exc), headers=headers

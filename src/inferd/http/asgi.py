@@ -43,6 +43,7 @@ class RequestInfo:
     version: str | None = None
     status: int = 0
     error: str | None = None
+    cause: str | None = None
 
 
 def request_info(scope: Scope) -> RequestInfo:
@@ -113,6 +114,7 @@ async def send_response(
 async def send_error(send: Send, error: InferdError, info: RequestInfo) -> None:
     info.status = error_status(error)
     info.error = error.code
+    info.cause = error.cause
     await send_response(
         send,
         info.status,
@@ -206,6 +208,8 @@ class InferdASGI:
                 }
                 if info.error:
                     record["error"] = info.error
+                if info.cause:
+                    record["cause"] = info.cause
                 self._access_log.write(record)
 
     @staticmethod
