@@ -13,133 +13,20 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import orjson
-
 from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
-from inferd.jobs.migrations import JOB_COLUMNS, apply_sqlite_migrations
-from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus, utcnow
+from inferd.jobs import sqlite_sql as q
+from inferd.jobs.migrations import apply_sqlite_migrations
+from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-_COLS = ", ".join(JOB_COLUMNS)
-_PLACEHOLDERS = ", ".join("?" for _ in JOB_COLUMNS)
-_INSERT = f"INSERT INTO jobs ({_COLS}) VALUES ({_PLACEHOLDERS})"
-_INSERT_KEYED = (
-    f"{_INSERT} ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-)
-_TERMINAL = ", ".join(f"'{s.value}'" for s in TERMINAL_STATUSES)
-_LOST_MESSAGE = "worker lost while running the job (lease expired) and no attempts are left"
-# RETURNING needs 3.35 (2021); Python on Linux usually links the distribution's SQLite, which may be older.
-_MIN_SQLITE = (3, 35, 0)
-
-
-def _ts(value: datetime) -> str:
-    # Naive datetimes are taken as UTC (PostgreSQL's session time zone is UTC too).
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
-def _dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _dt_or_none(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _dumps(value: Any) -> str:
-    try:
-        # numpy arrays and scalars are accepted because model outputs are often made of them.
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    except orjson.JSONEncodeError as exc:
-        # orjson also refuses integers beyond 64 bits; even stored exactly they would be read back
-        # as floats, so they are refused rather than silently altered.
-        raise InvalidInputError(f"job data is not JSON-serializable: {exc}") from exc
-
-
-def _params(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        job.tenant,
-        job.model,
-        job.version,
-        _dumps(job.inputs),
-        int(job.batch),
-        JobStatus(job.status).value,
-        job.attempts,
-        job.max_attempts,
-        job.timeout_s,
-        _ts(job.created_at),
-        _ts(job.run_after),
-        _ts_or_none(job.started_at),
-        _ts_or_none(job.finished_at),
-        job.lease_owner,
-        _ts_or_none(job.lease_expires_at),
-        int(job.cancel_requested),
-        None if job.outputs is None else _dumps(job.outputs),
-        None if job.error is None else job.error.code,
-        None if job.error is None else job.error.message,
-        job.idempotency_key,
-        job.request_hash,
-    )
-
-
-def _job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        tenant=row[1],
-        model=row[2],
-        version=row[3],
-        inputs=orjson.loads(row[4]),
-        batch=bool(row[5]),
-        status=JobStatus(row[6]),
-        attempts=row[7],
-        max_attempts=row[8],
-        timeout_s=row[9],
-        created_at=_dt(row[10]),
-        run_after=_dt(row[11]),
-        started_at=_dt_or_none(row[12]),
-        finished_at=_dt_or_none(row[13]),
-        lease_owner=row[14],
-        lease_expires_at=_dt_or_none(row[15]),
-        cancel_requested=bool(row[16]),
-        outputs=None if row[17] is None else orjson.loads(row[17]),
-        error=None if row[18] is None else JobError(row[18], row[19] or ""),
-        idempotency_key=row[20],
-        request_hash=row[21],
-    )
-
-
-def _id_list(job_ids: Iterable[str]) -> str:
-    # Passed as one JSON parameter and expanded with json_each, so the statement text is fixed
-    # (and cached) whatever the number of ids.
-    return orjson.dumps(list(job_ids)).decode()
-
-
-_FINISH = f"""
-UPDATE jobs SET
-    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,
-    finished_at = ?,
-    outputs = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    error_code = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    error_message = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-RETURNING {_COLS}
-"""
 
 
 class SQLiteJobStore:
@@ -179,7 +66,7 @@ class SQLiteJobStore:
         return result
 
     def _connect(self) -> None:
-        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        if sqlite3.sqlite_version_info < q.MIN_SQLITE:
             raise ConfigError(
                 f"the SQLite job store needs SQLite >= 3.35 (for RETURNING), but Python is linked "
                 f"against {sqlite3.sqlite_version}; use a newer Python build or the PostgreSQL store"
@@ -261,25 +148,25 @@ class SQLiteJobStore:
     # -- submission -------------------------------------------------------------------------------
 
     async def insert(self, job: Job) -> InsertResult:
-        params = _params(job)
+        params = q.job_params(job)
         key = job.idempotency_key
 
         def do(conn: sqlite3.Connection) -> InsertResult:
             try:
                 if key is None:
-                    conn.execute(_INSERT, params)
+                    conn.execute(q.INSERT, params)
                     return InsertResult(job, created=True)
                 # A keyed insert that loses the unique index race inserts nothing and reads the
                 # winner; the loop covers the winner being deleted between the two statements.
                 for _ in range(3):
-                    if conn.execute(_INSERT_KEYED, params).rowcount == 1:
+                    if conn.execute(q.INSERT_KEYED, params).rowcount == 1:
                         return InsertResult(job, created=True)
                     row = conn.execute(
-                        f"SELECT {_COLS} FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                        f"SELECT {q.COLS} FROM jobs WHERE tenant = ? AND idempotency_key = ?",
                         (job.tenant, key),
                     ).fetchone()
                     if row is not None:
-                        return InsertResult(_job(row), created=False)
+                        return InsertResult(q.row_to_job(row), created=False)
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"cannot insert job {job.id!r}: {exc}") from exc
             raise ConflictError(f"idempotency key {key!r} kept conflicting with a vanishing job")
@@ -294,11 +181,11 @@ class SQLiteJobStore:
             raise ValueError("insert_many does not take idempotency keys; use insert for those jobs")
         if not jobs:
             return []
-        rows = [_params(job) for job in jobs]
+        rows = [q.job_params(job) for job in jobs]
 
         def do(conn: sqlite3.Connection) -> None:
             try:
-                self._write_tx(conn, lambda c: c.executemany(_INSERT, rows))
+                self._write_tx(conn, lambda c: c.executemany(q.INSERT, rows))
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"cannot insert jobs: {exc}") from exc
 
@@ -309,12 +196,12 @@ class SQLiteJobStore:
     # -- reads ------------------------------------------------------------------------------------
 
     async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
-        query = f"SELECT {_COLS} FROM jobs WHERE id = ?"
+        query = f"SELECT {q.COLS} FROM jobs WHERE id = ?"
         params: tuple[str, ...] = (job_id,)
         if tenant is not None:
             query, params = query + " AND tenant = ?", (job_id, tenant)
         row = await self._run(lambda conn: conn.execute(query, params).fetchone())
-        return None if row is None else _job(row)
+        return None if row is None else q.row_to_job(row)
 
     async def list_jobs(
         self,
@@ -338,14 +225,14 @@ class SQLiteJobStore:
         if cursor is not None:
             created_at, last_id = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")
-            params += [_ts(created_at), last_id]
+            params += [q.to_text(created_at), last_id]
         # One extra row tells whether another page exists, so the last page has no cursor.
         params.append(limit + 1)
         query = (
-            f"SELECT {_COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"
+            f"SELECT {q.COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"
         )
         rows = await self._run(lambda conn: conn.execute(query, params).fetchall())
-        jobs = [_job(row) for row in rows[:limit]]
+        jobs = [q.row_to_job(row) for row in rows[:limit]]
         next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return jobs, next_cursor
 
@@ -362,8 +249,8 @@ class SQLiteJobStore:
     async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
         if limit < 1:
             return []
-        now_s = _ts(now)
-        expires = _ts(now + timedelta(seconds=lease_s))
+        now_s = q.to_text(now)
+        expires = q.to_text(now + timedelta(seconds=lease_s))
 
         def tx(conn: sqlite3.Connection) -> list[Job]:
             # Jobs of dead workers that must not run again are settled first, so they neither take
@@ -378,7 +265,7 @@ class SQLiteJobStore:
                 "UPDATE jobs SET status = 'failed', finished_at = ?, lease_owner = NULL, "
                 "lease_expires_at = NULL, error_code = 'inference_error', error_message = ? "
                 "WHERE status = 'running' AND lease_expires_at < ? AND attempts >= max_attempts",
-                (now_s, _LOST_MESSAGE, now_s),
+                (now_s, q.LOST_MESSAGE, now_s),
             )
             rows = conn.execute(
                 f"""
@@ -400,11 +287,11 @@ class SQLiteJobStore:
                     )
                     ORDER BY created_at, id LIMIT ?
                 )
-                RETURNING {_COLS}
+                RETURNING {q.COLS}
                 """,
                 (worker_id, expires, now_s, now_s, limit, now_s, limit, limit),
             ).fetchall()
-            return [_job(row) for row in rows]
+            return [q.row_to_job(row) for row in rows]
 
         jobs = await self._run(lambda conn: self._write_tx(conn, tx))
         # RETURNING order is unspecified in SQLite; callers get oldest first.
@@ -414,7 +301,7 @@ class SQLiteJobStore:
     async def renew_leases(self, job_ids: list[str], *, worker_id: str, lease_s: float, now: datetime) -> int:
         if not job_ids:
             return 0
-        params = (_ts(now + timedelta(seconds=lease_s)), _id_list(job_ids), worker_id)
+        params = (q.to_text(now + timedelta(seconds=lease_s)), q.id_list(job_ids), worker_id)
         return await self._run(
             lambda conn: (
                 conn.execute(
@@ -446,8 +333,8 @@ class SQLiteJobStore:
         params = [
             (
                 JobStatus(r.status).value,
-                _ts(now),
-                None if r.outputs is None else _dumps(r.outputs),
+                q.to_text(now),
+                None if r.outputs is None else q.dump_json(r.outputs),
                 None if r.error is None else r.error.code,
                 None if r.error is None else r.error.message,
                 r.job_id,
@@ -458,8 +345,8 @@ class SQLiteJobStore:
         ]
 
         def tx(conn: sqlite3.Connection) -> list[Job | None]:
-            rows = [conn.execute(_FINISH, row_params).fetchone() for row_params in params]
-            return [None if row is None else _job(row) for row in rows]
+            rows = [conn.execute(q.FINISH, row_params).fetchone() for row_params in params]
+            return [None if row is None else q.row_to_job(row) for row in rows]
 
         return await self._run(lambda conn: self._write_tx(conn, tx))
 
@@ -467,7 +354,15 @@ class SQLiteJobStore:
         self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime
     ) -> Job | None:
         # A job whose cancellation was requested while it ran is not retried: it ends cancelled.
-        params = (_ts(utcnow()), _ts(run_after), error.code, error.message, job_id, worker_id, attempt)
+        params = (
+            q.to_text(utcnow()),
+            q.to_text(run_after),
+            error.code,
+            error.message,
+            job_id,
+            worker_id,
+            attempt,
+        )
         row = await self._run(
             lambda conn: conn.execute(
                 f"""
@@ -477,7 +372,7 @@ class SQLiteJobStore:
                     run_after = ?, error_code = ?, error_message = ?,
                     lease_owner = NULL, lease_expires_at = NULL
                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                RETURNING {_COLS}
+                RETURNING {q.COLS}
                 """,
                 params,
             ).fetchone()
@@ -485,12 +380,12 @@ class SQLiteJobStore:
         if row is None:
             return None
         self._work.set()
-        return _job(row)
+        return q.row_to_job(row)
 
     async def release(self, job_ids: list[str], *, worker_id: str) -> int:
         if not job_ids:
             return 0
-        params = (_ts(utcnow()), _id_list(job_ids), worker_id)
+        params = (q.to_text(utcnow()), q.id_list(job_ids), worker_id)
         count = await self._run(
             lambda conn: (
                 conn.execute(
@@ -511,7 +406,7 @@ class SQLiteJobStore:
         return count
 
     async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
-        params = (_ts(now), job_id, tenant)
+        params = (q.to_text(now), job_id, tenant)
 
         def do(conn: sqlite3.Connection) -> CancelResult:
             row = conn.execute(
@@ -521,29 +416,33 @@ class SQLiteJobStore:
                     finished_at = CASE WHEN status = 'pending' THEN ? ELSE finished_at END,
                     cancel_requested = 1
                 WHERE id = ? AND tenant = ? AND status IN ('pending', 'running')
-                RETURNING {_COLS}
+                RETURNING {q.COLS}
                 """,
                 params,
             ).fetchone()
             if row is not None:
-                job = _job(row)
+                job = q.row_to_job(row)
                 return CancelResult(
                     job, "cancelled" if job.status is JobStatus.CANCELLED else "cancel_requested"
                 )
             # Nothing matched: the job is missing or already terminal, and terminal is final.
             row = conn.execute(
-                f"SELECT {_COLS} FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+                f"SELECT {q.COLS} FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
             ).fetchone()
-            return CancelResult(None, "not_found") if row is None else CancelResult(_job(row), "terminal")
+            return (
+                CancelResult(None, "not_found")
+                if row is None
+                else CancelResult(q.row_to_job(row), "terminal")
+            )
 
         return await self._run(do)
 
     async def delete_finished_before(self, cutoff: datetime) -> int:
-        params = (_ts(cutoff),)
+        params = (q.to_text(cutoff),)
         return await self._run(
             lambda conn: (
                 conn.execute(
-                    f"DELETE FROM jobs WHERE status IN ({_TERMINAL}) AND finished_at < ?", params
+                    f"DELETE FROM jobs WHERE status IN ({q.TERMINAL}) AND finished_at < ?", params
                 ).rowcount
             )
         )
