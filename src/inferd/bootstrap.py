@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import disable_created_metrics
@@ -118,7 +118,6 @@ class Engine:
     registry: ModelRegistry
     executors: dict[str, DeviceExecutor]
     prediction: PredictionService
-    background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def close(self) -> None:
         for executor in self.executors.values():

@@ -27,7 +27,6 @@ from inferd.cli_common import (
 )
 from inferd.cli_jobs import jobs_app, migrate, worker
 from inferd.core.errors import ConfigError, InferdError
-from inferd.core.settings import Settings
 
 app = typer.Typer(help="inferd: a self-hosted, multi-tenant ML inference server.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
@@ -111,9 +110,11 @@ def models_list(
     """List models and versions (from a running server, or a local repository with --models)."""
     if models is not None:
         from inferd.core.registry import ModelRegistry
-        from inferd.core.settings import parse_devices
+        from inferd.runtimes.factory import build_pipeline
 
-        registry = ModelRegistry(loader=lambda *a: None, devices=parse_devices(Settings().devices))  # type: ignore[arg-type]
+        # Scanning reads every model.yaml and routing.yaml without loading any model.
+        devices = settings_from({}, None).device_threads
+        registry = ModelRegistry(loader=build_pipeline, devices=devices)
         try:
             registry.scan(models)
         except ConfigError as exc:

@@ -21,7 +21,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from inferd.core.errors import InferdError, InferenceError, InferenceTimeoutError, OverloadedError
@@ -51,11 +51,6 @@ class _Work:
     deadline: float
     timeout_s: float
     abandoned: bool = False  # set on the loop when the deadline passed; threads skip queued abandoned work
-
-
-@dataclass(slots=True)
-class _TargetQueue:
-    items: deque[_Work] = field(default_factory=deque)
 
 
 class DeviceExecutor:

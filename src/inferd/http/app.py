@@ -25,7 +25,6 @@ from inferd.metrics import InferdMetrics
 logger = logging.getLogger("inferd.http")
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
-Lifespan = Callable[[], AsyncIterator[None]]
 
 
 class PredictRequest(BaseModel):

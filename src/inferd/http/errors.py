@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from inferd.core.errors import InferdError, RateLimitedError
+from inferd.core.errors import InferdError
 
 STATUS_BY_CODE = {
     "unauthenticated": 401,
@@ -46,13 +46,3 @@ def error_body(code: str, message: str, request_id: str) -> bytes:
 
 def error_payload(error: InferdError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": error.code, "message": error.message}, "request_id": request_id}
-
-
-__all__ = [
-    "RateLimitedError",
-    "STATUS_BY_CODE",
-    "error_body",
-    "error_headers",
-    "error_payload",
-    "error_status",
-]

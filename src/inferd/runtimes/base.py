@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 
 class ModelRuntime(Protocol):
     def predict(self, batch: list[Any]) -> list[Any]:
         """Same length and order as ``batch``."""
-
-
-class RuntimeFactory(Protocol):
-    def __call__(self, *, version_dir: Path, spec: Any, device: str, gpu_available: bool) -> ModelRuntime: ...
