@@ -24,11 +24,11 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.core.errors import ConfigError, ConflictError
 from inferd.jobs import postgres_sql as q
 from inferd.jobs.migrations import apply_postgres_migrations
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, decode_cursor, encode_cursor
+from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, ListQuery
 
 log = logging.getLogger(__name__)
 
@@ -267,29 +267,13 @@ class PostgresJobStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        if limit < 1:
-            raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        where = ["tenant = %s"]
-        params: list[Any] = [tenant]
-        if status is not None:
-            where.append("status = %s")
-            params.append(JobStatus(status).value)
-        if model is not None:
-            where.append("model = %s")
-            params.append(model)
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            where.append("(created_at, id) < (%s, %s)")
-            params += [created_at, last_id]
-        # One extra row tells whether another page exists, so the last page has no cursor.
-        params.append(limit + 1)
-        query = f"SELECT {q.COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s"
+        query = ListQuery.build(
+            columns=q.COLS, mark="%s", tenant=tenant, status=status, model=model, limit=limit, cursor=cursor
+        )
         async with self._pool_or_raise().connection() as conn:
-            cur = await conn.execute(query, params)
+            cur = await conn.execute(query.sql, query.params)
             rows = await cur.fetchall()
-        jobs = [q.row_to_job(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
-        return jobs, next_cursor
+        return query.page([q.row_to_job(row) for row in rows])
 
     async def pending_counts(self) -> dict[tuple[str, str], int]:
         async with self._pool_or_raise().connection() as conn:

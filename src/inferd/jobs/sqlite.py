@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.core.errors import ConfigError, ConflictError
 from inferd.jobs import sqlite_sql as q
 from inferd.jobs.migrations import apply_sqlite_migrations
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, decode_cursor, encode_cursor
+from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, ListQuery
 
 T = TypeVar("T")
 
@@ -212,29 +212,18 @@ class SQLiteJobStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        if limit < 1:
-            raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        where = ["tenant = ?"]
-        params: list[Any] = [tenant]
-        if status is not None:
-            where.append("status = ?")
-            params.append(JobStatus(status).value)
-        if model is not None:
-            where.append("model = ?")
-            params.append(model)
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            where.append("(created_at, id) < (?, ?)")
-            params += [q.to_text(created_at), last_id]
-        # One extra row tells whether another page exists, so the last page has no cursor.
-        params.append(limit + 1)
-        query = (
-            f"SELECT {q.COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?"
+        query = ListQuery.build(
+            columns=q.COLS,
+            mark="?",
+            tenant=tenant,
+            status=status,
+            model=model,
+            limit=limit,
+            cursor=cursor,
+            encode_time=q.to_text,
         )
-        rows = await self._run(lambda conn: conn.execute(query, params).fetchall())
-        jobs = [q.row_to_job(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
-        return jobs, next_cursor
+        rows = await self._run(lambda conn: conn.execute(query.sql, query.params).fetchall())
+        return query.page([q.row_to_job(row) for row in rows])
 
     async def pending_counts(self) -> dict[tuple[str, str], int]:
         rows = await self._run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -138,3 +139,53 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if not isinstance(job_id, str) or when.tzinfo is None:
         raise InvalidInputError(f"invalid page cursor {cursor!r}")
     return when, job_id
+
+
+@dataclass(slots=True)
+class ListQuery:
+    """``list_jobs`` as SQL for either dialect: newest first, keyset-paged, one extra row to tell
+    whether another page exists (so the last page has no cursor)."""
+
+    sql: str
+    params: list[Any]
+    limit: int
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        columns: str,
+        mark: str,
+        tenant: str,
+        status: JobStatus | None,
+        model: str | None,
+        limit: int,
+        cursor: str | None,
+        encode_time: Callable[[datetime], Any] = lambda value: value,
+    ) -> ListQuery:
+        if limit < 1:
+            raise InvalidInputError(f"limit must be at least 1, got {limit}")
+        where = [f"tenant = {mark}"]
+        params: list[Any] = [tenant]
+        if status is not None:
+            where.append(f"status = {mark}")
+            params.append(JobStatus(status).value)
+        if model is not None:
+            where.append(f"model = {mark}")
+            params.append(model)
+        if cursor is not None:
+            created_at, last_id = decode_cursor(cursor)
+            where.append(f"(created_at, id) < ({mark}, {mark})")
+            params += [encode_time(created_at), last_id]
+        params.append(limit + 1)
+        sql = (
+            f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at DESC, id DESC LIMIT {mark}"
+        )
+        return cls(sql, params, limit)
+
+    def page(self, jobs: list[Job]) -> tuple[list[Job], str | None]:
+        if len(jobs) <= self.limit:
+            return jobs, None
+        kept = jobs[: self.limit]
+        return kept, encode_cursor(kept[-1].created_at, kept[-1].id)
