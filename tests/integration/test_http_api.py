@@ -29,7 +29,7 @@ from inferd_http_testkit import (
 from prometheus_client.parser import text_string_to_metric_families
 
 SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-FIXTURE_MODELS = {"boom", "canary", "gpu", "ok", "schema", "sleepy"}
+FIXTURE_MODELS = {"boom", "canary", "gpu", "ok", "schema", "sleepy", "tuned"}
 
 
 def requests_total(api: InProcessAPI) -> dict[tuple[str, str, str], float]:
@@ -649,3 +649,33 @@ def test_access_log_one_json_line_per_request(server: ServerProcess) -> None:
     assert LOG_KEY not in text
     assert WRONG_KEY not in text
     assert PAYLOAD_MARKER not in text
+
+
+# -- request parameters ----------------------------------------------------------------------------
+
+
+def test_parameters_reach_models_that_take_them(api: InProcessAPI) -> None:
+    auth = bearer(PREDICT_KEY)
+    single = api.post("/v1/models/tuned/predict", json={"input": 2, "parameters": {"scale": 5}}, headers=auth)
+    assert single.status_code == 200, single.text
+    assert single.json()["output"] == 10
+    batch = api.post(
+        "/v1/models/tuned/predict/batch",
+        json={"inputs": [1, 2, 3], "parameters": {"scale": -1}},
+        headers=auth,
+    )
+    assert batch.json()["outputs"] == [-1, -2, -3]
+    default = api.post("/v1/models/tuned/predict", json={"input": 2, "parameters": {}}, headers=auth)
+    assert default.json()["output"] == 2
+
+
+def test_parameters_for_a_model_without_them_are_invalid_input(api: InProcessAPI) -> None:
+    response = api.post(
+        "/v1/models/ok/predict", json={"input": 1, "parameters": {"scale": 2}}, headers=bearer(PREDICT_KEY)
+    )
+    body = assert_error(response, 422, "invalid_input")
+    assert "takes no parameters" in body["error"]["message"]
+    not_an_object = api.post(
+        "/v1/models/tuned/predict", json={"input": 1, "parameters": [1]}, headers=bearer(PREDICT_KEY)
+    )
+    assert_error(not_an_object, 422, "invalid_input")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ class _Work:
     future: asyncio.Future[Any]
     deadline: float
     timeout_s: float
+    key: tuple[Batchable, Hashable]  # queue of requests that may share a model call
     abandoned: bool = False  # set on the loop when the deadline passed; threads skip queued abandoned work
 
 
@@ -69,8 +70,8 @@ class DeviceExecutor:
         self._metrics = metrics
         self._loop = loop
         self._cond = threading.Condition(threading.Lock())
-        self._queues: dict[Batchable, deque[_Work]] = {}
-        self._ready: deque[Batchable] = deque()  # targets with queued work, round-robin
+        self._queues: dict[tuple[Batchable, Hashable], deque[_Work]] = {}
+        self._ready: deque[tuple[Batchable, Hashable]] = deque()  # keys with queued work, round-robin
         self._queued = 0  # requests accepted and not yet taken by a thread (guarded by _cond)
         self._idle = 0
         self._closed = False
@@ -89,8 +90,11 @@ class DeviceExecutor:
 
     # -- loop side -------------------------------------------------------------------------------
 
-    def submit(self, target: Batchable, call: Any, *, size: int, timeout_s: float) -> asyncio.Future[Any]:
-        """Queue one request; the future resolves to the pipeline's outcome or raises a timeout."""
+    def submit(
+        self, target: Batchable, call: Any, *, size: int, timeout_s: float, group: Hashable = None
+    ) -> asyncio.Future[Any]:
+        """Queue one request; the future resolves to the pipeline's outcome or raises a timeout.
+        Only requests with the same ``target`` and ``group`` are merged into one model call."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -104,7 +108,7 @@ class DeviceExecutor:
             )
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + timeout_s
-        work = _Work(target, call, size, future, deadline, timeout_s)
+        work = _Work(target, call, size, future, deadline, timeout_s, (target, group))
         self._submitted.append(work)
         table = self._deadlines.get(timeout_s)
         if table is None:
@@ -122,11 +126,11 @@ class DeviceExecutor:
         submitted, self._submitted = self._submitted, []
         with self._cond:
             for work in submitted:
-                queue = self._queues.get(work.target)
+                queue = self._queues.get(work.key)
                 if queue is None:
-                    queue = self._queues[work.target] = deque()
+                    queue = self._queues[work.key] = deque()
                 if not queue:
-                    self._ready.append(work.target)
+                    self._ready.append(work.key)
                 queue.append(work)
             self._queued += len(submitted)
             wake = min(self._idle, len(self._ready))
@@ -190,7 +194,7 @@ class DeviceExecutor:
     # -- thread side -----------------------------------------------------------------------------
 
     def _take(self) -> list[_Work] | None:
-        """Block until work is queued; take up to max_batch_size items of one target (at least one request)."""
+        """Block until work is queued; take up to max_batch_size items of one key (at least one request)."""
         with self._cond:
             while not self._ready:
                 if self._closed:
@@ -198,17 +202,19 @@ class DeviceExecutor:
                 self._idle += 1
                 self._cond.wait()
                 self._idle -= 1
-            target = self._ready.popleft()
-            queue = self._queues[target]
+            key = self._ready.popleft()
+            queue = self._queues[key]
             taken: list[_Work] = []
             items = 0
-            limit = target.max_batch_size
+            limit = key[0].max_batch_size
             while queue and (not taken or items + queue[0].size <= limit):
                 work = queue.popleft()
                 items += work.size
                 taken.append(work)
             if queue:
-                self._ready.append(target)
+                self._ready.append(key)
+            else:
+                del self._queues[key]  # keys include request parameters: do not keep one per value forever
             if self._ready and self._idle:
                 # _flush wakes one thread per ready target; work this thread left behind (its pipeline's
                 # max_batch_size was reached) goes to another idle thread instead of waiting for this call.

@@ -7,6 +7,7 @@ from the preprocessor or the validator → ``invalid_input``; any other exceptio
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,25 @@ MAX_CAUSE_CHARS = 300
 
 @dataclass(slots=True)
 class PipelineCall:
-    """One client request's items. ``indexed``: name the item index in error messages (batch calls)."""
+    """One client request's items. ``indexed``: name the item index in error messages (batch calls).
+    ``parameters``: the request's parameters for the model; calls merged into one model call share them."""
 
     items: Sequence[Any]
     indexed: bool
+    parameters: dict[str, Any] | None = None
+
+
+def takes_parameters(predict: Callable[..., Any]) -> bool:
+    """Whether ``predict`` accepts a ``parameters`` keyword (or any keyword)."""
+    try:
+        signature = inspect.signature(predict)
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(
+        (name == "parameters" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        or p.kind is p.VAR_KEYWORD
+        for name, p in signature.parameters.items()
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -55,11 +71,19 @@ class Pipeline:
         self._validator = validator
         self._postprocessor = postprocessor
         self._needs_preparation = any((schema_check, preprocessor, validator))
+        self.takes_parameters = takes_parameters(model.predict)
         # User hooks may be slow or blocking; a schema check alone is cheap enough for the event loop.
         self.preparation_blocks = preprocessor is not None or validator is not None
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
+
+    def check_parameters(self, parameters: dict[str, Any] | None) -> None:
+        if parameters and not self.takes_parameters:
+            raise InvalidInputError(
+                f"{self!r} takes no parameters: its predict() has no 'parameters' argument; "
+                'send the request without "parameters"'
+            )
 
     def prepare(self, item: Any, where: str) -> Any:
         """Schema, preprocessor, validator for one item; raises InvalidInputError or InferenceError."""
@@ -119,12 +143,16 @@ class Pipeline:
                 continue
             flat.extend(prepared)
             owners.extend([index] * len(prepared))
+        parameters = calls[0].parameters if calls else None
         size = self.max_batch_size
         for start in range(0, len(flat), size):
             chunk = flat[start : start + size]
             chunk_owners = owners[start : start + size]
             try:
-                outputs = self.model.predict(chunk)
+                if parameters:
+                    outputs = self.model.predict(chunk, parameters=parameters)  # type: ignore[call-arg]
+                else:
+                    outputs = self.model.predict(chunk)
                 if not isinstance(outputs, list | tuple) or len(outputs) != len(chunk):
                     got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
                     raise TypeError(f"predict() must return a list of {len(chunk)} outputs, got {got}")

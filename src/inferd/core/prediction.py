@@ -12,11 +12,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inferd.core.errors import InferdError, ModelNotFoundError
+import orjson
+
+from inferd.core.errors import InferdError, InvalidInputError, ModelNotFoundError
 from inferd.core.executor import DeviceExecutor
 from inferd.core.pipeline import PipelineCall
 from inferd.core.registry import ModelRegistry, ModelVersion
 from inferd.metrics import InferdMetrics, UnknownModelLabels
+
+
+def parameters_key(parameters: dict[str, Any] | None) -> bytes | None:
+    """Requests merge into one model call only when their parameters are equal."""
+    if not parameters:
+        return None
+    try:
+        return orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidInputError(f'"parameters" must be plain JSON: {exc}') from None
 
 
 @dataclass(slots=True)
@@ -59,6 +71,7 @@ class PredictionService:
         inputs: Sequence[Any],
         indexed: bool,
         timeout_s: float | None = None,
+        parameters: dict[str, Any] | None = None,
         resolved: ModelVersion | None = None,
     ) -> Prediction:
         target = resolved if resolved is not None else self.resolve(model, version, tenant=tenant)
@@ -76,8 +89,14 @@ class PredictionService:
             budget = target.spec.timeout_s * calls
             limit = budget if timeout_s is None else min(timeout_s, budget)
             executor = self.executors[target.spec.device]
+            pipeline.check_parameters(parameters)
+            group = parameters_key(parameters)
             future = executor.submit(
-                pipeline, PipelineCall(inputs, indexed), size=len(inputs), timeout_s=limit
+                pipeline,
+                PipelineCall(inputs, indexed, parameters or None),
+                size=len(inputs),
+                timeout_s=limit,
+                group=group,
             )
             executed = True
             outputs: list[Any] = await future
@@ -94,12 +113,20 @@ class PredictionService:
         return Prediction(name, resolved_version, outputs)
 
     async def check_inputs(
-        self, *, tenant: str, model: str, version: str | None, inputs: Sequence[Any], indexed: bool
+        self,
+        *,
+        tenant: str,
+        model: str,
+        version: str | None,
+        inputs: Sequence[Any],
+        indexed: bool,
+        parameters: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Resolve and run schema, preprocessor and validator without the model (job submission).
         Not an execution, so nothing is counted."""
         target = self.registry.resolve(model, version, tenant=tenant)
         pipeline = target.pipeline or await self.registry.ensure_loaded(target)
+        pipeline.check_parameters(parameters)
         call = PipelineCall(inputs, indexed)
         if pipeline.preparation_blocks:
             await asyncio.to_thread(pipeline.prepare_call, call)

@@ -22,7 +22,7 @@ from inferd.http.asgi import (
     send_error,
     send_response,
 )
-from inferd.http.predict import Gatekeeper, parse_json_object, parse_timeout
+from inferd.http.predict import Gatekeeper, parse_json_object, parse_parameters, parse_timeout
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
 
@@ -125,6 +125,7 @@ class JobSubmitHandler:
             timeout_s=timeout_s,
             idempotency_key=idempotency_key,
             fingerprint=request_fingerprint(name, version, data) if idempotency_key else None,
+            parameters=parse_parameters(data),
         )
         info.version = job.version
         return orjson.dumps(job_document(job)), f"/v1/jobs/{job.id}"

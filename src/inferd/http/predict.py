@@ -59,15 +59,20 @@ def parse_json_object(body: bytes, example: str) -> dict[str, Any]:
     return data
 
 
+def parse_parameters(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's ``parameters`` for the model; an empty object is the same as none."""
+    parameters = data.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInputError('"parameters" must be a JSON object')
+    return parameters or None
+
+
 def parse_inputs(data: dict[str, Any], *, batch: bool, max_inputs: int) -> list[Any]:
     """The request's items: ``[input]`` for a single call, ``inputs`` for a batch call."""
     allowed = _BATCH_FIELDS if batch else _SINGLE_FIELDS
     unknown = data.keys() - allowed
     if unknown:
         raise InvalidInputError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    parameters = data.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InvalidInputError('"parameters" must be a JSON object')
     if not batch:
         if "input" not in data:
             raise InvalidInputError('request body needs an "input" field: {"input": ...}')
@@ -127,14 +132,14 @@ class PredictHandler:
         example = '{"inputs": [...]}' if batch else '{"input": ...}'
         data = parse_json_object(body, example)
         inputs = parse_inputs(data, batch=batch, max_inputs=self._max_batch_inputs)
-        timeout_s = parse_timeout(data)
         prediction = await self._service.predict(
             tenant=principal.tenant,
             model=name,
             version=version,
             inputs=inputs,
             indexed=batch,
-            timeout_s=timeout_s,
+            timeout_s=parse_timeout(data),
+            parameters=parse_parameters(data),
         )
         info.version = prediction.version
         response: dict[str, Any] = {"model": prediction.model, "version": prediction.version}

@@ -54,6 +54,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "error_message",
     "idempotency_key",
     "request_hash",
+    "parameters",
 )
 
 _STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled'))"
@@ -117,6 +118,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     # PostgreSQL only; SQLite has no autovacuum settings, so the step is empty there to keep the
     # version numbers of both dialects aligned.
     Migration(3, "vacuum the jobs table often", ()),
+    Migration(4, "add job parameters", ("ALTER TABLE jobs ADD COLUMN parameters TEXT",)),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -165,6 +167,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             " autovacuum_vacuum_insert_scale_factor = 0.01)",
         ),
     ),
+    Migration(4, "add job parameters", ("ALTER TABLE jobs ADD COLUMN parameters jsonb",)),
 )
 
 # First key of the two-int advisory lock ("infd"); the second is hashtext(schema), so stores in

@@ -59,3 +59,4 @@ class Job:
     error: JobError | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    parameters: dict[str, Any] | None = None  # passed to the model's predict with every attempt

@@ -57,6 +57,7 @@ _ARRAY_TYPES = (
     "text",  # error_message
     "text",  # idempotency_key
     "text",  # request_hash
+    "jsonb",  # parameters
 )
 # One array parameter per column, unnested into rows: a single fixed statement (prepared once per
 # connection) inserts any number of jobs, without the 65535-parameter cap of a multi-row VALUES.
@@ -212,6 +213,7 @@ def job_params(job: Job) -> list[Any]:
         None if job.error is None else job.error.message,
         job.idempotency_key,
         job.request_hash,
+        jsonb(job.parameters),
     ]
 
 
@@ -238,6 +240,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         error=None if row[18] is None else JobError(row[18], row[19] or ""),
         idempotency_key=row[20],
         request_hash=row[21],
+        parameters=row[22],
     )
 
 

@@ -76,11 +76,12 @@ class JobService:
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> tuple[Job, bool]:
         """Validate the input now (invalid jobs are never queued), resolve the version through routing,
         and store a pending job. Returns (job, created)."""
         target = await self.prediction.check_inputs(
-            tenant=tenant, model=model, version=version, inputs=inputs, indexed=batch
+            tenant=tenant, model=model, version=version, inputs=inputs, indexed=batch, parameters=parameters
         )
         now = self._clock()
         job = Job(
@@ -96,6 +97,7 @@ class JobService:
             run_after=now,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
+            parameters=parameters or None,
         )
         if idempotency_key is None:
             await self._inserts.submit(job)
@@ -186,6 +188,7 @@ class JobService:
                 inputs=job.inputs,
                 indexed=job.batch,
                 timeout_s=job.timeout_s,
+                parameters=job.parameters,
             )
             size = len(orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY))
             if size > self._max_result_bytes:

@@ -75,6 +75,7 @@ def job_params(job: Job) -> tuple[Any, ...]:
         None if job.error is None else job.error.message,
         job.idempotency_key,
         job.request_hash,
+        None if job.parameters is None else dump_json(job.parameters),
     )
 
 
@@ -101,6 +102,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         error=None if row[18] is None else JobError(row[18], row[19] or ""),
         idempotency_key=row[20],
         request_hash=row[21],
+        parameters=None if row[22] is None else orjson.loads(row[22]),
     )
 
 

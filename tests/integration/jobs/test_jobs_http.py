@@ -354,3 +354,23 @@ def test_retention_janitor_of_the_runtime_deletes_expired_finished_jobs(tmp_path
             assert (await api.get(pending["id"])).json()["status"] == "pending"
 
     asyncio.run(body())
+
+
+def test_job_parameters_are_stored_and_reach_the_model(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=True) as api:
+            job = await api.submit_ok("tuned", {"inputs": [1, 2], "parameters": {"scale": 10}})
+            done = await api.wait_done(job["id"])
+            assert done["status"] == "succeeded" and done["outputs"] == [10, 20]
+
+            refused = await api.submit("echo", {"input": 1, "parameters": {"scale": 10}})
+            assert_error(refused, 422, "invalid_input")
+            assert (await api.list()).json()["jobs"][0]["id"] == job["id"]  # nothing queued
+
+            key = {"Idempotency-Key": "same-key"}
+            first = await api.submit("tuned", {"input": 1, "parameters": {"scale": 2}}, headers=key)
+            other = await api.submit("tuned", {"input": 1, "parameters": {"scale": 3}}, headers=key)
+            assert first.status_code == 202
+            assert_error(other, 409, "conflict")  # parameters are part of the request
+
+    asyncio.run(body())

@@ -65,6 +65,7 @@ async def test_insert_and_get_round_trip_every_field(store: JobStore, make_job: 
         error=JobError("inference_error", "boom"),
         idempotency_key="key-1",
         request_hash="sha256:abc",
+        parameters={"temperature": 0.2, "stop": ["\n"], "nested": {"k": [1, None]}},
     )
     minimal = make_job()
 
@@ -132,12 +133,16 @@ async def test_concurrent_idempotent_inserts_create_one_job(
 
 
 async def test_insert_many(store: JobStore, make_job: JobFactory) -> None:
-    jobs = [make_job(model=f"m{i % 3}", timeout_s=None if i % 2 else 10) for i in range(250)]
+    jobs = [
+        make_job(model=f"m{i % 3}", timeout_s=None if i % 2 else 10, parameters={"i": i} if i % 5 else None)
+        for i in range(250)
+    ]
     results = await store.insert_many(jobs)
     assert [r.job for r in results] == jobs
     assert all(r.created for r in results)
     assert await store.get(jobs[0].id) == jobs[0]
     assert await store.get(jobs[-1].id) == jobs[-1]
+    assert await store.get(jobs[1].id) == jobs[1]  # with parameters
     assert await store.pending_counts() == {("m0", "1"): 84, ("m1", "1"): 83, ("m2", "1"): 83}
 
     assert await store.insert_many([]) == []
