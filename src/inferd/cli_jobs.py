@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +36,7 @@ from inferd.core.errors import ConfigError, InferdError
 
 jobs_app = typer.Typer(help="Submit and inspect durable async jobs.", no_args_is_help=True)
 TERMINAL = {"succeeded", "failed", "cancelled"}
+SUBMIT_ATTEMPTS = 6
 
 
 def worker(
@@ -193,13 +194,26 @@ async def _submit_and_wait(
     jobs: dict[str, dict[str, Any]] = {}
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90, limits=limits) as client:
+        run_id = uuid.uuid4().hex  # one Idempotency-Key per line and run: a retried POST never duplicates
 
         async def submit(index: int) -> None:
             body = {"inputs": chunks[index]} if batch else {"input": chunks[index][0]}
-            async with gate:
-                response = await client.post(
-                    path, json=body, headers={"Idempotency-Key": f"cli-{time.time_ns()}-{index}"}
-                )
+            headers = {"Idempotency-Key": f"cli-{run_id}-{index}"}
+            response: httpx.Response | None = None
+            for attempt in range(SUBMIT_ATTEMPTS):
+                try:
+                    async with gate:
+                        response = await client.post(path, json=body, headers=headers)
+                except httpx.TransportError:
+                    if attempt == SUBMIT_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(min(2**attempt, 10))
+                    continue
+                if response.status_code not in (429, 503) or attempt == SUBMIT_ATTEMPTS - 1:
+                    break
+                # Rate limited or overloaded: wait as the server asks, then send the same request again.
+                await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+            assert response is not None
             if response.status_code != 202:
                 error = (
                     response.json().get("error", {})

@@ -141,6 +141,23 @@ def test_cli_jobs_submit_wait_writes_outputs_in_input_order(tmp_path: Path, proc
         assert lines == [{"output": item} for item in items]
 
 
+def test_cli_jobs_submit_waits_out_rate_limits_without_duplicating_jobs(
+    tmp_path: Path, procs: Processes
+) -> None:
+    server = procs.serve(f"sqlite:///{tmp_path / 'jobs.db'}", "--dev", env={"INFERD_RATE_LIMIT": "4/s"})
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(i) for i in range(12)) + "\n")
+    server.wait_http("/readyz")
+    out = tmp_path / "out.jsonl"
+    args = ["jobs", "submit", "echo", str(source), "--output", str(out), "--key", "dev", "--url", server.url]
+    result = run_inferd(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"output": i} for i in range(12)]
+    listed = run_inferd(["jobs", "list", "--json", "--key", "dev", "--url", server.url], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["jobs"]) == 12  # 429s were retried with the same key: no duplicates
+
+
 # -- job_queue_depth across processes ------------------------------------------------------------------
 
 
