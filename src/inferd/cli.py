@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
@@ -54,6 +55,7 @@ def serve(
 ) -> None:
     """Serve the models of a repository over HTTP."""
     from inferd.bootstrap import build_app
+    from inferd.jobs.urls import prepare_store
 
     flags: dict[str, Any] = {"models": models, "host": host, "port": port, "store": store}
     if dev:
@@ -69,6 +71,9 @@ def serve(
             highlight=False,
         )
     try:
+        # Reach and migrate the job store before serving: an unreachable store is one clear line here,
+        # not a traceback from inside the server's start-up.
+        asyncio.run(prepare_store(settings.store))
         asgi = build_app(settings)
     except InferdError as exc:
         fail(exc.message)

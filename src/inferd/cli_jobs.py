@@ -67,6 +67,7 @@ async def _run_worker(settings: Any, metrics_host: str) -> None:
     from prometheus_client import start_http_server
 
     from inferd.bootstrap import build_engine, build_job_runtime
+    from inferd.jobs.urls import redact
 
     engine = build_engine(settings)
     runtime = build_job_runtime(settings, engine, run_worker=True)
@@ -81,11 +82,13 @@ async def _run_worker(settings: Any, metrics_host: str) -> None:
         )
     try:
         await runtime.start()
-    except InferdError:
-        raise
     except Exception as exc:  # unreachable or misconfigured store: say so without a traceback
         engine.close()
-        raise ConfigError(f"cannot open the job store {settings.store}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, InferdError):
+            raise
+        raise ConfigError(
+            f"cannot open the job store {redact(settings.store)}: {type(exc).__name__}: {exc}"
+        ) from exc
     Console(stderr=True).print(
         f"inferd worker {runtime.worker.worker_id if runtime.worker else ''} running "
         f"(concurrency {settings.worker_concurrency})",
@@ -105,22 +108,14 @@ def migrate(
     config: ConfigOption = None,
 ) -> None:
     """Create or upgrade the job store's schema (also done at every start-up)."""
-    from inferd.jobs.urls import open_store
+    from inferd.jobs.urls import prepare_store, redact
 
     settings = settings_from({"store": store}, config)
-
-    async def run() -> None:
-        job_store = open_store(settings.store)
-        await job_store.open()
-        await job_store.close()
-
     try:
-        asyncio.run(run())
+        asyncio.run(prepare_store(settings.store))
     except InferdError as exc:
         fail(exc.message)
-    except Exception as exc:
-        fail(f"migrating {settings.store} failed: {type(exc).__name__}: {exc}")
-    Console().print(f"job store {settings.store} is up to date", highlight=False)
+    Console().print(f"job store {redact(settings.store)} is up to date", highlight=False)
 
 
 def _read_jsonl(path: Path) -> list[Any]:

@@ -189,3 +189,16 @@ def test_dev_mode_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     output = _flat(result.stderr + result.stdout)
     assert result.returncode != 0, output
     assert "0.0.0.0" in output and "loopback" in output, output
+
+
+def test_an_unreachable_job_store_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
+    unreachable = f"postgresql://inferd:hunter2@127.0.0.1:{free_port()}/inferd"
+    result = run_inferd(
+        ["serve", "--models", str(MODELS), "--dev", "--port", str(free_port()), "--store", unreachable],
+        cwd=tmp_path,
+    )
+    output = _flat(result.stderr + result.stdout)
+    assert result.returncode == 2, output
+    assert "cannot open the job store postgresql://inferd:***@127.0.0.1" in output, output
+    assert "hunter2" not in output
+    assert "Traceback" not in output

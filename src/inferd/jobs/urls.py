@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from inferd.core.errors import ConfigError
+from inferd.core.errors import ConfigError, InferdError
 from inferd.jobs.postgres import PostgresJobStore
 from inferd.jobs.sqlite import SQLiteJobStore
 from inferd.jobs.store import JobStore
@@ -17,7 +17,7 @@ ACCEPTED_FORMS = (
 )
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL with its password masked, for error messages and logs."""
     try:
         parts = urlsplit(url)
@@ -32,7 +32,7 @@ def _redact(url: str) -> str:
 
 
 def _invalid(url: str, why: str) -> ConfigError:
-    return ConfigError(f"invalid job store URL {_redact(url)!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
+    return ConfigError(f"invalid job store URL {redact(url)!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
 
 
 def _sqlite(url: str) -> SQLiteJobStore:
@@ -93,3 +93,16 @@ def open_store(url: str) -> JobStore:
     if scheme in ("postgresql", "postgres"):
         return _postgres(url)
     raise _invalid(url, "unknown scheme" if scheme else "not a URL")
+
+
+async def prepare_store(url: str) -> None:
+    """Open the store once, creating or upgrading its schema, and close it. A store that cannot be
+    reached or migrated raises ConfigError naming the URL (password masked) and the cause."""
+    store = open_store(url)
+    try:
+        await store.open()
+    except InferdError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot open the job store {redact(url)}: {type(exc).__name__}: {exc}") from exc
+    await store.close()
