@@ -148,6 +148,16 @@ def models_list(
     Console().print(table)
 
 
+@models_app.command("reload")
+def models_reload(url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
+    """Make a running server rescan its model repository (needs an admin key)."""
+    summary = request("POST", url, key, "/v1/admin/models/reload")
+    for field in ("added", "reloaded", "removed", "failed", "problems"):
+        if summary[field]:
+            Console().print(f"{field}: {', '.join(summary[field])}", highlight=False)
+    Console().print(f"unchanged: {len(summary['unchanged'])} version(s)", highlight=False)
+
+
 @app.command()
 def predict(
     name: Annotated[str, typer.Argument(help="Model name.")],

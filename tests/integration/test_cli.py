@@ -72,3 +72,12 @@ def test_predict_reports_api_errors_and_exits_non_zero(server: ServerProcess, tm
     bad_json = run_inferd(["predict", "ok", "--input", "{oops", "--url", server.base_url], cwd=tmp_path)
     assert bad_json.returncode == 2
     assert "--input is not valid JSON" in bad_json.stderr
+
+
+def test_models_reload_needs_an_admin_key(server: ServerProcess, tmp_path: Path) -> None:
+    reloaded = run_inferd(["models", "reload", "--url", server.base_url, "--key", ADMIN_KEY], cwd=tmp_path)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "unchanged:" in reloaded.stdout
+    refused = run_inferd(["models", "reload", "--url", server.base_url, "--key", "k1"], cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "403 forbidden" in refused.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +19,7 @@ from inferd_http_testkit import (
     ADMIN_KEY,
     BROKEN_MODELS,
     JOBS_KEY,
+    MODELS,
     MODELS_KEY,
     PREDICT_KEY,
     InProcessAPI,
@@ -679,3 +681,38 @@ def test_parameters_for_a_model_without_them_are_invalid_input(api: InProcessAPI
         "/v1/models/tuned/predict", json={"input": 1, "parameters": [1]}, headers=bearer(PREDICT_KEY)
     )
     assert_error(not_an_object, 422, "invalid_input")
+
+
+# -- reloading the model repository ------------------------------------------------------------------
+
+
+def test_admin_reload_serves_new_models_and_drops_removed_ones(
+    make_api: Callable[..., InProcessAPI], tmp_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    api = make_api(models=repo)
+    admin, predictor = bearer(ADMIN_KEY), bearer(PREDICT_KEY)
+
+    assert_error(api.post("/v1/admin/models/reload", headers=predictor), 403, "forbidden")
+    assert_error(
+        api.post("/v1/models/fresh/predict", json={"input": 1}, headers=predictor), 404, "model_not_found"
+    )
+
+    shutil.copytree(repo / "ok", repo / "fresh")
+    shutil.rmtree(repo / "boom")
+    response = api.post("/v1/admin/models/reload", headers=admin)
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["added"] == ["fresh:1"]
+    assert summary["removed"] == ["boom:1"]
+    assert summary["failed"] == [] and summary["reloaded"] == []
+    assert "ok:1" in summary["unchanged"]
+
+    served = api.post("/v1/models/fresh/predict", json={"input": {"a": 1}}, headers=predictor)
+    assert served.status_code == 200 and served.json()["output"] == {"a": 1}
+    assert_error(
+        api.post("/v1/models/boom/predict", json={"input": 1}, headers=predictor), 404, "model_not_found"
+    )
+    names = {entry["name"] for entry in api.get("/v1/models", headers=admin).json()["models"]}
+    assert "fresh" in names and "boom" not in names

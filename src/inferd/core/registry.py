@@ -29,10 +29,11 @@ class ModelVersion:
     version: str
     path: Path
     spec: ModelSpec
-    state: str = "unloaded"  # unloaded | loaded | failed
+    state: str = "unloaded"  # unloaded | loaded | failed | removed (by a reload)
     error: str | None = None
     pipeline: Pipeline | None = None
     load_lock: asyncio.Lock | None = None
+    fingerprint: tuple[int, int] = (0, 0)  # (newest mtime, file count) of the folder: changed → reload
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -86,6 +87,39 @@ class RepositoryProblem:
     message: str
 
 
+@dataclass
+class ReloadPlan:
+    models: dict[str, ModelEntry]
+    problems: list[RepositoryProblem]
+    added: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "reloaded": self.reloaded,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "problems": [f"{p.path}: {p.message}" for p in self.problems],
+        }
+
+
+def folder_fingerprint(folder: Path) -> tuple[int, int]:
+    """Cheap change detection for a version folder: newest modification time and number of files."""
+    # Files only: the folder's own mtime changes when Python writes __pycache__ on the first import.
+    newest, count = 0, 0
+    for path in folder.rglob("*"):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        stat = path.stat()
+        newest, count = max(newest, stat.st_mtime_ns), count + 1
+    return newest, count
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -97,14 +131,22 @@ class ModelRegistry:
         self._loader = loader
         self._on_state_change = on_state_change
         self._devices = set(devices)
+        self.root: Path | None = None
         self.models: dict[str, ModelEntry] = {}
         self.problems: list[RepositoryProblem] = []
 
     # -- discovery and loading -------------------------------------------------------------------
 
     def scan(self, root: Path) -> None:
+        self.root = root
+        self.models, self.problems = self._discover(root)
+
+    def _discover(self, root: Path) -> tuple[dict[str, ModelEntry], list[RepositoryProblem]]:
+        """Read every model.yaml and routing.yaml under ``root``; loads nothing."""
         if not root.is_dir():
             raise ConfigError(f"model repository {root} is not a directory")
+        models: dict[str, ModelEntry] = {}
+        problems: list[RepositoryProblem] = []
         for model_dir in sorted(
             p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
         ):
@@ -121,9 +163,15 @@ class ModelRegistry:
                             f"(configured: {', '.join(sorted(self._devices))}; see INFERD_DEVICES)"
                         )
                 except ConfigError as exc:
-                    self._problem(str(spec_file), exc.message)
+                    problems.append(self._problem(str(spec_file), exc.message))
                     continue
-                versions[version_dir.name] = ModelVersion(model_dir.name, version_dir.name, version_dir, spec)
+                versions[version_dir.name] = ModelVersion(
+                    model_dir.name,
+                    version_dir.name,
+                    version_dir,
+                    spec,
+                    fingerprint=folder_fingerprint(version_dir),
+                )
             if not versions:
                 continue
             entry = ModelEntry(model_dir.name, versions)
@@ -132,12 +180,58 @@ class ModelRegistry:
                 try:
                     entry.routing = read_routing(routing_file, versions)
                 except ConfigError as exc:
-                    self._problem(str(routing_file), exc.message + " (falling back to the highest version)")
-            self.models[entry.name] = entry
+                    message = exc.message + " (falling back to the highest version)"
+                    problems.append(self._problem(str(routing_file), message))
+            models[entry.name] = entry
+        return models, problems
 
-    def _problem(self, path: str, message: str) -> None:
+    def plan_reload(self) -> ReloadPlan:
+        """Blocking (run it off the event loop): rescan the repository and load what is new or changed.
+        Versions whose folder did not change keep their loaded pipeline. Nothing serving changes until
+        :meth:`apply_reload`."""
+        if self.root is None:
+            raise ConfigError("the registry was not built from a repository; nothing to reload")
+        models, problems = self._discover(self.root)
+        plan = ReloadPlan(models, problems)
+        for entry in models.values():
+            for name_version, version in list(entry.versions.items()):
+                old_entry = self.models.get(entry.name)
+                old = old_entry.versions.get(name_version) if old_entry else None
+                if old is not None and old.fingerprint == version.fingerprint and old.state != "failed":
+                    entry.versions[name_version] = old  # unchanged: keep its pipeline and state
+                    plan.unchanged.append(f"{entry.name}:{name_version}")
+                    continue
+                (plan.added if old is None else plan.reloaded).append(f"{entry.name}:{name_version}")
+                if version.spec.load_at_start:
+                    self.load_version(version)
+                if version.state == "failed":
+                    plan.failed.append(f"{entry.name}:{name_version}")
+        for old_entry in self.models.values():
+            for old in old_entry.versions.values():
+                new_entry = models.get(old_entry.name)
+                if new_entry is None or old.version not in new_entry.versions:
+                    plan.removed.append(f"{old_entry.name}:{old.version}")
+        return plan
+
+    def apply_reload(self, plan: ReloadPlan) -> None:
+        """Swap in a planned repository (on the event loop). Requests already running keep the pipeline
+        they started with; new requests see the new versions and routing."""
+        removed = [
+            version
+            for entry in self.models.values()
+            for version in entry.versions.values()
+            if f"{entry.name}:{version.version}" in set(plan.removed)
+        ]
+        self.models, self.problems = plan.models, plan.problems
+        for version in removed:
+            version.state = "removed"
+            if self._on_state_change is not None:
+                self._on_state_change(version)
+
+    @staticmethod
+    def _problem(path: str, message: str) -> RepositoryProblem:
         logger.error("model repository: %s", message)
-        self.problems.append(RepositoryProblem(path, message))
+        return RepositoryProblem(path, message)
 
     def load_version(self, version: ModelVersion) -> None:
         """Blocking: import code and artifacts. Records failures instead of raising."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -201,6 +202,17 @@ def create_fastapi_app(
         info = request_info(request.scope)
         payload = await predict.execute(principal, name, version, batch, await request.body(), info)
         return Response(payload, media_type="application/json")
+
+    reload_lock = asyncio.Lock()
+
+    @app.post("/v1/admin/models/reload", tags=["admin"], responses=ERROR_RESPONSES)
+    async def reload_models(_: Principal = requires("admin")) -> dict[str, Any]:
+        """Rescan the model repository: load new and changed versions, drop removed ones, keep the rest
+        serving untouched. Requests already running finish on the version they started with."""
+        async with reload_lock:
+            plan = await asyncio.to_thread(registry.plan_reload)
+            registry.apply_reload(plan)
+        return plan.summary()
 
     # The body is not a parameter: FastAPI would parse it before the auth dependency runs, and a client
     # without a key must get 401 before anything about its body (as on the fast path).
