@@ -28,12 +28,19 @@ from inferd.core.errors import ConfigError, ConflictError
 from inferd.jobs import postgres_sql as q
 from inferd.jobs.migrations import apply_postgres_migrations
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, ListQuery
+from inferd.jobs.store import (
+    CancelResult,
+    FinishOne,
+    FinishRequest,
+    InsertResult,
+    ListQuery,
+    check_finish_requests,
+)
 
 log = logging.getLogger(__name__)
 
 
-class PostgresJobStore:
+class PostgresJobStore(FinishOne):
     """JobStore on PostgreSQL; tables live in ``schema`` (created if missing)."""
 
     def __init__(
@@ -312,24 +319,8 @@ class PostgresJobStore:
             )
             return cur.rowcount
 
-    async def finish(
-        self,
-        job_id: str,
-        *,
-        worker_id: str,
-        attempt: int,
-        status: JobStatus,
-        outputs: list[Any] | None,
-        error: JobError | None,
-        now: datetime,
-    ) -> Job | None:
-        request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
-        return (await self.finish_many([request], now=now))[0]
-
     async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        for request in requests:
-            if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-                raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+        check_finish_requests(requests)
         if not requests:
             return []
         params = {

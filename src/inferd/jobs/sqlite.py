@@ -16,20 +16,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from inferd.core.errors import ConfigError, ConflictError
 from inferd.jobs import sqlite_sql as q
 from inferd.jobs.migrations import apply_sqlite_migrations
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import CancelResult, FinishRequest, InsertResult, ListQuery
+from inferd.jobs.store import (
+    CancelResult,
+    FinishOne,
+    FinishRequest,
+    InsertResult,
+    ListQuery,
+    check_finish_requests,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(FinishOne):
     """JobStore on a SQLite file. ``open()`` creates the file and applies migrations."""
 
     def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
@@ -301,24 +308,8 @@ class SQLiteJobStore:
             )
         )
 
-    async def finish(
-        self,
-        job_id: str,
-        *,
-        worker_id: str,
-        attempt: int,
-        status: JobStatus,
-        outputs: list[Any] | None,
-        error: JobError | None,
-        now: datetime,
-    ) -> Job | None:
-        request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
-        return (await self.finish_many([request], now=now))[0]
-
     async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        for request in requests:
-            if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-                raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+        check_finish_requests(requests)
         params = [
             (
                 JobStatus(r.status).value,

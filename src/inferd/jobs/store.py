@@ -189,3 +189,30 @@ class ListQuery:
             return jobs, None
         kept = jobs[: self.limit]
         return kept, encode_cursor(kept[-1].created_at, kept[-1].id)
+
+
+def check_finish_requests(requests: list[FinishRequest]) -> None:
+    for request in requests:
+        if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+
+
+class FinishOne:
+    """``finish`` for one job, in terms of the store's own ``finish_many``."""
+
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        raise NotImplementedError
+
+    async def finish(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        outputs: list[Any] | None,
+        error: JobError | None,
+        now: datetime,
+    ) -> Job | None:
+        request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
+        return (await self.finish_many([request], now=now))[0]
