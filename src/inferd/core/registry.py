@@ -7,6 +7,7 @@ models keep serving and ``/readyz`` lists the problems.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -59,8 +60,9 @@ class ModelEntry:
     versions: dict[str, ModelVersion]
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)
 
-    @property
+    @functools.cached_property
     def highest(self) -> str:
+        # An entry's versions never change (a reload builds new entries), and routing asks per request.
         return highest_version(self.versions)
 
     @property
