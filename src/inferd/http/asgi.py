@@ -8,6 +8,7 @@ Every other route goes to the FastAPI app, which also documents the predict rout
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -164,6 +165,8 @@ class InferdASGI:
         }
         self._access_log = access_log
         self._max_body_bytes = max_body_bytes
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,9 +174,12 @@ class InferdASGI:
             return
         started = time.perf_counter()
         sent_id = header(scope, b"x-request-id")
-        request_id = (
-            sent_id.decode() if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else os.urandom(12).hex()
-        )
+        if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id):
+            request_id = sent_id.decode()
+        else:
+            # A random per-process prefix and a counter: unique across replicas without a syscall
+            # (and a GIL release) per request, which os.urandom would cost.
+            request_id = f"{self._id_prefix}{next(self._id_counter):012x}"
         info = RequestInfo(request_id)
         state = scope.setdefault("state", {})
         state["inferd"] = info
