@@ -18,9 +18,7 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from inferd_http_testkit import free_port, inferd_command, server_env
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
@@ -193,30 +192,9 @@ async def job_app(tmp_path: Path, *, fast_path: bool = True, **overrides: Any) -
 # -- real processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def process_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("INFERD_")}
-    env.update(
-        {
-            "COLUMNS": "250",
-            "PYTHONUNBUFFERED": "1",
-            "INFERD_ACCESS_LOG": "off",
-            "INFERD_API_KEYS": API_KEYS,
-            "INFERD_JOB_RETRY_BASE_S": "0.05",
-        }
-    )
-    env.update(extra or {})
-    return env
-
-
-def inferd_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "inferd.cli", *args]
+    defaults = {"INFERD_ACCESS_LOG": "off", "INFERD_API_KEYS": API_KEYS, "INFERD_JOB_RETRY_BASE_S": "0.05"}
+    return server_env({**defaults, **(extra or {})})
 
 
 def run_inferd(
