@@ -54,10 +54,11 @@ class DeviceMetrics:
         self._timeouts.inc()
 
     def step(self, target: Any, items: int) -> None:
-        child = self._batch_children.get(target)
+        # Keyed by labels, not by pipeline object: a reload replaces pipelines, the labels stay.
+        labels = (getattr(target, "name", "unknown"), getattr(target, "version", "unknown"))
+        child = self._batch_children.get(labels)
         if child is None:
-            labels = (getattr(target, "name", "unknown"), getattr(target, "version", "unknown"))
-            child = self._batch_children[target] = self._batch_items.labels(*labels)
+            child = self._batch_children[labels] = self._batch_items.labels(*labels)
         child.observe(items)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from inferd.core.errors import InferdError, InferenceError, InvalidInputError
+from inferd.core.errors import InferdError, InvalidInputError
 from inferd.core.tenancy import Principal
 from inferd.http.asgi import (
     Receive,
@@ -22,11 +21,9 @@ from inferd.http.asgi import (
     send_error,
     send_response,
 )
-from inferd.http.predict import Gatekeeper, parse_json_object, parse_parameters, parse_timeout
+from inferd.http.predict import Gatekeeper, parse_inputs, parse_json_object, parse_parameters, parse_timeout
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
-
-logger = logging.getLogger("inferd.jobs")
 
 _SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
 MAX_IDEMPOTENCY_KEY = 200
@@ -36,20 +33,7 @@ MAX_ATTEMPTS_LIMIT = 20
 def parse_job_request(
     data: dict[str, Any], *, max_inputs: int
 ) -> tuple[list[Any], bool, int | None, float | None]:
-    unknown = data.keys() - _SUBMIT_FIELDS
-    if unknown:
-        raise InvalidInputError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SUBMIT_FIELDS)}")
-    if ("input" in data) == ("inputs" in data):
-        raise InvalidInputError('send exactly one of "input" (one item) or "inputs" (a list of items)')
-    if "inputs" in data:
-        inputs = data["inputs"]
-        if not isinstance(inputs, list) or not inputs:
-            raise InvalidInputError('"inputs" must be a non-empty list')
-        if len(inputs) > max_inputs:
-            raise InvalidInputError(f'"inputs" has {len(inputs)} items; at most {max_inputs} per job')
-        batch = True
-    else:
-        inputs, batch = [data["input"]], False
+    inputs, batch = parse_inputs(data, batch=None, max_inputs=max_inputs, allowed=_SUBMIT_FIELDS)
     max_attempts = data.get("max_attempts")
     if max_attempts is not None and (
         isinstance(max_attempts, bool)
@@ -89,14 +73,6 @@ class JobSubmitHandler:
             payload, location = await self.execute(principal, name, version, body, key, info)
         except InferdError as exc:
             await send_error(send, exc, info)
-            return
-        except Exception as exc:
-            # The store failed (unreachable, locked, refused the row). Nothing above this handler
-            # answers for the fast path, so without this the client got a bare 500 with neither the
-            # error shape nor X-Request-ID.
-            logger.exception("storing a job for model %s failed", name)
-            error = InferenceError(f"the job could not be stored ({type(exc).__name__}); retry later")
-            await send_error(send, error, info)
             return
         info.status = 202
         await send_response(send, 202, payload, info.request_id, [(b"location", location.encode())])

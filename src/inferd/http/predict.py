@@ -67,22 +67,28 @@ def parse_parameters(data: dict[str, Any]) -> dict[str, Any] | None:
     return parameters or None
 
 
-def parse_inputs(data: dict[str, Any], *, batch: bool, max_inputs: int) -> list[Any]:
-    """The request's items: ``[input]`` for a single call, ``inputs`` for a batch call."""
-    allowed = _BATCH_FIELDS if batch else _SINGLE_FIELDS
+def parse_inputs(
+    data: dict[str, Any], *, batch: bool | None, max_inputs: int, allowed: frozenset[str]
+) -> tuple[list[Any], bool]:
+    """The request's items and whether it is a batch: ``[input]`` for a single item, ``inputs`` for a
+    batch. ``batch=None`` accepts either form (jobs); unknown fields are refused, naming them."""
     unknown = data.keys() - allowed
     if unknown:
         raise InvalidInputError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if batch is None:
+        if ("input" in data) == ("inputs" in data):
+            raise InvalidInputError('send exactly one of "input" (one item) or "inputs" (a list of items)')
+        batch = "inputs" in data
     if not batch:
         if "input" not in data:
             raise InvalidInputError('request body needs an "input" field: {"input": ...}')
-        return [data["input"]]
+        return [data["input"]], False
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInputError('request body needs a non-empty "inputs" list: {"inputs": [...]}')
     if len(inputs) > max_inputs:
-        raise InvalidInputError(f'"inputs" has {len(inputs)} items; at most {max_inputs} per call')
-    return inputs
+        raise InvalidInputError(f'"inputs" has {len(inputs)} items; at most {max_inputs} per request')
+    return inputs, True
 
 
 class PredictHandler:
@@ -131,7 +137,8 @@ class PredictHandler:
         info.model = name
         example = '{"inputs": [...]}' if batch else '{"input": ...}'
         data = parse_json_object(body, example)
-        inputs = parse_inputs(data, batch=batch, max_inputs=self._max_batch_inputs)
+        allowed = _BATCH_FIELDS if batch else _SINGLE_FIELDS
+        inputs, _ = parse_inputs(data, batch=batch, max_inputs=self._max_batch_inputs, allowed=allowed)
         prediction = await self._service.predict(
             tenant=principal.tenant,
             model=name,

@@ -34,7 +34,7 @@ class JobRuntime:
         job_ttl_s: float,
         janitor_interval_s: float,
         depth_refresh_s: float = 0.5,
-        shutdown_grace_s: float = 25.0,
+        shutdown_grace_s: float = 20.0,
     ) -> None:
         self.store = store
         self.service = service

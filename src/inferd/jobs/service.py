@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from inferd.core.errors import ConflictError, InferdError, InvalidInputError, JobNotFoundError
+from inferd.core.errors import ConflictError, InferdError, InferenceError, InvalidInputError, JobNotFoundError
 from inferd.core.prediction import PredictionService
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
@@ -99,11 +99,16 @@ class JobService:
             request_hash=fingerprint,
             parameters=parameters or None,
         )
-        if idempotency_key is None:
-            await self._inserts.submit(job)
-            self._adjust_depth(job.model, job.version, +1)
-            return job, True
-        result = await self.store.insert(job)
+        try:
+            if idempotency_key is None:
+                result = await self._inserts.submit(job)
+            else:
+                result = await self.store.insert(job)
+        except InferdError:
+            raise
+        except Exception as exc:  # unreachable, locked, ...: a clear 500, the details in the log
+            logger.exception("storing a job for model %s failed", job.model)
+            raise InferenceError(f"the job could not be stored ({type(exc).__name__}); retry later") from exc
         if not result.created:
             self._check_same_request(result.job, fingerprint)
             return result.job, False
@@ -139,12 +144,9 @@ class JobService:
     async def list_jobs(
         self, *, tenant: str, status: JobStatus | None, model: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Job], str | None]:
-        try:
-            return await self.store.list_jobs(
-                tenant=tenant, status=status, model=model, limit=limit, cursor=cursor
-            )
-        except ValueError as exc:  # a cursor that does not decode
-            raise InvalidInputError(f"invalid cursor: {exc}") from None
+        return await self.store.list_jobs(
+            tenant=tenant, status=status, model=model, limit=limit, cursor=cursor
+        )
 
     async def cancel(self, job_id: str, *, tenant: str) -> Job:
         result = await self.store.cancel(job_id, tenant=tenant, now=self._clock())
@@ -190,7 +192,8 @@ class JobService:
                 timeout_s=job.timeout_s,
                 parameters=job.parameters,
             )
-            size = len(orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY))
+            encoded = orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY)
+            size = len(encoded)
             if size > self._max_result_bytes:
                 error = JobError(
                     "inference_error",
@@ -198,7 +201,7 @@ class JobService:
                     "(INFERD_JOB_MAX_RESULT_BYTES); split the inputs into smaller jobs",
                 )
                 return await self.fail(job, worker_id=worker_id, error=error, retry=False)
-            outputs = orjson.loads(orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY))
+            outputs = orjson.loads(encoded)  # plain JSON values (numpy ones converted) for the store
         except InferdError as exc:
             return await self.fail(
                 job, worker_id=worker_id, error=JobError(exc.code, exc.message), retry=exc.code in RETRYABLE

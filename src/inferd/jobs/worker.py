@@ -12,6 +12,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable
+from typing import Any
 
 from inferd.jobs.models import Job
 from inferd.jobs.service import JobService
@@ -85,31 +87,26 @@ class JobWorker:
             self._slot_freed.set()
 
     async def _wait_for_work(self) -> None:
-        waiter = asyncio.create_task(self.service.store.wait_for_work(self.poll_interval_s))
-        stopper = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await self._until_stopped(self.service.store.wait_for_work(self.poll_interval_s))
 
     async def _wait(self, event: asyncio.Event) -> None:
         event.clear()
         if self.concurrency - len(self._running) > 0:
             return
+        await self._until_stopped(event.wait())
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._until_stopped(asyncio.sleep(seconds))
+
+    async def _until_stopped(self, awaitable: Awaitable[Any]) -> None:
+        """Await ``awaitable``, or return early when :meth:`stop` is called."""
+        waiter = asyncio.ensure_future(awaitable)
         stopper = asyncio.create_task(self._stopping.wait())
-        waiter = asyncio.create_task(event.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             stopper.cancel()
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _renew_leases(self) -> None:
         interval = max(0.05, self.lease_s / 3)
