@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferd.core.errors import ConfigError
+from inferd.core.tensors import TensorSpec
 
 Runtime = Literal["python", "sklearn", "onnx"]
 
@@ -23,6 +24,9 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0)
     max_batch_size: int = Field(default=1, ge=1)
     input_schema: dict[str, Any] | None = None
+    # V2 tensor declarations; when absent, the runtime's own (if it can tell them) are used.
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
     preprocessor: str | None = None
     validator: str | None = None
     postprocessor: str | None = None
@@ -42,6 +46,11 @@ class ModelSpec(BaseModel):
             ref = getattr(self, field_name)
             if ref is not None and (ref.count(":") != 1 or not all(ref.split(":"))):
                 raise ValueError(f"{field_name}: {ref!r} must look like 'module:attr'")
+        for field_name in ("inputs", "outputs"):
+            declared = getattr(self, field_name) or []
+            names = [spec.name for spec in declared]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{field_name}: tensor names must be unique, got {names}")
         return self
 
 

@@ -11,9 +11,12 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError
+from inferd.core.tensors import TensorDeclarations, TensorRows
 from inferd.runtimes.base import ModelRuntime
 
 logger = logging.getLogger("inferd.pipeline")
@@ -49,6 +52,25 @@ def _cause(exc: BaseException) -> str:
     return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."
 
 
+def _join(parts: list[Sequence[Any]]) -> Sequence[Any]:
+    """The items of merged calls as one sequence; arrays of rows (tensor requests) stay one array, so
+    the model gets a batch without a Python loop per row."""
+    if len(parts) == 1:
+        return parts[0]
+    arrays: list[np.ndarray[Any, Any]] = []
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            arrays.append(part)
+    if arrays and len(arrays) == len(parts):
+        first = arrays[0]
+        if all(a.dtype == first.dtype and a.shape[1:] == first.shape[1:] for a in arrays):
+            return cast(Sequence[Any], np.concatenate(arrays))
+    flat: list[Any] = []
+    for part in parts:
+        flat.extend(part)
+    return flat
+
+
 class Pipeline:
     def __init__(
         self,
@@ -61,6 +83,7 @@ class Pipeline:
         preprocessor: Callable[[Any], Any] | None = None,
         validator: Callable[[Any], None] | None = None,
         postprocessor: Callable[[Any], Any] | None = None,
+        tensors: TensorDeclarations | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -71,6 +94,8 @@ class Pipeline:
         self._validator = validator
         self._postprocessor = postprocessor
         self._needs_preparation = any((schema_check, preprocessor, validator))
+        self._has_hooks = preprocessor is not None or validator is not None
+        self.tensors = tensors or TensorDeclarations()
         self.takes_parameters = takes_parameters(model.predict)
         # User hooks may be slow or blocking; a schema check alone is cheap enough for the event loop.
         self.preparation_blocks = preprocessor is not None or validator is not None
@@ -85,9 +110,9 @@ class Pipeline:
                 'send the request without "parameters"'
             )
 
-    def prepare(self, item: Any, where: str) -> Any:
+    def prepare(self, item: Any, where: str, *, schema: bool = True) -> Any:
         """Schema, preprocessor, validator for one item; raises InvalidInputError or InferenceError."""
-        if self._schema_check is not None:
+        if schema and self._schema_check is not None:
             try:
                 problem = self._schema_check(item)
             except Exception as exc:  # e.g. an unresolvable $ref: the schema is at fault, not the input
@@ -119,12 +144,19 @@ class Pipeline:
                 ) from exc
         return item
 
-    def prepare_call(self, call: PipelineCall) -> list[Any]:
-        if not self._needs_preparation:
-            return list(call.items)
+    def prepare_call(self, call: PipelineCall) -> Sequence[Any]:
+        items = call.items
+        schema = True
+        if isinstance(items, TensorRows):
+            # Tensors were checked against the declared inputs; input_schema describes /v1 JSON items.
+            if not self._has_hooks:
+                return items.batch()
+            items, schema = items.items(), False
+        elif not self._needs_preparation:
+            return items if isinstance(items, np.ndarray) else list(items)
         if call.indexed:
-            return [self.prepare(item, f"inputs[{i}] ") for i, item in enumerate(call.items)]
-        return [self.prepare(item, "input ") for item in call.items]
+            return [self.prepare(item, f"inputs[{i}] ", schema=schema) for i, item in enumerate(items)]
+        return [self.prepare(item, "input ", schema=schema) for item in items]
 
     def run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
         """Run several requests' items through the model in shared calls of at most max_batch_size.
@@ -133,7 +165,7 @@ class Pipeline:
         items it carried.
         """
         outcomes: list[list[Any] | InferdError] = [[] for _ in calls]
-        flat: list[Any] = []
+        parts: list[Sequence[Any]] = []
         owners: list[int] = []
         for index, call in enumerate(calls):
             try:
@@ -141,8 +173,9 @@ class Pipeline:
             except InferdError as exc:
                 outcomes[index] = exc
                 continue
-            flat.extend(prepared)
+            parts.append(prepared)
             owners.extend([index] * len(prepared))
+        flat = _join(parts)
         parameters = calls[0].parameters if calls else None
         size = self.max_batch_size
         for start in range(0, len(flat), size):

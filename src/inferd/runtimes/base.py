@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 
 class ModelRuntime(Protocol):
-    def predict(self, batch: list[Any]) -> list[Any]:
-        """Same length and order as ``batch``."""
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
+        """Same length and order as ``batch``: a list of items, or (V2 tensor requests to a model
+        without preprocessor and validator) one numpy array whose rows are the items."""

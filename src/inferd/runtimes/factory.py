@@ -11,6 +11,7 @@ import jsonschema
 from inferd.core.errors import ConfigError
 from inferd.core.model_spec import ModelSpec
 from inferd.core.pipeline import Pipeline
+from inferd.core.tensors import resolve_declarations
 from inferd.runtimes.base import ModelRuntime
 from inferd.runtimes.loader import VersionModules
 
@@ -65,11 +66,13 @@ def build_pipeline(name: str, version: str, version_dir: Path, spec: ModelSpec) 
             if not callable(hook):
                 raise ConfigError(f"{version_dir / 'model.yaml'}: {role} {ref!r} is not callable")
             hooks[role] = hook
+    model = load_runtime(spec, version_dir, modules)
     return Pipeline(
         name=name,
         version=version,
-        model=load_runtime(spec, version_dir, modules),
+        model=model,
         max_batch_size=spec.max_batch_size,
         schema_check=schema_check,
+        tensors=resolve_declarations(spec.inputs, spec.outputs, model),
         **hooks,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ class OnnxModel:
         self._input_name = session.get_inputs()[0].name
         self.providers: list[str] = list(session.get_providers())
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
         array = self._np.asarray(batch, dtype=self._np.float32)
         first_output = self._session.run(None, {self._input_name: array})[0]
         return list(first_output.tolist())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ class SklearnModel:
         self._np = np
         self._estimator = estimator
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
         result = self._estimator.predict(self._np.asarray(batch))
         return list(result.tolist())
 

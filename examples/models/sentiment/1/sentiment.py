@@ -2,7 +2,8 @@
 
 The pipeline stages, in the order the server runs them around the model:
 
-* ``preprocess``  ``{"text": str}`` -> ``{"text", "tokens", "features"}`` (lowercased word tokens,
+* ``preprocess``  ``{"text": str}`` (or the text alone, as a V2 BYTES input "text" gives it)
+  -> ``{"text", "tokens", "features"}`` (lowercased word tokens,
   then word presence hashed into ``N_FEATURES`` buckets, L2-normalised: a hashed bag of words).
 * ``validate``    rejects a text with no alphabetic token (``ValueError("text contains no words")``);
   it accepts the raw item or the preprocessed one, so it works before or after ``preprocess``.
@@ -64,9 +65,9 @@ def _tokens_of(item: dict[str, Any]) -> list[str]:
     return [str(token) for token in tokens]
 
 
-def preprocess(item: dict[str, Any]) -> dict[str, Any]:
-    """``{"text": str}`` -> ``{"text": str, "tokens": list[str], "features": np.ndarray}``."""
-    text = str(item["text"])
+def preprocess(item: dict[str, Any] | str) -> dict[str, Any]:
+    """``{"text": str}`` or ``str`` -> ``{"text": str, "tokens": list[str], "features": np.ndarray}``."""
+    text = item if isinstance(item, str) else str(item["text"])
     tokens = tokenize(text)
     return {"text": text, "tokens": tokens, "features": featurize(tokens)}
 
