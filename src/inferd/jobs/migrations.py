@@ -12,6 +12,7 @@ empty database at once neither fail on duplicate DDL nor apply a step twice.
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from inferd.core.errors import ConfigError
+from inferd.jobs.models import JobStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,34 +32,47 @@ class Migration:
     statements: tuple[str, ...]
 
 
-# The jobs columns of the current schema, in the order both stores select and insert them.
-JOB_COLUMNS: tuple[str, ...] = (
-    "id",
-    "tenant",
-    "model",
-    "version",
-    "inputs",
-    "batch",
-    "status",
-    "attempts",
-    "max_attempts",
-    "timeout_s",
-    "created_at",
-    "run_after",
-    "started_at",
-    "finished_at",
-    "lease_owner",
-    "lease_expires_at",
-    "cancel_requested",
-    "outputs",
-    "error_code",
-    "error_message",
-    "idempotency_key",
-    "request_hash",
-    "parameters",
-)
+class Kind(enum.Enum):
+    """How a column's values travel: connectors encode parameters and decode rows by these."""
 
-_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled'))"
+    TEXT = "text"
+    INTEGER = "integer"
+    REAL = "real"
+    BOOLEAN = "boolean"
+    TIME = "time"
+    JSON = "json"
+
+
+# The jobs columns of the current schema and their kinds: rows are mapped to jobs by these names.
+JOB_COLUMN_KINDS: dict[str, Kind] = {
+    "id": Kind.TEXT,
+    "tenant": Kind.TEXT,
+    "model": Kind.TEXT,
+    "version": Kind.TEXT,
+    "inputs": Kind.JSON,
+    "batch": Kind.BOOLEAN,
+    "status": Kind.TEXT,
+    "attempts": Kind.INTEGER,
+    "max_attempts": Kind.INTEGER,
+    "timeout_s": Kind.REAL,
+    "created_at": Kind.TIME,
+    "run_after": Kind.TIME,
+    "started_at": Kind.TIME,
+    "finished_at": Kind.TIME,
+    "lease_owner": Kind.TEXT,
+    "lease_expires_at": Kind.TIME,
+    "cancel_requested": Kind.BOOLEAN,
+    "outputs": Kind.JSON,
+    "error_code": Kind.TEXT,
+    "error_message": Kind.TEXT,
+    "idempotency_key": Kind.TEXT,
+    "request_hash": Kind.TEXT,
+    "parameters": Kind.JSON,
+}
+JOB_COLUMNS: tuple[str, ...] = tuple(JOB_COLUMN_KINDS)
+
+# Generated from the enum, so it reads exactly as when the step was released.
+_STATUS_CHECK = f"CHECK (status IN ({', '.join(repr(s.value) for s in JobStatus)}))"
 
 # Shared by both dialects (SQLite has partial indexes and DESC index columns too). Most are partial,
 # so each query has exactly one index that fits it and the planner cannot wander off to a broader

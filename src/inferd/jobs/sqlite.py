@@ -1,10 +1,13 @@
-"""SQLite job store: the embedded default, one file, no server.
+"""SQLite connector: the embedded default, one file, no server.
 
 sqlite3 is blocking and a connection belongs to one thread, so every call runs on one dedicated
 background thread owning one connection: calls from the API and an in-process worker are serialized
 there, and the event loop never blocks on disk. Other processes may use the same file: WAL lets
 readers run beside the single writer, busy_timeout makes writers queue instead of failing, and every
 read-modify-write runs as one statement or inside ``BEGIN IMMEDIATE``.
+
+Values: timestamps are fixed-width ISO-8601 UTC text (they sort as text), booleans integers, JSON
+text; id lists one JSON parameter.
 """
 
 from __future__ import annotations
@@ -13,52 +16,112 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from inferd.core.errors import ConfigError, ConflictError
-from inferd.jobs import sqlite_sql as q
-from inferd.jobs.migrations import apply_sqlite_migrations
-from inferd.jobs.models import Job, JobError, JobStatus, utcnow
-from inferd.jobs.store import (
-    CancelResult,
-    FinishOne,
-    FinishRequest,
-    InsertResult,
-    ListQuery,
-    check_finish_requests,
-)
+import orjson
+
+from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.jobs.connector import Params, Query, Row
+from inferd.jobs.migrations import JOB_COLUMN_KINDS, Kind, apply_sqlite_migrations
+from inferd.jobs.sqlite_sql import QUERIES
+from inferd.jobs.store import JobStore
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+# RETURNING needs 3.35 (2021); Python on Linux usually links the distribution's SQLite, which may be older.
+MIN_SQLITE = (3, 35, 0)
 
-class SQLiteJobStore(FinishOne):
-    """JobStore on a SQLite file. ``open()`` creates the file and applies migrations."""
+
+def to_text(value: datetime) -> str:
+    # Naive datetimes are taken as UTC (PostgreSQL's session time zone is UTC too).
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def dump_json(value: Any) -> str:
+    try:
+        # numpy arrays and scalars are accepted because model outputs are often made of them.
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except orjson.JSONEncodeError as exc:
+        # orjson also refuses integers beyond 64 bits; even stored exactly they would be read back
+        # as floats, so they are refused rather than silently altered.
+        raise InvalidInputError(f"job data is not JSON-serializable: {exc}") from exc
+
+
+def _encode(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if JOB_COLUMN_KINDS.get(name) is Kind.JSON or isinstance(value, list | tuple | dict):
+        return dump_json(value)
+    if isinstance(value, datetime):
+        return to_text(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _encode_all(params: Params) -> dict[str, Any]:
+    return {name: _encode(name, value) for name, value in params.items()}
+
+
+def _decoder(name: str) -> Callable[[Any], Any] | None:
+    kind = JOB_COLUMN_KINDS.get(name)
+    if kind is Kind.JSON:
+        return orjson.loads
+    if kind is Kind.TIME:
+        return datetime.fromisoformat
+    if kind is Kind.BOOLEAN:
+        return bool
+    return None
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[Row]:
+    if cursor.description is None:
+        return []
+    names = [column[0] for column in cursor.description]
+    decoders = [_decoder(name) for name in names]
+    rows: list[Row] = []
+    for raw in cursor.fetchall():
+        rows.append(
+            {
+                name: value if decode is None or value is None else decode(value)
+                for name, decode, value in zip(names, decoders, raw, strict=True)
+            }
+        )
+    return rows
+
+
+class SQLiteConnector:
+    """The jobs of one SQLite file. ``open()`` creates the file and applies migrations."""
 
     def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._work = asyncio.Event()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         executor = self._executor
         if executor is None:
-            raise RuntimeError("SQLiteJobStore is not open")
+            raise RuntimeError("the SQLite job store is not open")
         return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
-            raise RuntimeError("SQLiteJobStore is not open")
-        return fn(conn)
+            raise RuntimeError("the SQLite job store is not open")
+        try:
+            return fn(conn)
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"the job store refused a duplicate: {exc}") from exc
 
     @staticmethod
     def _write_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -73,7 +136,7 @@ class SQLiteJobStore(FinishOne):
         return result
 
     def _connect(self) -> None:
-        if sqlite3.sqlite_version_info < q.MIN_SQLITE:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise ConfigError(
                 f"the SQLite job store needs SQLite >= 3.35 (for RETURNING), but Python is linked "
                 f"against {sqlite3.sqlite_version}; use a newer Python build or the PostgreSQL store"
@@ -123,11 +186,12 @@ class SQLiteJobStore(FinishOne):
         finally:
             conn.close()
 
-    async def open(self) -> None:
+    async def open(self, on_notification: Callable[[], None]) -> None:
+        # Only this process's writes wake its workers (the store does that); other processes
+        # sharing the file are found by polling.
         if self._executor is not None:
-            raise RuntimeError("SQLiteJobStore is already open")
+            raise RuntimeError("the SQLite job store is already open")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-sqlite")
-        self._work = asyncio.Event()  # bound to the loop that opens the store
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
         except BaseException:
@@ -144,295 +208,52 @@ class SQLiteJobStore(FinishOne):
         finally:
             self._executor = None
             executor.shutdown(wait=False)
-            self._work.set()  # wake waiters so they notice the store is gone
 
-    async def ping(self) -> bool:
-        try:
-            return await self._run(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
-        except (sqlite3.Error, RuntimeError):
-            return False
+    # -- queries ----------------------------------------------------------------------------------
 
-    # -- submission -------------------------------------------------------------------------------
+    @staticmethod
+    def _statements(query: Query) -> Sequence[str]:
+        text = QUERIES[query]
+        return (text,) if isinstance(text, str) else text
 
-    async def insert(self, job: Job) -> InsertResult:
-        params = q.job_params(job)
-        key = job.idempotency_key
+    async def fetch(self, query: Query, params: Params) -> list[Row]:
+        statements, values = self._statements(query), _encode_all(params)
 
-        def do(conn: sqlite3.Connection) -> InsertResult:
-            try:
-                if key is None:
-                    conn.execute(q.INSERT, params)
-                    return InsertResult(job, created=True)
-                # A keyed insert that loses the unique index race inserts nothing and reads the
-                # winner; the loop covers the winner being deleted between the two statements.
-                for _ in range(3):
-                    if conn.execute(q.INSERT_KEYED, params).rowcount == 1:
-                        return InsertResult(job, created=True)
-                    row = conn.execute(
-                        f"SELECT {q.COLS} FROM jobs WHERE tenant = ? AND idempotency_key = ?",
-                        (job.tenant, key),
-                    ).fetchone()
-                    if row is not None:
-                        return InsertResult(q.row_to_job(row), created=False)
-            except sqlite3.IntegrityError as exc:
-                raise ConflictError(f"cannot insert job {job.id!r}: {exc}") from exc
-            raise ConflictError(f"idempotency key {key!r} kept conflicting with a vanishing job")
+        def do(conn: sqlite3.Connection) -> list[Row]:
+            if len(statements) == 1:
+                return _rows(conn.execute(statements[0], values))
 
-        result = await self._run(do)
-        if result.created:
-            self._work.set()
-        return result
+            def tx(c: sqlite3.Connection) -> list[Row]:
+                rows: list[Row] = []
+                for statement in statements:
+                    rows = _rows(c.execute(statement, values))
+                return rows
 
-    async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
-        if any(job.idempotency_key is not None for job in jobs):
-            raise ValueError("insert_many does not take idempotency keys; use insert for those jobs")
-        if not jobs:
-            return []
-        rows = [q.job_params(job) for job in jobs]
-
-        def do(conn: sqlite3.Connection) -> None:
-            try:
-                self._write_tx(conn, lambda c: c.executemany(q.INSERT, rows))
-            except sqlite3.IntegrityError as exc:
-                raise ConflictError(f"cannot insert jobs: {exc}") from exc
-
-        await self._run(do)
-        self._work.set()
-        return [InsertResult(job, created=True) for job in jobs]
-
-    # -- reads ------------------------------------------------------------------------------------
-
-    async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
-        query = f"SELECT {q.COLS} FROM jobs WHERE id = ?"
-        params: tuple[str, ...] = (job_id,)
-        if tenant is not None:
-            query, params = query + " AND tenant = ?", (job_id, tenant)
-        row = await self._run(lambda conn: conn.execute(query, params).fetchone())
-        return None if row is None else q.row_to_job(row)
-
-    async def list_jobs(
-        self,
-        *,
-        tenant: str,
-        status: JobStatus | None = None,
-        model: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Job], str | None]:
-        query = ListQuery.build(
-            columns=q.COLS,
-            mark="?",
-            tenant=tenant,
-            status=status,
-            model=model,
-            limit=limit,
-            cursor=cursor,
-            encode_time=q.to_text,
-        )
-        rows = await self._run(lambda conn: conn.execute(query.sql, query.params).fetchall())
-        return query.page([q.row_to_job(row) for row in rows])
-
-    async def pending_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._run(
-            lambda conn: conn.execute(
-                "SELECT model, version, count(*) FROM jobs WHERE status = 'pending' GROUP BY model, version"
-            ).fetchall()
-        )
-        return {(model, version): count for model, version, count in rows}
-
-    # -- worker side ------------------------------------------------------------------------------
-
-    async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
-        if limit < 1:
-            return []
-        now_s = q.to_text(now)
-        expires = q.to_text(now + timedelta(seconds=lease_s))
-
-        def tx(conn: sqlite3.Connection) -> list[Job]:
-            # Jobs of dead workers that must not run again are settled first, so they neither take
-            # claim slots nor linger as "running" forever.
-            conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL "
-                "WHERE status = 'running' AND lease_expires_at < ? AND cancel_requested",
-                (now_s, now_s),
-            )
-            conn.execute(
-                "UPDATE jobs SET status = 'failed', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, error_code = 'inference_error', error_message = ? "
-                "WHERE status = 'running' AND lease_expires_at < ? AND attempts >= max_attempts",
-                (now_s, q.LOST_MESSAGE, now_s),
-            )
-            rows = conn.execute(
-                f"""
-                UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,
-                    lease_expires_at = ?, started_at = ?
-                WHERE id IN (
-                    SELECT id FROM (
-                        SELECT id, created_at FROM (
-                            SELECT id, created_at FROM jobs
-                            WHERE status = 'pending' AND run_after <= ? AND NOT cancel_requested
-                            ORDER BY created_at, id LIMIT ?
-                        )
-                        UNION ALL
-                        SELECT id, created_at FROM (
-                            SELECT id, created_at FROM jobs
-                            WHERE status = 'running' AND lease_expires_at < ?
-                            ORDER BY created_at, id LIMIT ?
-                        )
-                    )
-                    ORDER BY created_at, id LIMIT ?
-                )
-                RETURNING {q.COLS}
-                """,
-                (worker_id, expires, now_s, now_s, limit, now_s, limit, limit),
-            ).fetchall()
-            return [q.row_to_job(row) for row in rows]
-
-        jobs = await self._run(lambda conn: self._write_tx(conn, tx))
-        # RETURNING order is unspecified in SQLite; callers get oldest first.
-        jobs.sort(key=lambda job: (job.created_at, job.id))
-        return jobs
-
-    async def renew_leases(self, job_ids: list[str], *, worker_id: str, lease_s: float, now: datetime) -> int:
-        if not job_ids:
-            return 0
-        params = (q.to_text(now + timedelta(seconds=lease_s)), q.id_list(job_ids), worker_id)
-        return await self._run(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET lease_expires_at = ? "
-                    "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ?",
-                    params,
-                ).rowcount
-            )
-        )
-
-    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        check_finish_requests(requests)
-        params = [
-            (
-                JobStatus(r.status).value,
-                q.to_text(now),
-                None if r.outputs is None else q.dump_json(r.outputs),
-                None if r.error is None else r.error.code,
-                None if r.error is None else r.error.message,
-                r.job_id,
-                r.worker_id,
-                r.attempt,
-            )
-            for r in requests
-        ]
-
-        def tx(conn: sqlite3.Connection) -> list[Job | None]:
-            rows = [conn.execute(q.FINISH, row_params).fetchone() for row_params in params]
-            return [None if row is None else q.row_to_job(row) for row in rows]
-
-        return await self._run(lambda conn: self._write_tx(conn, tx))
-
-    async def retry_later(
-        self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime
-    ) -> Job | None:
-        # A job whose cancellation was requested while it ran is not retried: it ends cancelled.
-        params = (
-            q.to_text(utcnow()),
-            q.to_text(run_after),
-            error.code,
-            error.message,
-            job_id,
-            worker_id,
-            attempt,
-        )
-        row = await self._run(
-            lambda conn: conn.execute(
-                f"""
-                UPDATE jobs SET
-                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END,
-                    run_after = ?, error_code = ?, error_message = ?,
-                    lease_owner = NULL, lease_expires_at = NULL
-                WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                RETURNING {q.COLS}
-                """,
-                params,
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        self._work.set()
-        return q.row_to_job(row)
-
-    async def release(self, job_ids: list[str], *, worker_id: str) -> int:
-        if not job_ids:
-            return 0
-        params = (q.to_text(utcnow()), q.id_list(job_ids), worker_id)
-        count = await self._run(
-            lambda conn: (
-                conn.execute(
-                    """
-                UPDATE jobs SET
-                    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
-                    finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END,
-                    lease_owner = NULL, lease_expires_at = NULL
-                WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ?
-                """,
-                    params,
-                ).rowcount
-            )
-        )
-        if count:
-            self._work.set()
-        return count
-
-    async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
-        params = (q.to_text(now), job_id, tenant)
-
-        def do(conn: sqlite3.Connection) -> CancelResult:
-            row = conn.execute(
-                f"""
-                UPDATE jobs SET
-                    status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-                    finished_at = CASE WHEN status = 'pending' THEN ? ELSE finished_at END,
-                    cancel_requested = 1
-                WHERE id = ? AND tenant = ? AND status IN ('pending', 'running')
-                RETURNING {q.COLS}
-                """,
-                params,
-            ).fetchone()
-            if row is not None:
-                job = q.row_to_job(row)
-                return CancelResult(
-                    job, "cancelled" if job.status is JobStatus.CANCELLED else "cancel_requested"
-                )
-            # Nothing matched: the job is missing or already terminal, and terminal is final.
-            row = conn.execute(
-                f"SELECT {q.COLS} FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
-            ).fetchone()
-            return (
-                CancelResult(None, "not_found")
-                if row is None
-                else CancelResult(q.row_to_job(row), "terminal")
-            )
+            return self._write_tx(conn, tx)
 
         return await self._run(do)
 
-    async def delete_finished_before(self, cutoff: datetime) -> int:
-        params = (q.to_text(cutoff),)
-        return await self._run(
-            lambda conn: (
-                conn.execute(
-                    f"DELETE FROM jobs WHERE status IN ({q.TERMINAL}) AND finished_at < ?", params
-                ).rowcount
-            )
-        )
+    async def execute(self, query: Query, params: Params) -> int:
+        [statement] = self._statements(query)
+        values = _encode_all(params)
+        return await self._run(lambda conn: conn.execute(statement, values).rowcount)
 
-    async def wait_for_work(self, timeout_s: float) -> None:
-        # Only this process's writes set the event; the timeout doubles as the polling interval
-        # that picks up jobs submitted by other processes sharing the file.
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._work.wait()
-        except TimeoutError:
-            pass
-        self._work.clear()
+    async def fetch_batch(self, query: Query, rows: Sequence[Params], params: Params) -> list[Row]:
+        [statement] = self._statements(query)
+        items = [_encode_all({**params, **row}) for row in rows]
+
+        def tx(conn: sqlite3.Connection) -> list[Row]:
+            found: list[Row] = []
+            for item in items:
+                found += _rows(conn.execute(statement, item))
+            return found
+
+        return await self._run(lambda conn: self._write_tx(conn, tx))
+
+    def announce_work(self) -> None:
+        """Nothing to send: other processes poll the file."""
+
+
+def sqlite_store(path: str, *, busy_timeout_s: float = 10.0) -> JobStore:
+    """A (not yet opened) job store on the SQLite file at ``path``."""
+    return JobStore(SQLiteConnector(path, busy_timeout_s=busy_timeout_s))

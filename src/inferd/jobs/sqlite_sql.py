@@ -1,125 +1,123 @@
-"""Statements and row mapping of the SQLite job store."""
+"""The SQLite connector's named queries (``:name`` parameters; see connector.Query).
+
+A query is one statement or, where SQLite needs several, a tuple of them run in one write
+transaction; the last one's rows are the result.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
-
-import orjson
-
-from inferd.core.errors import InvalidInputError
+from inferd.jobs.connector import Query, sql_text
 from inferd.jobs.migrations import JOB_COLUMNS
-from inferd.jobs.models import TERMINAL_STATUSES, Job, JobError, JobStatus
 
 COLS = ", ".join(JOB_COLUMNS)
-_PLACEHOLDERS = ", ".join("?" for _ in JOB_COLUMNS)
-INSERT = f"INSERT INTO jobs ({COLS}) VALUES ({_PLACEHOLDERS})"
-INSERT_KEYED = f"{INSERT} ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-TERMINAL = ", ".join(f"'{s.value}'" for s in TERMINAL_STATUSES)
-LOST_MESSAGE = "worker lost while running the job (lease expired) and no attempts are left"
-# RETURNING needs 3.35 (2021); Python on Linux usually links the distribution's SQLite, which may be older.
-MIN_SQLITE = (3, 35, 0)
-
-
-def to_text(value: datetime) -> str:
-    # Naive datetimes are taken as UTC (PostgreSQL's session time zone is UTC too).
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_or_none(value: datetime | None) -> str | None:
-    return None if value is None else to_text(value)
-
-
-def _dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _dt_or_none(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def dump_json(value: Any) -> str:
-    try:
-        # numpy arrays and scalars are accepted because model outputs are often made of them.
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    except orjson.JSONEncodeError as exc:
-        # orjson also refuses integers beyond 64 bits; even stored exactly they would be read back
-        # as floats, so they are refused rather than silently altered.
-        raise InvalidInputError(f"job data is not JSON-serializable: {exc}") from exc
-
-
-def job_params(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        job.tenant,
-        job.model,
-        job.version,
-        dump_json(job.inputs),
-        int(job.batch),
-        JobStatus(job.status).value,
-        job.attempts,
-        job.max_attempts,
-        job.timeout_s,
-        to_text(job.created_at),
-        to_text(job.run_after),
-        _ts_or_none(job.started_at),
-        _ts_or_none(job.finished_at),
-        job.lease_owner,
-        _ts_or_none(job.lease_expires_at),
-        int(job.cancel_requested),
-        None if job.outputs is None else dump_json(job.outputs),
-        None if job.error is None else job.error.code,
-        None if job.error is None else job.error.message,
-        job.idempotency_key,
-        job.request_hash,
-        None if job.parameters is None else dump_json(job.parameters),
-    )
-
-
-def row_to_job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        tenant=row[1],
-        model=row[2],
-        version=row[3],
-        inputs=orjson.loads(row[4]),
-        batch=bool(row[5]),
-        status=JobStatus(row[6]),
-        attempts=row[7],
-        max_attempts=row[8],
-        timeout_s=row[9],
-        created_at=_dt(row[10]),
-        run_after=_dt(row[11]),
-        started_at=_dt_or_none(row[12]),
-        finished_at=_dt_or_none(row[13]),
-        lease_owner=row[14],
-        lease_expires_at=_dt_or_none(row[15]),
-        cancel_requested=bool(row[16]),
-        outputs=None if row[17] is None else orjson.loads(row[17]),
-        error=None if row[18] is None else JobError(row[18], row[19] or ""),
-        idempotency_key=row[20],
-        request_hash=row[21],
-        parameters=None if row[22] is None else orjson.loads(row[22]),
-    )
-
-
-def id_list(job_ids: Iterable[str]) -> str:
-    # Passed as one JSON parameter and expanded with json_each, so the statement text is fixed
-    # (and cached) whatever the number of ids.
-    return orjson.dumps(list(job_ids)).decode()
-
-
-FINISH = f"""
-UPDATE jobs SET
-    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,
-    finished_at = ?,
-    outputs = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    error_code = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    error_message = CASE WHEN cancel_requested THEN NULL ELSE ? END,
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-RETURNING {COLS}
+_INSERT = f"INSERT INTO jobs ({COLS}) VALUES ({', '.join(f':{c}' for c in JOB_COLUMNS)})"
+_LIST = sql_text(
+    f"""
+SELECT {COLS} FROM jobs
+WHERE tenant = :tenant AND (:status IS NULL OR status = :status) AND (:model IS NULL OR model = :model)
+    {{{{after}}}}
+ORDER BY created_at DESC, id DESC LIMIT :limit
 """
+)
+
+QUERIES: dict[Query, str | tuple[str, ...]] = {
+    Query.PING: "SELECT 1 AS ok",
+    Query.INSERT_JOBS: _INSERT,
+    Query.INSERT_JOB_KEYED: f"{_INSERT} ON CONFLICT (tenant, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL DO NOTHING",
+    Query.GET_JOB: f"SELECT {COLS} FROM jobs WHERE id = :id AND (:tenant IS NULL OR tenant = :tenant)",
+    Query.GET_JOB_BY_KEY: f"SELECT {COLS} FROM jobs WHERE tenant = :tenant AND idempotency_key = :idempotency_key",
+    Query.LIST_JOBS: _LIST.replace("{after}", ""),
+    Query.LIST_JOBS_AFTER: _LIST.replace("{after}", "AND (created_at, id) < (:after_created, :after_id)"),
+    Query.PENDING_COUNTS: sql_text(
+        "SELECT model, version, count(*) AS count FROM jobs WHERE status = {pending} GROUP BY model, version"
+    ),
+    Query.CLAIM: (
+        sql_text(
+            "UPDATE jobs SET status = {cancelled}, finished_at = :now, lease_owner = NULL, "
+            "lease_expires_at = NULL "
+            "WHERE status = {running} AND lease_expires_at < :now AND cancel_requested"
+        ),
+        sql_text(
+            "UPDATE jobs SET status = {failed}, finished_at = :now, lease_owner = NULL, "
+            "lease_expires_at = NULL, error_code = 'inference_error', error_message = :lost "
+            "WHERE status = {running} AND lease_expires_at < :now AND attempts >= max_attempts"
+        ),
+        sql_text(
+            f"""
+            UPDATE jobs SET status = {{running}}, attempts = attempts + 1, lease_owner = :worker,
+                lease_expires_at = :expires, started_at = :now
+            WHERE id IN (
+                SELECT id FROM (
+                    SELECT id, created_at FROM (
+                        SELECT id, created_at FROM jobs
+                        WHERE status = {{pending}} AND run_after <= :now AND NOT cancel_requested
+                        ORDER BY created_at, id LIMIT :limit
+                    )
+                    UNION ALL
+                    SELECT id, created_at FROM (
+                        SELECT id, created_at FROM jobs
+                        WHERE status = {{running}} AND lease_expires_at < :now
+                        ORDER BY created_at, id LIMIT :limit
+                    )
+                )
+                ORDER BY created_at, id LIMIT :limit
+            )
+            RETURNING {COLS}
+            """
+        ),
+    ),
+    # Id lists travel as one JSON parameter expanded with json_each, so the statement text is
+    # fixed (and cached) whatever the number of ids.
+    Query.RENEW_LEASES: sql_text(
+        "UPDATE jobs SET lease_expires_at = :expires "
+        "WHERE id IN (SELECT value FROM json_each(:ids)) AND status = {running} AND lease_owner = :worker"
+    ),
+    Query.FINISH_JOBS: sql_text(
+        f"""
+        UPDATE jobs SET
+            status = CASE WHEN cancel_requested THEN {{cancelled}} ELSE :status END,
+            finished_at = :now,
+            outputs = CASE WHEN cancel_requested THEN NULL ELSE :outputs END,
+            error_code = CASE WHEN cancel_requested THEN NULL ELSE :error_code END,
+            error_message = CASE WHEN cancel_requested THEN NULL ELSE :error_message END,
+            lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = :id AND status = {{running}} AND lease_owner = :worker AND attempts = :attempt
+        RETURNING {COLS}
+        """
+    ),
+    Query.RETRY_LATER: sql_text(
+        f"""
+        UPDATE jobs SET
+            status = CASE WHEN cancel_requested THEN {{cancelled}} ELSE {{pending}} END,
+            finished_at = CASE WHEN cancel_requested THEN :now ELSE NULL END,
+            run_after = :run_after, error_code = :error_code, error_message = :error_message,
+            lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = :id AND status = {{running}} AND lease_owner = :worker AND attempts = :attempt
+        RETURNING {COLS}
+        """
+    ),
+    Query.RELEASE: sql_text(
+        """
+        UPDATE jobs SET
+            status = CASE WHEN cancel_requested THEN {cancelled} ELSE {pending} END,
+            attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
+            finished_at = CASE WHEN cancel_requested THEN :now ELSE NULL END,
+            lease_owner = NULL, lease_expires_at = NULL
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND status = {running} AND lease_owner = :worker
+        """
+    ),
+    Query.CANCEL: sql_text(
+        f"""
+        UPDATE jobs SET
+            status = CASE WHEN status = {{pending}} THEN {{cancelled}} ELSE status END,
+            finished_at = CASE WHEN status = {{pending}} THEN :now ELSE finished_at END,
+            cancel_requested = 1
+        WHERE id = :id AND tenant = :tenant AND status IN ({{pending}}, {{running}})
+        RETURNING {COLS}
+        """
+    ),
+    Query.DELETE_FINISHED: sql_text(
+        "DELETE FROM jobs WHERE status IN ({terminal}) AND finished_at < :cutoff"
+    ),
+}

@@ -1,4 +1,4 @@
-"""The JobStore protocol: what JobService needs from durable storage.
+"""The job store: durable job state, written once over any :class:`~inferd.jobs.connector.Connector`.
 
 Every state-changing method is a *conditional* update: it names the state it expects the row to be
 in (and, for workers, the lease owner and attempt), and reports whether it matched. That is how late
@@ -7,16 +7,20 @@ results for cancelled or re-leased jobs are refused instead of overwriting newer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import enum
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
-from inferd.core.errors import InvalidInputError
-from inferd.jobs.models import Job, JobError, JobStatus
+from inferd.core.errors import ConflictError, InvalidInputError
+from inferd.jobs.connector import Connector, Query, Row, job_from_row, job_row
+from inferd.jobs.models import Job, JobError, JobStatus, utcnow
+
+LOST_MESSAGE = "worker lost while running the job (lease expired) and no attempts are left"
 
 
 @dataclass(slots=True)
@@ -37,89 +41,17 @@ class FinishRequest:
     error: JobError | None
 
 
+class CancelOutcome(enum.StrEnum):
+    CANCELLED = "cancelled"  # it was pending: cancelled now
+    CANCEL_REQUESTED = "cancel_requested"  # it is running: its worker's result will be discarded
+    TERMINAL = "terminal"  # already finished: unchanged
+    NOT_FOUND = "not_found"  # no such job for this tenant
+
+
 @dataclass(slots=True)
 class CancelResult:
     job: Job | None  # None: no such job for this tenant
-    outcome: str  # "cancelled" | "cancel_requested" | "terminal" | "not_found"
-
-
-class JobStore(Protocol):
-    async def open(self) -> None:
-        """Connect and apply pending schema migrations."""
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> bool:
-        """True when the store answers a trivial query."""
-
-    async def insert(self, job: Job) -> InsertResult:
-        """Insert a pending job. With an idempotency key, an existing job of the same tenant and key
-        is returned instead (created=False); the caller compares ``request_hash``."""
-
-    async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
-        """Insert pending jobs in one transaction (bulk submission). Jobs must not carry an
-        idempotency key (ValueError): the per-key lookup is what single ``insert`` is for."""
-
-    async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
-        """The job, or None; with ``tenant``, jobs of other tenants are None too."""
-
-    async def list_jobs(
-        self,
-        *,
-        tenant: str,
-        status: JobStatus | None = None,
-        model: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Job], str | None]:
-        """The tenant's jobs, newest first, and an opaque cursor for the next page (None at the end)."""
-
-    async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
-        """Atomically take up to ``limit`` runnable jobs, oldest first: pending with run_after <= now,
-        or running with an expired lease (its worker died). Each claimed job becomes running with
-        attempts + 1, lease_owner = worker_id, lease_expires_at = now + lease_s, started_at = now.
-        Concurrent claimers never get the same job (SKIP LOCKED / a single writer)."""
-
-    async def renew_leases(self, job_ids: list[str], *, worker_id: str, lease_s: float, now: datetime) -> int:
-        """Extend the leases this worker still holds; returns how many were renewed."""
-
-    async def finish(
-        self,
-        job_id: str,
-        *,
-        worker_id: str,
-        attempt: int,
-        status: JobStatus,
-        outputs: list[Any] | None,
-        error: JobError | None,
-        now: datetime,
-    ) -> Job | None:
-        """Running → succeeded/failed, only if this worker still holds this attempt's lease. If the job
-        was marked for cancellation meanwhile it becomes cancelled and the result is discarded.
-        Returns the updated job, or None when the condition did not match (nothing written)."""
-
-    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        """``finish`` for several jobs in one statement and one commit; results in request order."""
-
-    async def retry_later(
-        self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime
-    ) -> Job | None:
-        """Running → pending with run_after (backoff), keeping the last error; same condition as finish."""
-
-    async def release(self, job_ids: list[str], *, worker_id: str) -> int:
-        """Running → pending for jobs this worker holds (graceful shutdown); the attempt is given back."""
-
-    async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
-        """pending → cancelled; running → cancel_requested; terminal → unchanged ("terminal")."""
-
-    async def pending_counts(self) -> dict[tuple[str, str], int]:
-        """Number of pending jobs per (model, version): the truth behind job_queue_depth."""
-
-    async def delete_finished_before(self, cutoff: datetime) -> int:
-        """Delete terminal jobs finished before ``cutoff``; returns how many."""
-
-    async def wait_for_work(self, timeout_s: float) -> None:
-        """Return when new work may be available (a notification) or after ``timeout_s``."""
+    outcome: CancelOutcome
 
 
 def encode_cursor(created_at: datetime, job_id: str) -> str:
@@ -141,67 +73,171 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return when, job_id
 
 
-@dataclass(slots=True)
-class ListQuery:
-    """``list_jobs`` as SQL for either dialect: newest first, keyset-paged, one extra row to tell
-    whether another page exists (so the last page has no cursor)."""
+def _jobs(rows: list[Row]) -> list[Job]:
+    return [job_from_row(row) for row in rows]
 
-    sql: str
-    params: list[Any]
-    limit: int
 
-    @classmethod
-    def build(
-        cls,
+def _oldest_first(jobs: list[Job]) -> list[Job]:
+    # UPDATE ... RETURNING has no defined order in either database.
+    return sorted(jobs, key=lambda job: (job.created_at, job.id))
+
+
+class JobStore:
+    """What JobService needs from durable storage. ``open()`` connects and migrates."""
+
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+        self._open = False
+        self._work = asyncio.Event()
+
+    def _wake(self) -> None:
+        self._work.set()
+
+    def _announce(self) -> None:
+        """After a write that made jobs runnable: wake this process's worker and the others."""
+        self._work.set()
+        self.connector.announce_work()
+
+    async def open(self) -> None:
+        if self._open:
+            raise RuntimeError("the job store is already open")
+        self._work = asyncio.Event()
+        await self.connector.open(self._wake)
+        self._open = True
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            await self.connector.close()
+        finally:
+            self._work.set()  # wake waiters so they notice the store is gone
+
+    async def _fetch(self, query: Query, **params: Any) -> list[Row]:
+        if not self._open:
+            raise RuntimeError("the job store is not open")
+        return await self.connector.fetch(query, params)
+
+    async def _execute(self, query: Query, **params: Any) -> int:
+        if not self._open:
+            raise RuntimeError("the job store is not open")
+        return await self.connector.execute(query, params)
+
+    async def _fetch_batch(self, query: Query, rows: list[Row], **params: Any) -> list[Row]:
+        if not self._open:
+            raise RuntimeError("the job store is not open")
+        return await self.connector.fetch_batch(query, rows, params)
+
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query."""
+        try:
+            return bool(await self._fetch(Query.PING))
+        except Exception:
+            return False
+
+    # -- submission -------------------------------------------------------------------------------
+
+    async def insert(self, job: Job) -> InsertResult:
+        """Insert a pending job. With an idempotency key, an existing job of the same tenant and key
+        is returned instead (created=False); the caller compares ``request_hash``."""
+        if job.idempotency_key is None:
+            [result] = await self.insert_many([job])
+            return result
+        row = job_row(job)
+        # Losing the unique-index race inserts nothing; the winner is then read in a new statement
+        # (a fresh snapshot, which sees it committed). The loop covers the winner being deleted in
+        # between.
+        for _ in range(3):
+            if await self._execute(Query.INSERT_JOB_KEYED, **row) == 1:
+                self._announce()
+                return InsertResult(job, created=True)
+            found = await self._fetch(
+                Query.GET_JOB_BY_KEY, tenant=job.tenant, idempotency_key=job.idempotency_key
+            )
+            if found:
+                return InsertResult(job_from_row(found[0]), created=False)
+        raise ConflictError(f"idempotency key {job.idempotency_key!r} kept conflicting with a vanishing job")
+
+    async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
+        """Insert pending jobs in one transaction (bulk submission). Jobs must not carry an
+        idempotency key (ValueError): the per-key lookup is what single ``insert`` is for."""
+        if any(job.idempotency_key is not None for job in jobs):
+            raise ValueError("insert_many does not take idempotency keys; use insert for those jobs")
+        if not jobs:
+            return []
+        await self._fetch_batch(Query.INSERT_JOBS, [job_row(job) for job in jobs])
+        self._announce()
+        return [InsertResult(job, created=True) for job in jobs]
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
+        """The job, or None; with ``tenant``, jobs of other tenants are None too."""
+        rows = await self._fetch(Query.GET_JOB, id=job_id, tenant=tenant)
+        return job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
         *,
-        columns: str,
-        mark: str,
         tenant: str,
-        status: JobStatus | None,
-        model: str | None,
-        limit: int,
-        cursor: str | None,
-        encode_time: Callable[[datetime], Any] = lambda value: value,
-    ) -> ListQuery:
+        status: JobStatus | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """The tenant's jobs, newest first, and an opaque cursor for the next page (None at the end)."""
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        where = [f"tenant = {mark}"]
-        params: list[Any] = [tenant]
-        if status is not None:
-            where.append(f"status = {mark}")
-            params.append(JobStatus(status).value)
-        if model is not None:
-            where.append(f"model = {mark}")
-            params.append(model)
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            where.append(f"(created_at, id) < ({mark}, {mark})")
-            params += [encode_time(created_at), last_id]
-        params.append(limit + 1)
-        sql = (
-            f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} "
-            f"ORDER BY created_at DESC, id DESC LIMIT {mark}"
-        )
-        return cls(sql, params, limit)
-
-    def page(self, jobs: list[Job]) -> tuple[list[Job], str | None]:
-        if len(jobs) <= self.limit:
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "status": None if status is None else JobStatus(status).value,
+            "model": model,
+            "limit": limit + 1,  # one more tells whether another page exists
+        }
+        if cursor is None:
+            rows = await self._fetch(Query.LIST_JOBS, **params)
+        else:
+            params["after_created"], params["after_id"] = decode_cursor(cursor)
+            rows = await self._fetch(Query.LIST_JOBS_AFTER, **params)
+        jobs = _jobs(rows)
+        if len(jobs) <= limit:
             return jobs, None
-        kept = jobs[: self.limit]
+        kept = jobs[:limit]
         return kept, encode_cursor(kept[-1].created_at, kept[-1].id)
 
+    async def pending_counts(self) -> dict[tuple[str, str], int]:
+        """Number of pending jobs per (model, version): the truth behind job_queue_depth."""
+        rows = await self._fetch(Query.PENDING_COUNTS)
+        return {(row["model"], row["version"]): int(row["count"]) for row in rows}
 
-def check_finish_requests(requests: list[FinishRequest]) -> None:
-    for request in requests:
-        if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+    # -- worker side ------------------------------------------------------------------------------
 
+    async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
+        """Atomically take up to ``limit`` runnable jobs, oldest first: pending with run_after <= now,
+        or running with an expired lease (its worker died). Each claimed job becomes running with
+        attempts + 1, lease_owner = worker_id, lease_expires_at = now + lease_s, started_at = now.
+        Concurrent claimers never get the same job (SKIP LOCKED / a single writer). Jobs of dead
+        workers that must not run again (cancel requested, no attempt left) are settled first."""
+        if limit < 1:
+            return []
+        rows = await self._fetch(
+            Query.CLAIM,
+            now=now,
+            expires=now + timedelta(seconds=lease_s),
+            worker=worker_id,
+            limit=limit,
+            lost=LOST_MESSAGE,
+        )
+        return _oldest_first(_jobs(rows))
 
-class FinishOne:
-    """``finish`` for one job, in terms of the store's own ``finish_many``."""
-
-    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        raise NotImplementedError
+    async def renew_leases(self, job_ids: list[str], *, worker_id: str, lease_s: float, now: datetime) -> int:
+        """Extend the leases this worker still holds; returns how many were renewed."""
+        if not job_ids:
+            return 0
+        return await self._execute(
+            Query.RENEW_LEASES, ids=list(job_ids), worker=worker_id, expires=now + timedelta(seconds=lease_s)
+        )
 
     async def finish(
         self,
@@ -214,5 +250,89 @@ class FinishOne:
         error: JobError | None,
         now: datetime,
     ) -> Job | None:
+        """Running → succeeded/failed, only if this worker still holds this attempt's lease. If the job
+        was marked for cancellation meanwhile it becomes cancelled and the result is discarded.
+        Returns the updated job, or None when the condition did not match (nothing written)."""
         request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
         return (await self.finish_many([request], now=now))[0]
+
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        """``finish`` for several jobs in one transaction; results in request order."""
+        for request in requests:
+            if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
+        if not requests:
+            return []
+        rows = [
+            {
+                "id": r.job_id,
+                "worker": r.worker_id,
+                "attempt": r.attempt,
+                "status": JobStatus(r.status).value,
+                "outputs": r.outputs,
+                "error_code": None if r.error is None else r.error.code,
+                "error_message": None if r.error is None else r.error.message,
+            }
+            for r in requests
+        ]
+        done = {job.id: job for job in _jobs(await self._fetch_batch(Query.FINISH_JOBS, rows, now=now))}
+        return [done.get(r.job_id) for r in requests]
+
+    async def retry_later(
+        self, job_id: str, *, worker_id: str, attempt: int, error: JobError, run_after: datetime
+    ) -> Job | None:
+        """Running → pending with run_after (backoff), keeping the last error; same condition as
+        finish. A job whose cancellation was requested while it ran ends cancelled instead."""
+        rows = await self._fetch(
+            Query.RETRY_LATER,
+            id=job_id,
+            worker=worker_id,
+            attempt=attempt,
+            now=utcnow(),
+            run_after=run_after,
+            error_code=error.code,
+            error_message=error.message,
+        )
+        if not rows:
+            return None
+        self._announce()
+        return job_from_row(rows[0])
+
+    async def release(self, job_ids: list[str], *, worker_id: str) -> int:
+        """Running → pending for jobs this worker holds (graceful shutdown); the attempt is given back."""
+        if not job_ids:
+            return 0
+        count = await self._execute(Query.RELEASE, ids=list(job_ids), worker=worker_id, now=utcnow())
+        if count:
+            self._announce()
+        return count
+
+    async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
+        """pending → cancelled; running → cancel_requested; terminal → unchanged ("terminal")."""
+        rows = await self._fetch(Query.CANCEL, id=job_id, tenant=tenant, now=now)
+        if rows:
+            job = job_from_row(rows[0])
+            if job.status is JobStatus.CANCELLED:
+                return CancelResult(job, CancelOutcome.CANCELLED)
+            return CancelResult(job, CancelOutcome.CANCEL_REQUESTED)
+        # Nothing matched: the job is missing or already terminal, and terminal is final. A new
+        # statement (fresh snapshot) so a job that finished while we tried reads as finished.
+        current = await self.get(job_id, tenant=tenant)
+        if current is None:
+            return CancelResult(None, CancelOutcome.NOT_FOUND)
+        return CancelResult(current, CancelOutcome.TERMINAL)
+
+    async def delete_finished_before(self, cutoff: datetime) -> int:
+        """Delete terminal jobs finished before ``cutoff``; returns how many."""
+        return await self._execute(Query.DELETE_FINISHED, cutoff=cutoff)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Return when new work may be available or after ``timeout_s``. Writes of this process wake
+        it at once; other processes' writes wake it where the connector hears them (PostgreSQL),
+        and the timeout doubles as the polling interval where it does not (SQLite)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._work.wait()
+        except TimeoutError:
+            pass
+        self._work.clear()

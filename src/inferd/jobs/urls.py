@@ -7,8 +7,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from inferd.core.errors import ConfigError, InferdError
-from inferd.jobs.postgres import PostgresJobStore
-from inferd.jobs.sqlite import SQLiteJobStore
+from inferd.jobs.postgres import postgres_store
+from inferd.jobs.sqlite import sqlite_store
 from inferd.jobs.store import JobStore
 
 ACCEPTED_FORMS = (
@@ -35,7 +35,7 @@ def _invalid(url: str, why: str) -> ConfigError:
     return ConfigError(f"invalid job store URL {redact(url)!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
 
 
-def _sqlite(url: str) -> SQLiteJobStore:
+def _sqlite(url: str) -> JobStore:
     rest = url[len("sqlite://") :]
     # SQLAlchemy convention: the empty host leaves "/" + path, so three slashes mean relative and four
     # mean absolute.
@@ -55,10 +55,10 @@ def _sqlite(url: str) -> SQLiteJobStore:
         raise ConfigError(
             f"cannot create the directory for the job store {absolute!r} (from {url!r}): {exc}"
         ) from exc
-    return SQLiteJobStore(absolute)
+    return sqlite_store(absolute)
 
 
-def _postgres(url: str) -> PostgresJobStore:
+def _postgres(url: str) -> JobStore:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  # parsing the port is what validates it
@@ -79,7 +79,7 @@ def _postgres(url: str) -> PostgresJobStore:
         schema = unquote(value)
     dsn = urlunsplit(parts._replace(query="&".join(kept)))
     try:
-        return PostgresJobStore(dsn, schema=schema)
+        return postgres_store(dsn, schema=schema)
     except ConfigError as exc:
         raise _invalid(url, exc.message) from exc
 

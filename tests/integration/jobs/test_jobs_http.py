@@ -12,7 +12,7 @@ import pytest
 from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app
 
 from inferd.jobs.models import JobStatus
-from inferd.jobs.sqlite import SQLiteJobStore
+from inferd.jobs.store import JobStore
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
@@ -307,7 +307,7 @@ def test_store_failure_on_submit_is_a_native_500_with_request_id(
             async def store_down(*args: Any, **kwargs: Any) -> Any:
                 raise OSError("disk unplugged")
 
-            monkeypatch.setattr(SQLiteJobStore, "insert_many", store_down)
+            monkeypatch.setattr(JobStore, "insert_many", store_down)
             response = await api.submit("echo", {"input": 2}, headers={"X-Request-ID": "req-store-down"})
             body = assert_error(response, 500, "inference_error")
             assert body["request_id"] == "req-store-down" == response.headers["x-request-id"]
@@ -328,9 +328,10 @@ def test_store_failure_on_read_is_a_native_500_with_request_id(
             async def store_down(*args: Any, **kwargs: Any) -> Any:
                 raise OSError("disk unplugged")
 
-            monkeypatch.setattr(SQLiteJobStore, "get", store_down)
+            monkeypatch.setattr(JobStore, "get", store_down)
             response = await api.client.get(
-                f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {ACME}", "X-Request-ID": "req-read-down"}
+                f"/v1/jobs/{job['id']}",
+                headers={"Authorization": f"Bearer {ACME}", "X-Request-ID": "req-read-down"},
             )
             body = assert_error(response, 500, "inference_error")
             assert body["request_id"] == "req-read-down" == response.headers["x-request-id"]

@@ -1,7 +1,8 @@
 """Fixtures for the job store tests.
 
-``backend`` is parametrized over SQLite and PostgreSQL, so every test using it (or ``store``) runs
-against both. Each test gets its own event loop (``runner``); ``async def`` tests run on it, and the
+``backend`` is parametrized over SQLite, PostgreSQL and memory, so every test using it (or ``store``)
+runs against each (tests of the databases themselves narrow it to SQLite and PostgreSQL). Memory
+stores of one test share one connector, as processes share a database. Each test gets its own event loop (``runner``); ``async def`` tests run on it, and the
 stores are opened and closed on it too, since both stores bind loop-owned resources at ``open()``.
 
 PostgreSQL comes from ``INFERD_TEST_POSTGRES_URL`` (default: the local test database). Every test
@@ -27,9 +28,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from inferd.jobs.memory import MemoryConnector
 from inferd.jobs.models import Job
-from inferd.jobs.postgres import PostgresJobStore
-from inferd.jobs.sqlite import SQLiteJobStore
+from inferd.jobs.postgres import postgres_store
+from inferd.jobs.sqlite import sqlite_store
+from inferd.jobs.store import JobStore
 
 POSTGRES_URL_ENV = "INFERD_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -78,17 +81,23 @@ class Backend:
     sqlite_path: str = ""
     postgres_url: str = ""
     schema: str = ""
+    memory: MemoryConnector | None = None
 
-    def make(self) -> SQLiteJobStore | PostgresJobStore:
+    def make(self) -> JobStore:
         if self.name == "sqlite":
-            return SQLiteJobStore(self.sqlite_path)
-        return PostgresJobStore(self.postgres_url, schema=self.schema, max_size=4)
+            return sqlite_store(self.sqlite_path)
+        if self.memory is not None:
+            return JobStore(self.memory)
+        return postgres_store(self.postgres_url, schema=self.schema, max_size=4)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
         yield Backend("sqlite", sqlite_path=str(tmp_path / "jobs.db"))
+        return
+    if request.param == "memory":
+        yield Backend("memory", memory=MemoryConnector())
         return
     url: str = request.getfixturevalue("postgres_url")
     schema = f"inferd_test_{secrets.token_hex(6)}"
@@ -97,16 +106,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-StoreFactory = Callable[[], Awaitable[SQLiteJobStore | PostgresJobStore]]
+StoreFactory = Callable[[], Awaitable[JobStore]]
 
 
 @pytest.fixture
 def store_factory(backend: Backend, runner: asyncio.Runner) -> Iterator[StoreFactory]:
     """Opens further stores on the test's database (another process, as far as the store can
     tell); all are closed after the test, on the test's loop."""
-    opened: list[SQLiteJobStore | PostgresJobStore] = []
+    opened: list[JobStore] = []
 
-    async def open_store() -> SQLiteJobStore | PostgresJobStore:
+    async def open_store() -> JobStore:
         store = backend.make()
         await store.open()
         opened.append(store)
@@ -122,7 +131,7 @@ def store_factory(backend: Backend, runner: asyncio.Runner) -> Iterator[StoreFac
 
 
 @pytest.fixture
-def store(store_factory: StoreFactory, runner: asyncio.Runner) -> SQLiteJobStore | PostgresJobStore:
+def store(store_factory: StoreFactory, runner: asyncio.Runner) -> JobStore:
     return runner.run(store_factory())
 
 

@@ -27,6 +27,11 @@ from inferd.jobs.store import JobStore
 
 StoreFactory = Callable[[], Awaitable[JobStore]]
 
+# Migrations are a database's concern: SQLite and PostgreSQL, not the in-memory connector.
+DATABASES = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
 INDEXES = {
     "jobs_pending_created_idx",
     "jobs_running_lease_idx",
@@ -132,14 +137,16 @@ def test_check_sequence_rejects_gaps_and_disorder(versions: list[int]) -> None:
 # -- against a database ----------------------------------------------------------------------------------------
 
 
+@DATABASES
 async def test_fresh_store_is_at_the_latest_version(backend: Backend, store_factory: StoreFactory) -> None:
     await store_factory()
     assert await applied_versions(backend) == [m.version for m in SQLITE_MIGRATIONS]
     assert await index_names(backend) >= INDEXES
-    # The stores select and insert JOB_COLUMNS by position, so the table must have exactly these.
+    # Rows are mapped by name, but the insert statements list JOB_COLUMNS: the table has exactly these.
     assert await column_names(backend) == JOB_COLUMNS
 
 
+@DATABASES
 async def test_upgrade_in_place_keeps_existing_jobs(backend: Backend, store_factory: StoreFactory) -> None:
     await apply_raw(backend, target=1)
     assert await applied_versions(backend) == [1]
@@ -186,6 +193,7 @@ async def test_upgrade_in_place_keeps_existing_jobs(backend: Backend, store_fact
     assert [j.id for j in claimed] == ["job-from-v1"]
 
 
+@DATABASES
 async def test_reopening_applies_nothing_twice(backend: Backend, store_factory: StoreFactory) -> None:
     first = await store_factory()
     await first.close()
@@ -198,12 +206,14 @@ async def test_reopening_applies_nothing_twice(backend: Backend, store_factory: 
     assert len(after) == len(SQLITE_MIGRATIONS)
 
 
+@DATABASES
 async def test_concurrent_first_opens_do_not_race(backend: Backend, store_factory: StoreFactory) -> None:
     stores = await asyncio.gather(*(store_factory() for _ in range(4)))
     assert await applied_versions(backend) == [m.version for m in SQLITE_MIGRATIONS]
     assert all([await s.ping() for s in stores])
 
 
+@DATABASES
 async def test_failed_migration_leaves_the_previous_version(backend: Backend) -> None:
     shipped = SQLITE_MIGRATIONS if backend.name == "sqlite" else POSTGRES_MIGRATIONS
     await apply_raw(backend)
@@ -219,6 +229,7 @@ async def test_failed_migration_leaves_the_previous_version(backend: Backend) ->
         await query(backend, "SELECT * FROM {schema}half_done")
 
 
+@DATABASES
 async def test_database_from_a_newer_version_is_refused(
     backend: Backend, store_factory: StoreFactory
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from inferd.core.errors import InvalidInputError
 from inferd.jobs.models import Job, JobError, JobStatus
-from inferd.jobs.postgres import PostgresJobStore
+from inferd.jobs.postgres import postgres_store
 from inferd.jobs.store import CancelResult, FinishRequest, JobStore
 
 JobFactory = Callable[..., Job]
@@ -663,10 +663,10 @@ async def test_postgres_debounced_inserts_still_wake_other_processes(
     backend: Any, store_factory: StoreFactory, make_job: JobFactory
 ) -> None:
     waiting = await store_factory()
-    submitting = PostgresJobStore(backend.postgres_url, schema=backend.schema, notify_debounce_s=0.5)
+    submitting = postgres_store(backend.postgres_url, schema=backend.schema, notify_debounce_s=0.5)
     await submitting.open()
     try:
-        await submitting.insert(make_job())  # first of a burst: notifies in its statement
+        await submitting.insert(make_job())  # first of a burst: notifies at once
         waiter = await start_waiting(waiting)  # takes that notification
         await submitting.insert(make_job())  # within the window: no notification of its own...
         await asyncio.sleep(0.1)

@@ -9,8 +9,8 @@ import pytest
 
 from inferd.core.errors import ConfigError
 from inferd.jobs.models import Job
-from inferd.jobs.postgres import PostgresJobStore
-from inferd.jobs.sqlite import SQLiteJobStore
+from inferd.jobs.postgres import PostgresConnector
+from inferd.jobs.sqlite import SQLiteConnector
 from inferd.jobs.urls import open_store
 
 
@@ -18,8 +18,8 @@ def test_sqlite_relative_path_is_resolved_against_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = open_store("sqlite:///data/nested/jobs.db")
-    assert isinstance(store, SQLiteJobStore)
+    store = open_store("sqlite:///data/nested/jobs.db").connector
+    assert isinstance(store, SQLiteConnector)
     assert store.path == str(tmp_path / "data" / "nested" / "jobs.db")
     assert (tmp_path / "data" / "nested").is_dir()
     assert not (tmp_path / "data" / "nested" / "jobs.db").exists()  # opening creates the file
@@ -28,8 +28,8 @@ def test_sqlite_relative_path_is_resolved_against_the_working_directory(
 def test_sqlite_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     target = tmp_path / "elsewhere" / "q.db"
-    store = open_store(f"sqlite:///{target}")  # the path starts with "/": four slashes in all
-    assert isinstance(store, SQLiteJobStore)
+    store = open_store(f"sqlite:///{target}").connector  # the path starts with "/": four slashes in all
+    assert isinstance(store, SQLiteConnector)
     assert store.path == str(target)
     assert target.parent.is_dir()
     assert not (tmp_path / str(target).lstrip("/")).exists()
@@ -54,21 +54,23 @@ def test_sqlite_store_from_url_works(tmp_path: Path, runner: asyncio.Runner) -> 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "PostgreSQL"])
 def test_postgres_urls(scheme: str) -> None:
-    store = open_store(f"{scheme}://inferd@db.internal:6543/jobs")
-    assert isinstance(store, PostgresJobStore)
+    store = open_store(f"{scheme}://inferd@db.internal:6543/jobs").connector
+    assert isinstance(store, PostgresConnector)
     # Lower case: libpq only knows the lower-case prefixes.
     assert store.dsn == f"{scheme.lower()}://inferd@db.internal:6543/jobs"
     assert store.schema == "public"
 
 
 def test_postgres_schema_parameter_is_taken_out_of_the_dsn() -> None:
-    store = open_store("postgresql://u:p@h:5432/db?sslmode=require&schema=inferd_jobs&application_name=x%20y")
-    assert isinstance(store, PostgresJobStore)
+    store = open_store(
+        "postgresql://u:p@h:5432/db?sslmode=require&schema=inferd_jobs&application_name=x%20y"
+    ).connector
+    assert isinstance(store, PostgresConnector)
     assert store.schema == "inferd_jobs"
     assert store.dsn == "postgresql://u:p@h:5432/db?sslmode=require&application_name=x%20y"
 
-    only = open_store("postgres://h/db?schema=q")
-    assert isinstance(only, PostgresJobStore)
+    only = open_store("postgres://h/db?schema=q").connector
+    assert isinstance(only, PostgresConnector)
     assert (only.dsn, only.schema) == ("postgres://h/db", "q")
 
 

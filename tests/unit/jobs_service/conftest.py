@@ -1,18 +1,16 @@
 """Fixtures for the JobService / JobWorker tests; the helpers live in svc_helpers.py.
 
-``store_url`` is parametrized over SQLite (a file in tmp_path) and PostgreSQL (a fresh schema per
-test, dropped afterwards). The PostgreSQL cases are skipped when the server is unreachable, unless
-``INFERD_REQUIRE_SERVICES=1``, where that is a failure.
+``store_url`` names the in-memory store: the service and the worker are tested here, and the stores
+they run on pass one contract suite (tests/unit/jobs). Tests of one database's own behaviour use
+``postgres_base_url``, skipped when the server is unreachable, unless ``INFERD_REQUIRE_SERVICES=1``,
+where that is a failure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
 import pytest
-from svc_helpers import POSTGRES_URL, postgres_schema, require_services
+from svc_helpers import MEMORY, POSTGRES_URL, require_services
 
 
 @pytest.fixture(scope="session")
@@ -27,16 +25,6 @@ def postgres_base_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-        return
-    base: str = request.getfixturevalue("postgres_base_url")
-    with postgres_schema(base) as url:
-        yield url
-
-
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'jobs.db'}"
+def store_url() -> str:
+    return MEMORY

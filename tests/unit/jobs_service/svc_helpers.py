@@ -22,6 +22,7 @@ from psycopg import sql
 
 from inferd.bootstrap import Engine, build_engine
 from inferd.core.settings import load_settings
+from inferd.jobs.memory import memory_store
 from inferd.jobs.models import Job, JobStatus
 from inferd.jobs.service import JobService
 from inferd.jobs.store import JobStore
@@ -30,6 +31,7 @@ from inferd.jobs.worker import JobWorker
 
 JOB_MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "job_models"
 POSTGRES_URL = os.environ.get("INFERD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MEMORY = "memory"  # the store_url of the in-memory store
 TENANT = "acme"
 OTHER_TENANT = "beta"
 
@@ -148,7 +150,7 @@ async def harness(
         environ={},
     )
     engine = build_engine(settings)
-    store = open_store(url)
+    store = memory_store() if url == MEMORY else open_store(url)
     await store.open()
     if patch_store is not None:
         patch_store(store)

@@ -64,9 +64,9 @@ def test_single_input_lifecycle_pending_running_succeeded(store_url: str) -> Non
     asyncio.run(body())
 
 
-def test_batch_inputs_answer_outputs_in_order_in_chunks_of_max_batch_size(sqlite_url: str) -> None:
+def test_batch_inputs_answer_outputs_in_order_in_chunks_of_max_batch_size(store_url: str) -> None:
     async def body() -> None:
-        async with harness(sqlite_url) as h:
+        async with harness(store_url) as h:
             items = [{"i": i} for i in range(10)]
             small = [[f"a{i}" for i in range(3)], [f"b{i}" for i in range(3)], [f"c{i}" for i in range(3)]]
             job = await h.submit("echo", inputs=items)
@@ -92,9 +92,9 @@ def test_batch_inputs_answer_outputs_in_order_in_chunks_of_max_batch_size(sqlite
     asyncio.run(body())
 
 
-def test_single_input_that_is_a_list_is_one_item(sqlite_url: str) -> None:
+def test_single_input_that_is_a_list_is_one_item(store_url: str) -> None:
     async def body() -> None:
-        async with harness(sqlite_url) as h:
+        async with harness(store_url) as h:
             job = await h.submit("echo", [1, 2, 3])
             h.start_worker()
             done = await h.wait_terminal(job.id)
@@ -106,10 +106,10 @@ def test_single_input_that_is_a_list_is_one_item(sqlite_url: str) -> None:
 
 
 def test_version_is_resolved_at_submission_and_stored(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body() -> None:
-        async with harness(sqlite_url) as h:
+        async with harness(store_url) as h:
             routed = await h.submit("echo", "routed")
             pinned = await h.submit("echo", "pinned", version="1")
             assert routed.version == "2"  # the highest version is the default route

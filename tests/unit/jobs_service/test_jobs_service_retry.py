@@ -63,9 +63,9 @@ def test_inference_error_is_retried_up_to_max_attempts_then_failed_with_last_err
     asyncio.run(body())
 
 
-def test_timeout_is_retried_up_to_max_attempts_then_failed(sqlite_url: str) -> None:
+def test_timeout_is_retried_up_to_max_attempts_then_failed(store_url: str) -> None:
     async def body() -> None:
-        async with harness(sqlite_url, retry_base_s=0.01) as h:
+        async with harness(store_url, retry_base_s=0.01) as h:
             job = await h.submit("slowjob", {"sleep_s": 0.4}, max_attempts=2, timeout_s=0.05)
             h.start_worker()
             done = await h.wait_terminal(job.id)
@@ -273,9 +273,9 @@ def test_queue_depth_gauge_follows_the_store(store_url: str) -> None:
     asyncio.run(body())
 
 
-def test_fail_without_retry_records_the_error(sqlite_url: str) -> None:
+def test_fail_without_retry_records_the_error(store_url: str) -> None:
     async def body() -> None:
-        async with harness(sqlite_url) as h:
+        async with harness(store_url) as h:
             job = await h.submit("echo", "x")
             [claimed] = await h.service.mark_running(worker_id="w1", limit=1, lease_s=30)
             done = await h.service.fail(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from svc_helpers import harness
+from svc_helpers import Clock, harness
 
 from inferd.jobs.models import JobStatus
 
@@ -18,9 +18,9 @@ def _max_overlap(log: Path) -> int:
     return peak
 
 
-def test_worker_runs_at_most_concurrency_jobs_at_once(sqlite_url: str, tmp_path: Path) -> None:
+def test_worker_runs_at_most_concurrency_jobs_at_once(store_url: str, tmp_path: Path) -> None:
     async def body() -> None:
-        async with harness(sqlite_url) as h:
+        async with harness(store_url) as h:
             log = tmp_path / "slow.log"
             jobs = [await h.submit("slowjob", {"sleep_s": 0.15, "log": str(log), "tag": i}) for i in range(6)]
             worker = h.start_worker(concurrency=2)
@@ -46,10 +46,13 @@ def test_lease_is_renewed_while_a_long_job_runs(store_url: str) -> None:
     async def body() -> None:
         async with harness(store_url) as h:
             job = await h.submit("slowjob", {"sleep_s": 1.2})
-            h.start_worker(lease_s=0.6, worker_id="w-long")
-            # Meanwhile another worker keeps trying to claim: the lease never lapses, so it gets nothing.
+            worker = h.start_worker(lease_s=0.6, worker_id="w-long")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
+            while not worker.running_jobs:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            # Meanwhile another worker keeps trying to claim: the lease never lapses, so it gets nothing.
             while not (await h.status(job.id)).terminal:
                 stolen = await h.service.mark_running(worker_id="w-thief", limit=5, lease_s=0.6)
                 assert stolen == [], "a job was claimed while its worker renewed the lease"
@@ -63,11 +66,13 @@ def test_lease_is_renewed_while_a_long_job_runs(store_url: str) -> None:
 
 def test_job_of_a_crashed_worker_is_taken_over_after_the_lease(store_url: str) -> None:
     async def body() -> None:
-        async with harness(store_url) as h:
+        clock = Clock()
+        async with harness(store_url, clock=clock) as h:
             job = await h.submit("echo", "orphan")
             # "w-dead" claims and then never reports nor renews: it crashed.
-            [orphan] = await h.service.mark_running(worker_id="w-dead", limit=1, lease_s=0.3)
+            [orphan] = await h.service.mark_running(worker_id="w-dead", limit=1, lease_s=30)
             assert orphan.attempts == 1
+            clock.advance(31)  # its lease has lapsed
             h.start_worker(lease_s=5, worker_id="w-alive")
             done = await h.wait_terminal(job.id, timeout_s=10)
             assert done.status is JobStatus.SUCCEEDED and done.outputs == ["orphan"]
