@@ -7,8 +7,10 @@ import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import disable_created_metrics
@@ -28,10 +30,26 @@ from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
 from inferd.jobs.urls import open_store
 from inferd.jobs.worker import JobWorker
-from inferd.metrics import InferdMetrics, UnknownModelLabels
+from inferd.metrics import InferdMetrics, MetricsExposition, RestartReason, UnknownModelLabels
 from inferd.runtimes.factory import build_pipeline
 
 logger = logging.getLogger("inferd")
+
+
+@dataclass(frozen=True)
+class ProcessShare:
+    """One server process of ``serve --workers N``: what it takes of limits the settings give for the
+    whole server (job worker concurrency, rate limits, unknown-model labels), and where the processes'
+    metrics meet."""
+
+    index: int
+    count: int
+    metrics_dir: Path
+    restart_reason: RestartReason | None = None  # set when it replaces a process that died
+
+    def part(self, total: int) -> int:
+        """This process's part of ``total`` split between ``count`` processes as evenly as possible."""
+        return total // self.count + (1 if self.index < total % self.count else 0)
 
 
 class DeviceMetrics:
@@ -94,10 +112,17 @@ def _burst_of(rate_text: str, explicit: int | None) -> float:
     return max(1.0, float(match.group(1))) if match else 1.0
 
 
-def build_rate_limiter(settings: Settings) -> RateLimiter:
+def build_rate_limiter(
+    settings: Settings, *, share: float = 1.0, clock: Callable[[], float] = time.monotonic
+) -> RateLimiter:
+    """``share``: the fraction of each limit this process enforces (1/N under ``--workers N``)."""
+
+    def limits(rate: str, burst: int | None) -> tuple[float, float]:
+        return parse_rate(rate) * share, max(1.0, _burst_of(rate, burst) * share)
+
     default = None
     if settings.rate_limit:
-        default = (parse_rate(settings.rate_limit), _burst_of(settings.rate_limit, settings.rate_burst))
+        default = limits(settings.rate_limit, settings.rate_burst)
     overrides: dict[str, tuple[float, float] | None] = {}
     for tenant, tenant_settings in settings.tenants.items():
         rate = tenant_settings.rate_limit
@@ -106,8 +131,8 @@ def build_rate_limiter(settings: Settings) -> RateLimiter:
         if rate.strip().lower() in ("off", "none", "unlimited"):
             overrides[tenant] = None  # exempt from the default limit
         else:
-            overrides[tenant] = (parse_rate(rate), _burst_of(rate, tenant_settings.burst))
-    return RateLimiter(default=default, overrides=overrides)
+            overrides[tenant] = limits(rate, tenant_settings.burst)
+    return RateLimiter(default=default, overrides=overrides, clock=clock)
 
 
 @dataclass
@@ -125,7 +150,7 @@ class Engine:
             executor.close()
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> Engine:
     if settings.models is None:
         raise ConfigError("no model repository given: pass --models DIR or set INFERD_MODELS")
     devices = settings.device_threads
@@ -133,6 +158,10 @@ def build_engine(settings: Settings) -> Engine:
     # of prometheus_client, flipped only here in the composition root).
     disable_created_metrics()
     metrics = InferdMetrics(devices=devices)
+    if share is not None and share.restart_reason is not None:
+        # The replacement counts the restart: the supervisor writes no metrics, and a dead process's
+        # counts stay in the merged totals.
+        metrics.server_restarts.labels(share.restart_reason.value).inc()
     registry = ModelRegistry(
         loader=build_pipeline,
         devices=devices,
@@ -158,12 +187,17 @@ def build_engine(settings: Settings) -> Engine:
         registry=registry,
         executors=executors,
         metrics=metrics,
-        unknown_labels=UnknownModelLabels(settings.unknown_model_labels),
+        # The bound holds for the server: each process labels its part of the distinct unknown names.
+        unknown_labels=UnknownModelLabels(
+            share.part(settings.unknown_model_labels) if share else settings.unknown_model_labels
+        ),
     )
     return Engine(settings, metrics, registry, executors, prediction)
 
 
-def build_job_runtime(settings: Settings, engine: Engine, *, run_worker: bool) -> JobRuntime:
+def build_job_runtime(
+    settings: Settings, engine: Engine, *, run_worker: bool, concurrency: int | None = None
+) -> JobRuntime:
     store = open_store(settings.store)
     service = JobService(
         store=store,
@@ -176,7 +210,7 @@ def build_job_runtime(settings: Settings, engine: Engine, *, run_worker: bool) -
     worker = (
         JobWorker(
             service=service,
-            concurrency=settings.worker_concurrency,
+            concurrency=settings.worker_concurrency if concurrency is None else concurrency,
             lease_s=settings.job_lease_s,
             poll_interval_s=settings.worker_poll_s,
         )
@@ -199,12 +233,21 @@ async def _flush_periodically(access_log: AccessLog, interval_s: float = 1.0) ->
         access_log.flush()
 
 
-def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bool = True) -> InferdASGI:
-    """The ASGI app for ``inferd serve``; tests build one per test with their own settings."""
+def build_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    fast_path: bool = True,
+    share: ProcessShare | None = None,
+) -> InferdASGI:
+    """The ASGI app for ``inferd serve`` (one of N processes with ``share``); tests build one per test
+    with their own settings."""
     keyring = build_keyring(settings)
-    engine = engine or build_engine(settings)
+    engine = engine or build_engine(settings, share=share)
     access_log = AccessLog(settings.access_log)
-    gatekeeper = Gatekeeper(keyring=keyring, rate_limiter=build_rate_limiter(settings))
+    gatekeeper = Gatekeeper(
+        keyring=keyring, rate_limiter=build_rate_limiter(settings, share=1 / share.count if share else 1.0)
+    )
     predict = PredictHandler(
         service=engine.prediction,
         gatekeeper=gatekeeper,
@@ -212,7 +255,11 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
         max_batch_inputs=settings.max_batch_inputs,
     )
 
-    jobs = build_job_runtime(settings, engine, run_worker=settings.worker)
+    # The configured worker concurrency is the server's total, split between its processes.
+    concurrency = share.part(settings.worker_concurrency) if share else settings.worker_concurrency
+    jobs = build_job_runtime(
+        settings, engine, run_worker=settings.worker and concurrency > 0, concurrency=concurrency
+    )
     submit_job = JobSubmitHandler(
         service=jobs.service,
         gatekeeper=gatekeeper,
@@ -234,7 +281,9 @@ def build_app(settings: Settings, *, engine: Engine | None = None, fast_path: bo
 
     fastapi_app = create_fastapi_app(
         registry=engine.registry,
-        metrics=engine.metrics,
+        exposition=MetricsExposition(
+            metrics=engine.metrics, multiprocess_dir=share.metrics_dir if share else None
+        ),
         gatekeeper=gatekeeper,
         predict=predict,
         readiness_checks=[jobs.readiness],

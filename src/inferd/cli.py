@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -52,12 +49,19 @@ def serve(
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="Do not run the in-process job worker.")
     ] = False,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers", help="Server processes on the same host and port (default 1; 'auto': one per core)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the models of a repository over HTTP."""
-    from inferd.bootstrap import build_app
+    from inferd.bootstrap import build_keyring
     from inferd.jobs.urls import prepare_store
+    from inferd.serving import Supervisor, run_server
 
-    flags: dict[str, Any] = {"models": models, "host": host, "port": port, "store": store}
+    flags: dict[str, Any] = {"models": models, "host": host, "port": port, "store": store, "workers": workers}
     if dev:
         flags["dev"] = True
     if no_worker:
@@ -72,35 +76,21 @@ def serve(
         )
     try:
         # Reach and migrate the job store before serving: an unreachable store is one clear line here,
-        # not a traceback from inside the server's start-up.
+        # not a traceback from inside the server's start-up (or from each of N processes).
         asyncio.run(prepare_store(settings.store))
-        asgi = build_app(settings)
+        if settings.workers > 1:
+            build_keyring(settings)  # the key configuration, checked once before any process starts
+            status = Supervisor(settings).run()
+        else:
+            status = run_server(settings)
     except InferdError as exc:
         fail(exc.message)
         return
-    server_config = uvicorn.Config(
-        asgi,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.log_level.lower(),
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
-    )
-    CleanExitServer(server_config).run()
-
-
-class CleanExitServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown, so a clean stop would exit with status
-    -15; an orchestrator's stop (SIGTERM) that drained everything is a success and exits 0."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        captured = getattr(self, "_captured_signals", None)
-        if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
-            captured.remove(sig)
+    except OSError as exc:  # the address is taken, or not ours to bind
+        fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        return
+    if status:
+        raise typer.Exit(status)
 
 
 @models_app.command("list")

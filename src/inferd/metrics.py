@@ -2,19 +2,44 @@
 
 The six seed metrics keep their exact names, types, labels and buckets. Labelled children are cached
 because ``.labels(...)`` on every request costs a measurable share of an echo call.
+
+Under ``inferd serve --workers N`` every server process writes its values to memory-mapped files in one
+directory (prometheus_client's multiprocess mode, switched on by the supervisor through
+``PROMETHEUS_MULTIPROC_DIR`` in the children's environment) and ``/metrics`` merges the files: counters and
+histograms are summed over every process that ever ran (a dead process's counts stay), gauges say per
+metric how processes combine (``multiprocess_mode`` below).
 """
 
 from __future__ import annotations
 
+import glob
+import gzip
+import os
+import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from enum import StrEnum
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 OTHER = "__other__"
+
+
+class RestartReason(StrEnum):
+    """Why the supervisor of ``serve --workers N`` replaced a server process."""
+
+    EXITED = "exited"  # it exited on its own (a crash in native code exits too)
+    KILLED = "killed"  # a signal ended it (SIGKILL from the OOM killer or an operator, SIGSEGV)
 
 
 class InferdMetrics:
@@ -45,6 +70,7 @@ class InferdMetrics:
             "Inference calls currently executing in the device's thread pool (stuck calls included).",
             ["device"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.executor_timeouts = Counter(
             "executor_timeouts_total",
@@ -57,10 +83,16 @@ class InferdMetrics:
             "Jobs in pending state in the job store, waiting for a worker.",
             ["model", "version"],
             registry=r,
+            # Every process reads the same store: the newest reading, never a sum over processes.
+            multiprocess_mode="livemostrecent",
         )
         # Beyond the seed.
         self.executor_queued = Gauge(
-            "executor_queued", "Requests waiting for a thread of the device.", ["device"], registry=r
+            "executor_queued",
+            "Requests waiting for a thread of the device.",
+            ["device"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_items = Histogram(
             "inference_batch_items",
@@ -84,8 +116,24 @@ class InferdMetrics:
             registry=r,
         )
         self.model_state = Gauge(
-            "model_loaded", "1 when a model version is loaded and serving.", ["model", "version"], registry=r
+            "model_loaded",
+            "1 when a model version is loaded and serving (in every server process).",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
+        self.server_restarts = Counter(
+            "server_process_restarts_total",
+            "Server processes of serve --workers N that died and were replaced by the supervisor.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in RestartReason:
+            self.server_restarts.labels(reason.value)
+        # The process and GC collectors describe the process that answers; under --workers N
+        # MetricsExposition replaces them with the live processes' figures.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         for device in devices:
             self.executor_inflight.labels(device)
             self.executor_timeouts.labels(device)
@@ -128,3 +176,65 @@ class UnknownModelLabels:
             self._seen.add(key)
             return key
         return OTHER, OTHER
+
+
+class MetricsExposition:
+    """What ``GET /metrics`` answers: the Prometheus text format, or OpenMetrics when the scraper asks for
+    it (``Accept: application/openmetrics-text``), gzipped when it accepts gzip.
+
+    With ``multiprocess_dir`` (``serve --workers N``) it merges every server process's files instead of
+    reading this process's registry, so any process answers a scrape with the same totals."""
+
+    def __init__(self, *, metrics: InferdMetrics, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is None:
+            self.registry = metrics.registry
+        else:
+            self.registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
+            self.registry.register(LiveProcessesCollector(multiprocess_dir))
+
+    def render(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+        encoder, content_type = choose_encoder(accept or "")
+        body = encoder(self.registry)
+        headers = {"Content-Type": content_type}
+        if gzip_accepted(accept_encoding or ""):
+            body = gzip.compress(body, compresslevel=6)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+
+# Every live server process has this file (executor_inflight is a livesum gauge created at start-up); the
+# supervisor removes a dead process's live-gauge files.
+_LIVE_PROCESS_FILE = re.compile(r"gauge_livesum_(\d+)\.db$")
+
+
+class LiveProcessesCollector(Collector):
+    """``process_*`` (CPU, memory, open files, start time) of every live server process, labelled by
+    ``pid``. Under ``--workers N`` the process answering a scrape is one of N: its own figures alone would
+    jump from scrape to scrape. (The GC collector has no such form; it is left out in this mode.)"""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def live_pids(self) -> list[int]:
+        pids = []
+        for path in glob.glob(os.path.join(self._directory, "gauge_livesum_*.db")):
+            match = _LIVE_PROCESS_FILE.search(path)
+            if match:
+                pids.append(int(match.group(1)))
+        return sorted(pids)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.live_pids():
+            for family in ProcessCollector(registry=None, pid=_constant(pid)).collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid

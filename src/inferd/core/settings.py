@@ -7,6 +7,7 @@ file, defaults. The core never reads ``os.environ``; :func:`load_settings` is ha
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,8 @@ class Settings(BaseModel):
     models: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Server processes answering on host:port; "auto" is the number of cores.
+    workers: int = Field(default=1, ge=1)
     dev: bool = False
     devices: str = "cpu=4,gpu=1"
     queue_limit: int = Field(default=64, ge=1)
@@ -132,6 +135,14 @@ class Settings(BaseModel):
             parse_rate(value)
             return value
         return None
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            # The cores this process may run on (a container's CPU set), not every core of the host.
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return value
 
     @field_validator("job_ttl", mode="before")
     @classmethod

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +20,7 @@ from inferd.core.tenancy import Principal
 from inferd.http.asgi import request_info
 from inferd.http.errors import error_headers, error_payload, error_status
 from inferd.http.predict import Gatekeeper, PredictHandler
-from inferd.metrics import InferdMetrics
+from inferd.metrics import MetricsExposition
 
 logger = logging.getLogger("inferd.http")
 
@@ -98,7 +97,7 @@ def _request_id(request: Request) -> str:
 def create_fastapi_app(
     *,
     registry: ModelRegistry,
-    metrics: InferdMetrics,
+    exposition: MetricsExposition,
     gatekeeper: Gatekeeper,
     predict: PredictHandler,
     readiness_checks: list[ReadinessCheck],
@@ -180,8 +179,11 @@ def create_fastapi_app(
         return JSONResponse({"status": "ready", "loaded": loaded})
 
     @app.get("/metrics", tags=["health"])
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint(request: Request) -> Response:
+        body, headers = exposition.render(
+            request.headers.get("accept"), request.headers.get("accept-encoding")
+        )
+        return Response(body, headers=headers)
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(_: Principal = requires("models")) -> dict[str, Any]:

@@ -279,7 +279,15 @@ class JobService:
         """Set job_queue_depth from the store: the truth across processes, restarts and crashes."""
         counts = await self.store.pending_counts()
         gauge = self._metrics.job_queue_depth
-        for key in {*counts, *self._depth}:
+        # Every loaded version has a series, at 0 while nothing waits: an alert or a KEDA trigger on
+        # job_queue_depth sees "empty", not "absent".
+        loaded = {
+            (entry.name, version.version)
+            for entry in self.prediction.registry.models.values()
+            for version in entry.versions.values()
+            if version.state == "loaded"
+        }
+        for key in {*counts, *self._depth, *loaded}:
             self._depth[key] = counts.get(key, 0)
             gauge.labels(*key).set(self._depth[key])
 

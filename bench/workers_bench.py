@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""``inferd serve --workers N`` against one process, on echo and iris, in one run (see README.md).
+
+Variants (each its own server, started one after the other on a free port):
+
+- ``1``: ``inferd serve`` as it ships (one process, in-memory metrics);
+- ``1+mmap``: the same single process with prometheus_client's multiprocess value class
+  (``PROMETHEUS_MULTIPROC_DIR`` set), i.e. the per-request cost of multiprocess metrics alone;
+- ``N``: ``inferd serve --workers N`` for each N of ``--workers`` (default 2).
+
+wrk shares the machine's cores with the server, so besides requests/s the script reports the CPU
+seconds each side used during the run (the server's whole process tree, and wrk), and rps per server
+CPU second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from http_bench import (  # noqa: E402
+    DEV_AUTH,
+    ECHO_BODY,
+    HOST,
+    IRIS_BODY,
+    RESULTS_DIR,
+    BenchError,
+    Server,
+    Target,
+    free_port,
+    run_wrk,
+    warm_up,
+)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    used = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            used[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return used
+
+
+def measured_run(target: Target, label: str, args: argparse.Namespace, root: int) -> dict[str, Any]:
+    pids = tree_pids(root)
+    before = cpu_seconds(pids)
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats, _ = run_wrk(target, label, args)
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = cpu_seconds(pids)
+    server_cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+    wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+    return {
+        "rps": stats.rps,
+        "p50_ms": stats.p50_ms,
+        "p99_ms": stats.p99_ms,
+        "non_2xx": stats.non_2xx,
+        "server_cpu_s": server_cpu,
+        "wrk_cpu_s": wrk_cpu,
+        "rps_per_server_cpu_s": stats.rps * args.duration / server_cpu if server_cpu else 0.0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--skip-iris", action="store_true")
+    parser.add_argument("--skip-mmap", action="store_true", help="skip the 1+mmap variant")
+    parser.add_argument("--wrk", default="wrk")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
+    inferd = str(Path(sys.executable).parent / "inferd")
+    variants: list[tuple[str, list[str], dict[str, str]]] = [("1", [], {})]
+    if not args.skip_mmap:
+        mmap_dir = workdir / "mmap"
+        mmap_dir.mkdir()
+        variants.append(("1+mmap", [], {"PROMETHEUS_MULTIPROC_DIR": str(mmap_dir)}))
+    variants += [(str(n), ["--workers", str(n)], {}) for n in args.workers]
+    models = [("echo", "/v1/models/echo/predict", ECHO_BODY)]
+    if not args.skip_iris:
+        models.append(("iris", "/v1/models/iris/versions/2/predict", IRIS_BODY))
+
+    results: list[dict[str, Any]] = []
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for name, extra, env_extra in variants:
+                port = free_port()
+                env = {**os.environ, "INFERD_ACCESS_LOG": str(workdir / f"access-{name}.log"), **env_extra}
+                env.pop("INFERD_WORKERS", None)
+                command = [inferd, "serve", "--models", "examples/models", "--dev", "--host", HOST]
+                server = Server(
+                    f"inferd[{name}]",
+                    [*command, "--port", str(port), *extra],
+                    port,
+                    workdir / f"inferd-{name}.log",
+                    env,
+                )
+                server.start()
+                try:
+                    server.wait_ready("/readyz", 90)
+                    assert server.proc is not None
+                    for model, path, body in models:
+                        target = Target(model, server, path, body, DEV_AUTH)
+                        warm_up(target, 20)
+                        row = measured_run(
+                            target, f"{model} on {name} (round {round_no})", args, server.proc.pid
+                        )
+                        results.append({"round": round_no, "variant": name, "model": model, **row})
+                finally:
+                    server.stop()
+    except BenchError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+
+    print(
+        f"\n{'variant':>8} {'model':>5} {'rps':>8} {'x 1':>6} {'p50':>7} {'p99':>7} {'srv cpu':>8} {'wrk cpu':>8}"
+    )
+    summary = []
+    for name, _, _ in variants:
+        for model, _, _ in models:
+            rows = [r for r in results if r["variant"] == name and r["model"] == model]
+            base = [r for r in results if r["variant"] == "1" and r["model"] == model]
+            ratios = sorted(r["rps"] / b["rps"] for r, b in zip(rows, base, strict=True))
+
+            def median(key: str, rows: list[dict[str, Any]] = rows) -> float:
+                return float(sorted(r[key] for r in rows)[len(rows) // 2])
+
+            entry = {
+                "variant": name,
+                "model": model,
+                "rps": median("rps"),
+                "ratio_to_1": ratios[len(ratios) // 2],
+                "p50_ms": median("p50_ms"),
+                "p99_ms": median("p99_ms"),
+                "server_cpu_s": median("server_cpu_s"),
+                "wrk_cpu_s": median("wrk_cpu_s"),
+                "non_2xx": sum(r["non_2xx"] for r in rows),
+            }
+            summary.append(entry)
+            print(
+                f"{name:>8} {model:>5} {entry['rps']:>8.0f} {entry['ratio_to_1']:>6.2f} {entry['p50_ms']:>7.2f} "
+                f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f}"
+            )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"config": vars(args), "summary": summary, "runs": results}, indent=2) + "\n")
+    print(
+        f"\nresults written to {out} (CPU in seconds over the {args.duration}s run; cores: {os.cpu_count()})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
