@@ -21,6 +21,8 @@ from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
 from inferd.core.tenancy import KeyRing, RateLimiter
+from inferd.grpc.plane import V2Plane
+from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
 from inferd.http.app import create_fastapi_app, requires_scope
 from inferd.http.asgi import InferdASGI
@@ -239,9 +241,11 @@ def build_app(
     engine: Engine | None = None,
     fast_path: bool = True,
     share: ProcessShare | None = None,
+    serve_grpc: bool = False,
 ) -> InferdASGI:
     """The ASGI app for ``inferd serve`` (one of N processes with ``share``); tests build one per test
-    with their own settings."""
+    with their own settings. ``serve_grpc``: its lifespan also serves V2 gRPC on ``settings.grpc_port``,
+    on the same event loop (with ``share``, every process on the same port: SO_REUSEPORT)."""
     keyring = build_keyring(settings)
     engine = engine or build_engine(settings, share=share)
     access_log = AccessLog(settings.access_log)
@@ -267,13 +271,32 @@ def build_app(
         max_inputs=settings.max_batch_inputs,
     )
 
+    servicer = InferenceServicer(
+        plane=V2Plane(
+            prediction=engine.prediction, registry=engine.registry, readiness_checks=[jobs.readiness]
+        ),
+        admit=gatekeeper.admit_key,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         flusher = asyncio.create_task(_flush_periodically(access_log))
         await jobs.start()
+        grpc_server = None
         try:
+            if serve_grpc:
+                grpc_server, port = await start_grpc_server(
+                    servicer=servicer,
+                    host=settings.host,
+                    port=settings.grpc_port,
+                    max_message_bytes=settings.max_body_bytes,
+                    reuse_port=share is not None,
+                )
+                logger.info("serving V2 gRPC on %s:%d", settings.host, port)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)
             await jobs.stop()
             flusher.cancel()
             engine.close()

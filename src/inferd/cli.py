@@ -55,13 +55,25 @@ def serve(
             "--workers", help="Server processes on the same host and port (default 1; 'auto': one per core)."
         ),
     ] = None,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="V2 gRPC port (default 8001).")] = None,
+    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Do not serve V2 gRPC.")] = False,
 ) -> None:
-    """Serve the models of a repository over HTTP."""
+    """Serve the models of a repository over HTTP and V2 gRPC."""
     from inferd.bootstrap import build_keyring
+    from inferd.grpc.server import check_port_free
     from inferd.jobs.urls import prepare_store
     from inferd.serving import Supervisor, run_server
 
-    flags: dict[str, Any] = {"models": models, "host": host, "port": port, "store": store, "workers": workers}
+    flags: dict[str, Any] = {
+        "models": models,
+        "host": host,
+        "port": port,
+        "store": store,
+        "workers": workers,
+        "grpc_port": grpc_port,
+    }
+    if no_grpc:
+        flags["grpc"] = False
     if dev:
         flags["dev"] = True
     if no_worker:
@@ -78,6 +90,8 @@ def serve(
         # Reach and migrate the job store before serving: an unreachable store is one clear line here,
         # not a traceback from inside the server's start-up (or from each of N processes).
         asyncio.run(prepare_store(settings.store))
+        if settings.grpc:
+            check_port_free(settings.host, settings.grpc_port)
         if settings.workers > 1:
             build_keyring(settings)  # the key configuration, checked once before any process starts
             status = Supervisor(settings).run()

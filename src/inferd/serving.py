@@ -81,7 +81,7 @@ def run_server(
     """Serve until stopped; the process's exit status (0 after a clean stop)."""
     from inferd.bootstrap import build_app
 
-    asgi = build_app(settings, share=share)
+    asgi = build_app(settings, share=share, serve_grpc=settings.grpc)
     server_config = uvicorn.Config(
         asgi,
         host=settings.host,

@@ -226,6 +226,7 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("INFERD_")}
     env["COLUMNS"] = "250"  # rich wraps error messages at the terminal width
     env["PYTHONUNBUFFERED"] = "1"
+    env["INFERD_GRPC_PORT"] = str(free_port())  # never the shared default 8001
     env.update(extra or {})
     return env
 

@@ -17,11 +17,9 @@ from inferd.core.tensors import (
     Datatype,
     Tensor,
     TensorRows,
-    check_declared,
     decode_json,
     decode_raw,
     encode_json,
-    outputs_to_tensors,
 )
 from inferd.runtimes.factory import build_pipeline
 
@@ -51,8 +49,7 @@ def test_iris_tensor_request_matches_v1(version: str) -> None:
     raw = np.asarray(IRIS_ROWS, dtype="<f4").tobytes()
     array = decode_raw("input", Datatype.FP32, (3, 4), raw)
     rows = TensorRows([Tensor("input", Datatype.FP32, array)])
-    check_declared(rows.tensors, target.tensors.inputs, model=repr(target))
-    (label,) = outputs_to_tensors(run(target, rows), target.tensors.outputs)
+    (label,) = run(target, rows)
     assert (label.name, label.datatype, label.shape) == ("label", Datatype.INT64, [3])
     assert encode_json(label) == run(target, IRIS_ROWS) == [0, 1, 2]
 
@@ -61,8 +58,7 @@ def test_sentiment_bytes_tensor_matches_v1() -> None:
     target = pipeline("sentiment", "1")
     array = decode_json("text", Datatype.BYTES, (2,), TEXTS)
     rows = TensorRows([Tensor("text", Datatype.BYTES, array)])
-    check_declared(rows.tensors, target.tensors.inputs, model=repr(target))
     v1 = run(target, [{"text": text} for text in TEXTS])
-    label, scores = outputs_to_tensors(run(target, rows), target.tensors.outputs)
+    label, scores = run(target, rows)
     assert encode_json(label) == [output["label"] for output in v1] == ["positive", "negative"]
     assert [json.loads(s) for s in encode_json(scores)] == [output["scores"] for output in v1]

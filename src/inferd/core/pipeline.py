@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError
-from inferd.core.tensors import TensorDeclarations, TensorRows
+from inferd.core.tensors import TensorDeclarations, TensorRows, check_declared, outputs_to_tensors
 from inferd.runtimes.base import ModelRuntime
 
 logger = logging.getLogger("inferd.pipeline")
@@ -27,7 +27,9 @@ MAX_CAUSE_CHARS = 300
 @dataclass(slots=True)
 class PipelineCall:
     """One client request's items. ``indexed``: name the item index in error messages (batch calls).
-    ``parameters``: the request's parameters for the model; calls merged into one model call share them."""
+    ``parameters``: the request's parameters for the model; calls merged into one model call share them.
+    Items given as :class:`TensorRows` (V2) are checked against the declared inputs, and the call's
+    outcome is its output tensors (:class:`Tensor` list) instead of per-item outputs."""
 
     items: Sequence[Any]
     indexed: bool
@@ -148,6 +150,7 @@ class Pipeline:
         items = call.items
         schema = True
         if isinstance(items, TensorRows):
+            check_declared(items.tensors, self.tensors.inputs, model=repr(self))
             # Tensors were checked against the declared inputs; input_schema describes /v1 JSON items.
             if not self._has_hooks:
                 return items.batch()
@@ -211,4 +214,11 @@ class Pipeline:
                         outcomes[index] = InferenceError(
                             f"postprocessor failed: {_cause(exc)}", cause=type(exc).__name__
                         )
+        for index, call in enumerate(calls):
+            result = outcomes[index]
+            if isinstance(call.items, TensorRows) and isinstance(result, list):
+                try:
+                    outcomes[index] = outputs_to_tensors(result, self.tensors.outputs)
+                except InferdError as exc:
+                    outcomes[index] = exc
         return outcomes

@@ -121,6 +121,9 @@ class Settings(BaseModel):
     worker_poll_s: float = Field(default=1.0, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     metrics_port: int | None = None
+    # V2 gRPC (inference.GRPCInferenceService) beside HTTP, in the same process; grpc=false turns it off.
+    grpc: bool = True
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
 
     @field_validator("devices")
     @classmethod

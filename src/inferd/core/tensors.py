@@ -198,7 +198,9 @@ def _json_bytes(name: str, data: list[Any]) -> np.ndarray[Any, Any]:
             if isinstance(value, list):
                 stack.append(iter(value))
                 break
-            if not isinstance(value, str):
+            if isinstance(value, bytes):  # typed gRPC contents
+                value = _to_text(value)
+            elif not isinstance(value, str):
                 raise InvalidInputError(
                     f"input {name!r}: BYTES data must be strings, got {type(value).__name__}"
                 )

@@ -33,8 +33,13 @@ class Gatekeeper:
         self._rate_limiter = rate_limiter
 
     def admit(self, headers: list[tuple[bytes, bytes]], scope_name: str, info: RequestInfo) -> Principal:
-        principal = self._keyring.authenticate(api_key_from_headers(headers))
-        info.tenant = principal.tenant
+        return self.admit_key(api_key_from_headers(headers), scope_name, info)
+
+    def admit_key(self, key: str | None, scope_name: str, info: RequestInfo | None = None) -> Principal:
+        """The transport-free check (gRPC sends the key as metadata)."""
+        principal = self._keyring.authenticate(key)
+        if info is not None:
+            info.tenant = principal.tenant
         principal.require(scope_name)
         self._rate_limiter.acquire(principal.tenant)
         return principal

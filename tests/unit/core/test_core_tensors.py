@@ -341,7 +341,7 @@ def test_tensor_batch_reaches_a_hookless_model_as_one_array_even_when_merged() -
     first = TensorRows([tensor("input", np.ones((3, 4)), Datatype.FP32)])
     second = TensorRows([tensor("input", np.full((2, 4), 2.0), Datatype.FP32)])
     outcomes = run(pipeline, [PipelineCall(first, True), PipelineCall(second, True)])
-    assert outcomes == [[4.0, 4.0, 4.0], [8.0, 8.0]]
+    assert [[encode_json(t) for t in tensors] for tensors in outcomes] == [[[4.0, 4.0, 4.0]], [[8.0, 8.0]]]
     (batch,) = model.batches
     assert isinstance(batch, np.ndarray) and batch.shape == (5, 4) and batch.dtype == np.float32
 
@@ -350,7 +350,8 @@ def test_tensor_batches_split_at_max_batch_size_as_array_slices() -> None:
     model = ArrayRecorder()
     pipeline = Pipeline(name="m", version="1", model=model, max_batch_size=4)
     rows = TensorRows([tensor("input", np.ones((6, 2)), Datatype.FP64)])
-    assert run(pipeline, [PipelineCall(rows, True)]) == [[2.0] * 6]
+    ((output,),) = run(pipeline, [PipelineCall(rows, True)])
+    assert (output.name, output.datatype, encode_json(output)) == ("output", Datatype.FP64, [2.0] * 6)
     assert [b.shape for b in model.batches] == [(4, 2), (2, 2)]
 
 
@@ -377,11 +378,27 @@ def test_hooks_get_plain_items_and_skip_the_json_schema() -> None:
     assert isinstance(outcome, InvalidInputError) and "input_schema: bad" in outcome.message
 
 
+def test_tensor_calls_are_checked_against_the_declared_inputs_per_call() -> None:
+    declared = TensorDeclarations(
+        inputs=IRIS, outputs=(TensorSpec(name="s", datatype=Datatype.FP32, shape=(-1,)),)
+    )
+    pipeline = Pipeline(name="iris", version="1", model=ArrayRecorder(), max_batch_size=8, tensors=declared)
+    good = TensorRows([tensor("input", [[1, 1, 1, 1]], Datatype.FP32)])
+    bad = TensorRows([tensor("input", [[1, 1, 1]], Datatype.FP32)])
+    ok, error = pipeline.run_group([PipelineCall(good, True), PipelineCall(bad, True)])
+    assert (
+        isinstance(error, InvalidInputError)
+        and "model iris version 1's declared shape [-1, 4]" in error.message
+    )
+    assert isinstance(ok, list) and ok[0].name == "s" and ok[0].array.dtype == np.float32
+
+
 def test_mixed_v1_and_tensor_calls_merge_into_one_list() -> None:
     model = ArrayRecorder()
     pipeline = Pipeline(name="m", version="1", model=model, max_batch_size=8)
     rows = TensorRows([tensor("input", [[1.0, 1.0]], Datatype.FP32)])
-    assert run(pipeline, [PipelineCall([[2.0, 2.0]], True), PipelineCall(rows, True)]) == [[4.0], [2.0]]
+    v1, (v2,) = run(pipeline, [PipelineCall([[2.0, 2.0]], True), PipelineCall(rows, True)])
+    assert v1 == [4.0] and encode_json(v2) == [2.0]
     (batch,) = model.batches
     assert isinstance(batch, list) and len(batch) == 2
 
