@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import disable_created_metrics
 
 from inferd.core.errors import ConfigError
-from inferd.core.executor import DeviceExecutor
+from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
@@ -61,6 +61,7 @@ class DeviceMetrics:
         self._inflight = metrics.executor_inflight.labels(device)
         self._queued = metrics.executor_queued.labels(device)
         self._timeouts = metrics.executor_timeouts.labels(device)
+        self._shed = {reason: metrics.executor_shed.labels(device, reason.value) for reason in ShedReason}
         self._batch_items = metrics.batch_items
         self._batch_children: dict[Any, Any] = {}
 
@@ -72,6 +73,9 @@ class DeviceMetrics:
 
     def timeout(self) -> None:
         self._timeouts.inc()
+
+    def shed(self, reason: ShedReason) -> None:
+        self._shed[reason].inc()
 
     def step(self, target: Any, items: int) -> None:
         # Keyed by labels, not by pipeline object: a reload replaces pipelines, the labels stay.
@@ -176,12 +180,22 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
         for version in entry.versions.values():
             metrics.model_state.labels(entry.name, version.version).set(0)
     registry.load_at_start()
+
+    def tenant_cap(cap: int | None) -> int | None:
+        # Split between processes like the other limits, but never to 0: that would starve the tenant.
+        return max(1, share.part(cap)) if share is not None and cap is not None else cap
+
+    shares = {
+        tenant: TenantShare(weight=entry.weight, max_concurrency=tenant_cap(entry.max_concurrency))
+        for tenant, entry in settings.tenants.items()
+    }
     executors = {
         device: DeviceExecutor(
             device=device,
             threads=threads,
             queue_limit=settings.queue_limit,
             metrics=DeviceMetrics(metrics, device),
+            tenants=shares,
         )
         for device, threads in devices.items()
     }

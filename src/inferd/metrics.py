@@ -94,6 +94,13 @@ class InferdMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.executor_shed = Counter(
+            "executor_shed_total",
+            "Requests answered overloaded (503) without running: reason queue_full or deadline (refused on "
+            "arrival), expired (dropped from the queue unrun: it could no longer finish in time), shutdown.",
+            ["device", "reason"],
+            registry=r,
+        )
         self.batch_items = Histogram(
             "inference_batch_items",
             "Items run in one executor step after merging concurrent requests (split into model calls of at "

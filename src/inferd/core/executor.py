@@ -1,15 +1,37 @@
-"""Per-device executors: a bounded queue, worker threads, deadlines, and merging of queued requests.
+"""Per-device executors: per-version queues, deadline-aware admission, fair dispatch, adaptive batching.
 
 Why not ``run_in_executor`` + ``wait_for`` per request: on this 2-core machine that pair alone halves
 the throughput of a trivial model (see PERF-NOTES). Instead:
 
 - requests submitted during one event-loop iteration are handed to the threads in one step, and a
-  free thread takes every queued request of one pipeline (up to its ``max_batch_size`` items) as one
+  free thread takes queued requests of one model version (up to its ``max_batch_size`` items) as one
   model call, so under load a single thread hop serves many requests;
 - results come back to the loop with one ``call_soon_threadsafe`` per model call;
-- deadlines live in insertion-ordered tables (one per timeout value, so each is sorted by deadline)
-  swept by one loop timer, not one timer per request; finished work leaves its table at once, so
-  the garbage collector never walks thousands of finished requests waiting for their deadline.
+- deadlines live in insertion-ordered tables (one per timeout value and version, so each is sorted by
+  deadline) swept by one loop timer, not one timer per request; finished work leaves its table at
+  once, so the garbage collector never walks thousands of finished requests waiting for their deadline.
+
+Scheduling (the README's "Scheduling under load" explains the policy for users):
+
+- **Lanes.** Each model version has its own lane: a bounded queue (``queue_limit`` requests), a share
+  of the device's threads (``weight``), a cap on the threads it may hold (``max_concurrency``) and an
+  estimate of its call time (an EWMA of measured calls plus a deviation term, like TCP's RTO).
+- **Between versions**: a free thread serves the lane with queued work that has used the least device
+  time per unit of weight (start-time fair queuing; a lane that was idle rejoins at the current virtual
+  time, so idling earns no credit). A saturated version cannot hold threads beyond its cap, and its
+  queue never delays another version's queue.
+- **Between tenants, inside a lane**: the same virtual-time scheme over items, weighted per tenant, with
+  an optional per-tenant cap on requests executing at once on the device.
+- **Admission**: a request is refused at once (``overloaded``, with a ``retry_after_s`` derived from the
+  work ahead of it) when the lane's estimate says it cannot finish before its deadline. Queued work that
+  has not started by its latest start time (deadline minus the call estimate) is dropped unrun, from
+  the sweep or when a thread reaches it; a call that started and overran its deadline is a timeout.
+- **Adaptive batching**: with ``max_delay_s`` a thread that finds fewer queued items than a preferred
+  batch size holds the lane up to that long after the oldest request arrived (never past its latest
+  start), then runs whatever it has; with 0 it runs what is queued at once.
+
+The seam between scheduling and execution is :meth:`DeviceExecutor._execute`: one call, one slot, one
+group of requests of one version; everything around it (queues, admission, accounting) stays here.
 
 Python cannot kill a thread: a call past its deadline is answered with a timeout at once, but the
 thread stays busy (and counted in ``executor_inflight``) until the call really returns.
@@ -18,9 +40,12 @@ thread stays busy (and counted in ``executor_inflight``) until the call really r
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
+import time
+import weakref
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,11 +60,150 @@ class Batchable(Protocol):
     def run_group(self, calls: Sequence[Any]) -> Sequence[Any]: ...
 
 
+class ShedReason(enum.StrEnum):
+    """Why the executor answered ``overloaded`` without running a request."""
+
+    QUEUE_FULL = "queue_full"  # the version's queue holds queue_limit requests
+    DEADLINE = "deadline"  # refused at admission: the work ahead leaves no time to finish
+    EXPIRED = "expired"  # dropped from the queue: not started by its latest start time
+    SHUTDOWN = "shutdown"  # the executor is closing
+
+
 class ExecutorMetrics(Protocol):
     def inflight_add(self, amount: int) -> None: ...
     def queued_add(self, amount: int) -> None: ...
     def timeout(self) -> None: ...
+    def shed(self, reason: ShedReason) -> None: ...
     def step(self, target: Any, items: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LanePolicy:
+    """A model version's scheduling settings (``model.yaml``)."""
+
+    weight: float = 1.0
+    max_concurrency: int | None = None  # threads of the device this version may hold; None: all
+    queue_limit: int | None = None  # requests waiting; None: the executor's default
+    max_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    service_time_s: float = 0.0  # call-time estimate until the first call is measured
+    deadline_admission: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TenantShare:
+    """A tenant's share of each version it uses (the config file's ``tenants:`` section)."""
+
+    weight: float = 1.0
+    max_concurrency: int | None = None  # requests executing at once on one device; None: no cap
+
+
+DEFAULT_POLICY = LanePolicy()
+DEFAULT_SHARE = TenantShare()
+_EWMA_ALPHA = 0.2  # weight of a new call in the mean (TCP's 1/8 adapts too slowly to a load change)
+_EWMA_BETA = 0.25  # weight of a new call in the mean deviation
+_DEVIATIONS = 2.0  # admission plans with mean + 2 deviations: a late start wastes a whole call
+
+# A work is staged (submitted this loop iteration), then queued, then started or gone (left unrun).
+_STAGED, _QUEUED, _STARTED, _GONE = 0, 1, 2, 3
+
+
+class _Account:
+    """A tenant's standing in one lane: items served per unit of weight, in the lane's virtual time."""
+
+    __slots__ = ("name", "share", "vpass")
+
+    def __init__(self, name: str, share: TenantShare) -> None:
+        self.name = name
+        self.share = share
+        self.vpass = 0.0
+
+
+class _Tenant:
+    """A tenant's queued works of one group (requests with other parameters queue apart: they never
+    share a model call); the tenant's groups share one account."""
+
+    __slots__ = ("account", "group", "works")
+
+    def __init__(self, account: _Account, group: Hashable) -> None:
+        self.account = account
+        self.group = group
+        self.works: deque[_Work] = deque()
+
+
+class _Lane:
+    """One model version on one device (all fields guarded by the executor's lock unless noted)."""
+
+    __slots__ = (
+        "label",
+        "policy",
+        "max_batch_size",
+        "slots",
+        "queue_limit",
+        "preferred",
+        "accounts",
+        "tenants",
+        "active",
+        "vtime",
+        "queued_items",
+        "queued_requests",
+        "staged_items",
+        "staged_requests",
+        "running_since",
+        "vpass",
+        "listed",
+        "mean",
+        "dev",
+        "estimate",
+        "collecting",
+        "cond",
+    )
+
+    def __init__(
+        self, label: str, policy: LanePolicy, max_batch_size: int, threads: int, queue_limit: int, lock: Any
+    ) -> None:
+        self.label = label
+        self.policy = policy
+        self.max_batch_size = max(1, max_batch_size)
+        self.slots = min(threads, policy.max_concurrency or threads)
+        self.queue_limit = policy.queue_limit or queue_limit
+        self.preferred = tuple(sorted(s for s in policy.preferred_batch_sizes if s <= self.max_batch_size))
+        self.accounts: dict[str, _Account] = {}
+        self.tenants: dict[tuple[str, Hashable], _Tenant] = {}
+        self.active: list[_Tenant] = []  # queues with works
+        self.vtime = 0.0
+        self.queued_items = 0
+        self.queued_requests = 0
+        self.staged_items = 0  # submitted this loop iteration, not yet handed over (loop only)
+        self.staged_requests = 0
+        # Start times of running calls; replaced, never mutated, so the loop reads it without the lock.
+        self.running_since: tuple[float, ...] = ()
+        self.vpass = 0.0
+        self.listed = False
+        self.mean = policy.service_time_s
+        self.dev = 0.0
+        self.estimate = policy.service_time_s  # mean + deviations: what admission plans with
+        self.collecting = False
+        self.cond = threading.Condition(lock)
+
+    def observe(self, elapsed: float) -> None:
+        if self.mean == 0.0 and self.dev == 0.0:
+            self.mean = elapsed
+        else:
+            self.dev += _EWMA_BETA * (abs(elapsed - self.mean) - self.dev)
+            self.mean += _EWMA_ALPHA * (elapsed - self.mean)
+        self.estimate = self.mean + _DEVIATIONS * self.dev
+
+    def start_in(self, now: float, calls_ahead: int) -> float:
+        """Seconds until a call with ``calls_ahead`` calls before it starts: running calls free their
+        slot after the estimate, then each slot serves the queue one estimate at a time."""
+        estimate = self.estimate
+        free = [max(0.0, since + estimate - now) for since in self.running_since]
+        if len(free) < self.slots:
+            free.extend([0.0] * (self.slots - len(free)))
+        free.sort()
+        rounds, index = divmod(calls_ahead, len(free))
+        return free[index] + rounds * estimate
 
 
 @dataclass(eq=False, slots=True)
@@ -50,8 +214,22 @@ class _Work:
     future: asyncio.Future[Any]
     deadline: float
     timeout_s: float
-    key: tuple[Batchable, Hashable]  # queue of requests that may share a model call
-    abandoned: bool = False  # set on the loop when the deadline passed; threads skip queued abandoned work
+    group: Hashable  # only works with the same group share a model call
+    tenant: str
+    lane: _Lane
+    enqueued: float
+    state: int = _STAGED
+    table: dict[_Work, None] | None = None  # the deadline table holding it (loop only)
+
+
+@dataclass(slots=True)
+class _Taken:
+    lane: _Lane
+    works: list[_Work]
+    dropped: list[_Work]
+    left_queue: int
+    started: float
+    charged: float
 
 
 class DeviceExecutor:
@@ -62,23 +240,36 @@ class DeviceExecutor:
         threads: int,
         queue_limit: int,
         metrics: ExecutorMetrics,
+        tenants: Mapping[str, TenantShare] | None = None,
+        default_share: TenantShare = DEFAULT_SHARE,
+        clock: Callable[[], float] = time.monotonic,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.device = device
         self.threads = threads
         self.queue_limit = queue_limit
         self._metrics = metrics
+        self._shares = dict(tenants or {})
+        self._default_share = default_share
+        self._tenant_caps = default_share.max_concurrency is not None or any(
+            share.max_concurrency is not None for share in self._shares.values()
+        )
+        self._clock = clock
         self._loop = loop
-        self._cond = threading.Condition(threading.Lock())
-        self._queues: dict[tuple[Batchable, Hashable], deque[_Work]] = {}
-        self._ready: deque[tuple[Batchable, Hashable]] = deque()  # keys with queued work, round-robin
-        self._queued = 0  # requests accepted and not yet taken by a thread (guarded by _cond)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        # Lanes die with their pipeline (a reload replaces pipelines); a lane never refers to its target.
+        self._lanes: weakref.WeakKeyDictionary[Batchable, _Lane] = weakref.WeakKeyDictionary()
+        self._listed: list[_Lane] = []  # lanes with queued works (guarded by _cond)
+        self._vtime = 0.0
+        self._tenant_running: dict[str, int] = {}
         self._idle = 0
         self._closed = False
         self._submitted: list[_Work] = []  # this loop iteration's submissions, handed over in one step
         self._flush_scheduled = False
-        # timeout_s → {work: None}: one insertion-ordered table per timeout value keeps deadlines sorted.
-        self._deadlines: dict[float, dict[_Work, None]] = {}
+        # (timeout_s, lane) → {work: None}: insertion order is deadline order within each table.
+        self._queued_deadlines: dict[tuple[float, _Lane], dict[_Work, None]] = {}
+        self._started_deadlines: dict[tuple[float, _Lane], dict[_Work, None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._workers = [
@@ -91,82 +282,227 @@ class DeviceExecutor:
     # -- loop side -------------------------------------------------------------------------------
 
     def submit(
-        self, target: Batchable, call: Any, *, size: int, timeout_s: float, group: Hashable = None
+        self,
+        target: Batchable,
+        call: Any,
+        *,
+        size: int,
+        timeout_s: float,
+        group: Hashable = None,
+        tenant: str = "",
+        policy: LanePolicy | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one request; the future resolves to the pipeline's outcome or raises a timeout.
-        Only requests with the same ``target`` and ``group`` are merged into one model call."""
+        Only requests with the same ``target`` and ``group`` are merged into one model call.
+        Raises :class:`OverloadedError` at once when the request cannot be served in time."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         if self._closed:
-            raise OverloadedError(f"the {self.device} executor is shutting down")
-        pending = self._queued + len(self._submitted)
-        if pending >= self.queue_limit:
+            self._metrics.shed(ShedReason.SHUTDOWN)
+            raise OverloadedError(f"the {self.device} executor is shutting down", cause="shutting down")
+        lane = self._lanes.get(target)
+        if lane is None:
+            lane = self._lanes[target] = _Lane(
+                repr(target),
+                policy or DEFAULT_POLICY,
+                target.max_batch_size,
+                self.threads,
+                self.queue_limit,
+                self._lock,
+            )
+        now = self._clock()
+        if lane.queued_requests + lane.staged_requests >= lane.queue_limit:
+            self._metrics.shed(ShedReason.QUEUE_FULL)
+            wait = lane.start_in(now, self._calls(lane, lane.queued_items + lane.staged_items))
             raise OverloadedError(
-                f"the {self.device} executor queue is full ({self.queue_limit} requests waiting); retry later",
+                f"{lane.label}: queue is full ({lane.queue_limit} requests waiting on the "
+                f"{self.device} executor, its queue_limit); retry later",
+                retry_after_s=max(wait, lane.estimate) or 1.0,
                 cause="queue full",
             )
+        estimate = lane.estimate
+        if estimate > 0.0 and lane.policy.deadline_admission:
+            ahead = self._calls(lane, lane.queued_items + lane.staged_items)
+            own = estimate * -(-size // lane.max_batch_size)
+            # Cheap bound first (every slot busy for a whole estimate); plan exactly only near the limit.
+            if estimate * (ahead // lane.slots + 1) + own > timeout_s:
+                finish = lane.start_in(now, ahead) + own
+                if finish > timeout_s:
+                    self._metrics.shed(ShedReason.DEADLINE)
+                    raise OverloadedError(
+                        f"{lane.label} cannot finish this request within its {timeout_s:g}s deadline on the "
+                        f"{self.device} executor: about {finish:.3g}s of work is ahead of it; retry later "
+                        f"or allow more time (timeout_s)",
+                        retry_after_s=finish - timeout_s,
+                        cause="deadline unreachable",
+                    )
         future: asyncio.Future[Any] = loop.create_future()
-        deadline = loop.time() + timeout_s
-        work = _Work(target, call, size, future, deadline, timeout_s, (target, group))
+        deadline = now + timeout_s
+        work = _Work(target, call, size, future, deadline, timeout_s, group, tenant, lane, now)
+        lane.staged_items += size
+        lane.staged_requests += 1
         self._submitted.append(work)
-        table = self._deadlines.get(timeout_s)
+        key = (timeout_s, lane)
+        table = self._queued_deadlines.get(key)
         if table is None:
-            table = self._deadlines[timeout_s] = {}
+            table = self._queued_deadlines[key] = {}
         table[work] = None
-        if self._timer is None or deadline < self._timer_when:
-            self._arm(loop, deadline)
+        work.table = table
+        expiry = deadline - estimate if lane.policy.deadline_admission else deadline
+        if self._timer is None or expiry < self._timer_when:
+            self._arm(loop, expiry)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
 
+    @staticmethod
+    def _calls(lane: _Lane, items: int) -> int:
+        return -(-items // lane.max_batch_size)
+
+    def _share(self, tenant: str) -> TenantShare:
+        return self._shares.get(tenant, self._default_share)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         submitted, self._submitted = self._submitted, []
+        queued = 0
         with self._cond:
+            touched: list[_Lane] = []
             for work in submitted:
-                queue = self._queues.get(work.key)
-                if queue is None:
-                    queue = self._queues[work.key] = deque()
-                if not queue:
-                    self._ready.append(work.key)
-                queue.append(work)
-            self._queued += len(submitted)
-            wake = min(self._idle, len(self._ready))
-            if wake:
+                lane = work.lane
+                lane.staged_items -= work.size
+                lane.staged_requests -= 1
+                if work.state != _STAGED:  # swept before it was handed over
+                    continue
+                work.state = _QUEUED
+                tenant = lane.tenants.get((work.tenant, work.group))
+                if tenant is None:
+                    account = lane.accounts.get(work.tenant)
+                    if account is None:
+                        account = lane.accounts[work.tenant] = _Account(work.tenant, self._share(work.tenant))
+                    tenant = lane.tenants[(work.tenant, work.group)] = _Tenant(account, work.group)
+                if not tenant.works:
+                    # A tenant that was idle rejoins at the lane's virtual time: idling earns no credit.
+                    tenant.account.vpass = max(tenant.account.vpass, lane.vtime)
+                    lane.active.append(tenant)
+                tenant.works.append(work)
+                lane.queued_items += work.size
+                lane.queued_requests += 1
+                queued += 1
+                if not lane.listed:
+                    lane.listed = True
+                    lane.vpass = max(lane.vpass, self._vtime)
+                    self._listed.append(lane)
+                    touched.append(lane)
+                elif lane not in touched:
+                    touched.append(lane)
+            wake = 0
+            for lane in touched:
+                if lane.collecting:
+                    if self._batch_ready(lane):
+                        lane.cond.notify()
+                    continue
+                wake += min(self._calls(lane, lane.queued_items), lane.slots - len(lane.running_since))
+            wake = min(self._idle, wake)
+            if wake > 0:
                 self._cond.notify(wake)
-        self._metrics.queued_add(len(submitted))
+        if queued:
+            self._metrics.queued_add(queued)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_at(when, self._sweep)
+        self._timer = loop.call_later(max(0.0, when - self._clock()), self.sweep)
         self._timer_when = when
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
+        """Answer what passed its time: queued work past its latest start is dropped (``overloaded``;
+        a timeout where the version turned deadline admission off), started work past its deadline
+        times out. Runs from the executor's one timer; tests with a fake clock call it directly."""
         self._timer = None
         loop = self._loop
-        assert loop is not None
-        now = loop.time()
+        if loop is None:
+            return
+        now = self._clock()
         earliest: float | None = None
-        for timeout_s, table in list(self._deadlines.items()):
-            while table:
-                work = next(iter(table))
-                if work.deadline > now:
-                    earliest = work.deadline if earliest is None else min(earliest, work.deadline)
-                    break
-                del table[work]
-                self._expire(work)
-            if not table:
-                del self._deadlines[timeout_s]
+        dropped: list[_Work] = []
+        timed_out: list[_Work] = []
+        left_queue = 0
+        with self._lock:
+            for key, table in list(self._queued_deadlines.items()):
+                lane = key[1]
+                slack = lane.estimate if lane.policy.deadline_admission else 0.0
+                while table:
+                    work = next(iter(table))
+                    if work.state <= _QUEUED:
+                        latest_start = work.deadline - slack
+                        if latest_start > now and not work.future.done():
+                            earliest = latest_start if earliest is None else min(earliest, latest_start)
+                            break
+                        if work.state == _QUEUED:
+                            self._leave_queue(work)
+                            left_queue += 1
+                        else:  # not handed over yet: _flush skips it
+                            work.state = _GONE
+                        if not work.future.done():
+                            (dropped if lane.policy.deadline_admission else timed_out).append(work)
+                    del table[work]
+                    work.table = None
+                    if work.state == _STARTED:
+                        # Started: its deadline now decides; it moves in deadline order, keeping order.
+                        started = self._started_deadlines.get(key)
+                        if started is None:
+                            started = self._started_deadlines[key] = {}
+                        started[work] = None
+                        work.table = started
+                if not table:
+                    del self._queued_deadlines[key]
+            for key, table in list(self._started_deadlines.items()):
+                while table:
+                    work = next(iter(table))
+                    if work.deadline > now:
+                        earliest = work.deadline if earliest is None else min(earliest, work.deadline)
+                        break
+                    del table[work]
+                    work.table = None
+                    timed_out.append(work)
+                if not table:
+                    del self._started_deadlines[key]
+        if left_queue:
+            self._metrics.queued_add(-left_queue)
+        for work in dropped:
+            self._drop(work)
+        for work in timed_out:
+            self._expire(work)
         if earliest is not None:
             self._arm(loop, earliest)
+
+    def _leave_queue(self, work: _Work) -> None:
+        """A queued work leaves without running (under the lock); a thread skips it later."""
+        work.state = _GONE
+        lane = work.lane
+        lane.queued_items -= work.size
+        lane.queued_requests -= 1
+
+    def _drop(self, work: _Work) -> None:
+        if work.future.done():
+            return
+        self._metrics.shed(ShedReason.EXPIRED)
+        lane = work.lane
+        work.future.set_exception(
+            OverloadedError(
+                f"{lane.label} could not start this request in time to finish within its "
+                f"{work.timeout_s:g}s deadline on the {self.device} executor; retry later",
+                retry_after_s=lane.estimate or 1.0,
+                cause="dropped unrun",
+            )
+        )
 
     def _expire(self, work: _Work) -> None:
         if work.future.done():
             return
-        work.abandoned = True
         self._metrics.timeout()
         work.future.set_exception(
             InferenceTimeoutError(
@@ -175,11 +511,18 @@ class DeviceExecutor:
             )
         )
 
-    def _deliver(self, works: list[_Work], outcomes: Sequence[Any] | BaseException) -> None:
+    def _deliver(
+        self, works: list[_Work], outcomes: Sequence[Any] | BaseException, dropped: list[_Work]
+    ) -> None:
+        for work in dropped:
+            if work.table is not None:
+                work.table.pop(work, None)
+                work.table = None
+            self._drop(work)
         for index, work in enumerate(works):
-            table = self._deadlines.get(work.timeout_s)
-            if table is not None:
-                table.pop(work, None)
+            if work.table is not None:
+                work.table.pop(work, None)
+                work.table = None
             if work.future.done():
                 continue
             if isinstance(outcomes, BaseException):
@@ -191,36 +534,170 @@ class DeviceExecutor:
                 else:
                     work.future.set_result(outcome)
 
-    # -- thread side -----------------------------------------------------------------------------
+    # -- thread side (everything below runs with the lock held unless it says otherwise) -----------
 
-    def _take(self) -> list[_Work] | None:
-        """Block until work is queued; take up to max_batch_size items of one key (at least one request)."""
+    def _tenant_ready(self, account: _Account, extra: int = 0) -> bool:
+        cap = account.share.max_concurrency
+        return cap is None or self._tenant_running.get(account.name, 0) + extra < cap
+
+    def _lane_ready(self, lane: _Lane) -> bool:
+        if lane.collecting or len(lane.running_since) >= lane.slots or lane.queued_requests <= 0:
+            return False
+        if not self._tenant_caps:
+            return True
+        return any(tenant.works and self._tenant_ready(tenant.account) for tenant in lane.active)
+
+    def _pick_lane(self) -> _Lane | None:
+        best: _Lane | None = None
+        for lane in list(self._listed):
+            if lane.queued_requests <= 0:
+                # Only skipped (dropped or abandoned) works are left: forget them.
+                for tenant in lane.active:
+                    tenant.works.clear()
+                lane.active.clear()
+                lane.listed = False
+                self._listed.remove(lane)
+                continue
+            if self._lane_ready(lane) and (best is None or lane.vpass < best.vpass):
+                best = lane
+        return best
+
+    def _batch_ready(self, lane: _Lane) -> bool:
+        items = lane.queued_items
+        return (
+            items >= lane.max_batch_size
+            or items in lane.preferred
+            or (bool(lane.preferred) and items >= lane.preferred[-1])
+        )
+
+    def _hold_until(self, lane: _Lane, now: float) -> float | None:
+        """When a thread should stop waiting for a fuller batch of ``lane``; None: run now."""
+        if self._closed or self._batch_ready(lane):
+            return None
+        oldest: _Work | None = None
+        for tenant in lane.active:
+            for work in tenant.works:
+                if work.state == _QUEUED:
+                    if oldest is None or work.enqueued < oldest.enqueued:
+                        oldest = work
+                    break
+        if oldest is None:
+            return None
+        until = oldest.enqueued + lane.policy.max_delay_s
+        if lane.policy.deadline_admission:
+            until = min(until, oldest.deadline - lane.estimate)
+        return until if until > now else None
+
+    def _next_tenant(self, lane: _Lane, group: Any, items: int, taken: dict[str, int]) -> _Tenant | None:
+        """The queue whose account is furthest behind (then the oldest head) that can join the call."""
+        best: _Tenant | None = None
+        best_key = (0.0, 0.0)
+        for tenant in lane.active:
+            works = tenant.works
+            while works and works[0].state == _GONE:
+                works.popleft()
+            if not works or (group is not _NO_GROUP and tenant.group != group):
+                continue
+            head = works[0]
+            if items and items + head.size > lane.max_batch_size:
+                continue
+            account = tenant.account
+            if self._tenant_caps and not self._tenant_ready(account, taken.get(account.name, 0)):
+                continue
+            key = (account.vpass, head.enqueued)
+            if best is None or key < best_key:
+                best, best_key = tenant, key
+        return best
+
+    def _fill(self, lane: _Lane, now: float) -> _Taken:
+        works: list[_Work] = []
+        dropped: list[_Work] = []
+        left = 0
+        items = 0
+        group: Any = _NO_GROUP
+        taken: dict[str, int] = {}
+        admission = lane.policy.deadline_admission
+        while items < lane.max_batch_size:
+            tenant = self._next_tenant(lane, group, items, taken)
+            if tenant is None:
+                break
+            work = tenant.works.popleft()
+            self._leave_queue(work)
+            left += 1
+            if work.future.done():  # the client went away
+                continue
+            if admission and now + lane.estimate > work.deadline:
+                dropped.append(work)
+                continue
+            work.state = _STARTED
+            works.append(work)
+            items += work.size
+            group = work.group
+            account = tenant.account
+            lane.vtime = account.vpass
+            account.vpass += work.size / account.share.weight
+            taken[account.name] = taken.get(account.name, 0) + 1
+        lane.active = [tenant for tenant in lane.active if tenant.works]
+        for name, count in taken.items():
+            self._tenant_running[name] = self._tenant_running.get(name, 0) + count
+        charged = 0.0
+        if works:
+            lane.running_since = (*lane.running_since, now)
+            self._vtime = lane.vpass
+            charged = lane.estimate / lane.policy.weight
+            lane.vpass += charged
+        return _Taken(lane, works, dropped, left, now, charged)
+
+    def _take(self) -> _Taken | None:
+        """Block until a lane is ready; take one call's worth of its work (maybe only drops)."""
         with self._cond:
-            while not self._ready:
-                if self._closed:
-                    return None
-                self._idle += 1
-                self._cond.wait()
-                self._idle -= 1
-            key = self._ready.popleft()
-            queue = self._queues[key]
-            taken: list[_Work] = []
-            items = 0
-            limit = key[0].max_batch_size
-            while queue and (not taken or items + queue[0].size <= limit):
-                work = queue.popleft()
-                items += work.size
-                taken.append(work)
-            if queue:
-                self._ready.append(key)
-            else:
-                del self._queues[key]  # keys include request parameters: do not keep one per value forever
-            if self._ready and self._idle:
-                # _flush wakes one thread per ready target; work this thread left behind (its pipeline's
-                # max_batch_size was reached) goes to another idle thread instead of waiting for this call.
-                self._cond.notify()
-            self._queued -= len(taken)
-            return taken
+            while True:
+                lane = self._pick_lane()
+                if lane is None:
+                    if self._closed:
+                        return None
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                    continue
+                now = self._clock()
+                if lane.policy.max_delay_s > 0.0:
+                    until = self._hold_until(lane, now)
+                    if until is not None:
+                        lane.collecting = True
+                        lane.cond.wait(until - now)
+                        lane.collecting = False
+                        continue
+                taken = self._fill(lane, now)
+                if self._idle and any(self._lane_ready(other) for other in self._listed):
+                    # Work this thread left behind (max_batch_size, a lane cap) goes to an idle thread.
+                    self._cond.notify()
+                return taken
+
+    def _execute(self, works: list[_Work]) -> Sequence[Any] | BaseException:
+        """Run one group of one version's requests as one model call in this slot (no lock held)."""
+        try:
+            return works[0].target.run_group([work.call for work in works])
+        except InferdError as exc:
+            return exc
+        except BaseException as exc:  # a bug in the pipeline wrapper itself; never kill the thread
+            return InferenceError(f"internal error while running the model: {type(exc).__name__}")
+
+    def _finish(self, taken: _Taken, elapsed: float) -> None:
+        lane = taken.lane
+        with self._lock:
+            since = list(lane.running_since)
+            since.remove(taken.started)
+            lane.running_since = tuple(since)
+            lane.observe(elapsed)
+            # Charge the measured device time, not the estimate charged at the start.
+            lane.vpass += elapsed / lane.policy.weight - taken.charged
+            for work in taken.works:
+                count = self._tenant_running[work.tenant] - 1
+                if count:
+                    self._tenant_running[work.tenant] = count
+                else:
+                    del self._tenant_running[work.tenant]
 
     def _worker_loop(self) -> None:
         metrics = self._metrics
@@ -228,32 +705,41 @@ class DeviceExecutor:
             taken = self._take()
             if taken is None:
                 return
-            metrics.queued_add(-len(taken))
-            # Skip work nobody waits for: past its deadline, or its client went away (future cancelled).
-            works = [work for work in taken if not work.abandoned and not work.future.done()]
-            if not works:
+            if taken.left_queue:
+                metrics.queued_add(-taken.left_queue)
+            works = taken.works
+            outcomes: Sequence[Any] | BaseException = ()
+            if works:
+                metrics.inflight_add(len(works))
+                try:
+                    metrics.step(works[0].target, sum(work.size for work in works))
+                    outcomes = self._execute(works)
+                finally:
+                    metrics.inflight_add(-len(works))
+                    self._finish(taken, self._clock() - taken.started)
+            elif not taken.dropped:
                 continue
-            metrics.inflight_add(len(works))
-            try:
-                metrics.step(works[0].target, sum(work.size for work in works))
-                outcomes: Sequence[Any] | BaseException = works[0].target.run_group([w.call for w in works])
-            except InferdError as exc:
-                outcomes = exc
-            except BaseException as exc:  # a bug in the pipeline wrapper itself; never kill the thread
-                outcomes = InferenceError(f"internal error while running the model: {type(exc).__name__}")
-            finally:
-                metrics.inflight_add(-len(works))
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._deliver, works, outcomes)
+                    loop.call_soon_threadsafe(self._deliver, works, outcomes, taken.dropped)
                 except RuntimeError:  # loop closed between the check and the call
                     return
+
+    def collecting(self) -> int:
+        """How many versions a thread is holding for a fuller batch right now."""
+        with self._lock:
+            return sum(1 for lane in self._listed if lane.collecting)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            for lane in self._listed:
+                lane.cond.notify_all()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+_NO_GROUP = object()

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferd.core.errors import ConfigError
+from inferd.core.executor import LanePolicy
 from inferd.core.tensors import TensorSpec
 
 Runtime = Literal["python", "sklearn", "onnx"]
@@ -31,6 +32,14 @@ class ModelSpec(BaseModel):
     validator: str | None = None
     postprocessor: str | None = None
     load_at_start: bool = True
+    # Scheduling on the device (README, "Scheduling under load").
+    weight: float = Field(default=1.0, gt=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    queue_limit: int | None = Field(default=None, ge=1)
+    max_delay_ms: float = Field(default=0.0, ge=0)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    service_time_s: float = Field(default=0.0, ge=0)
+    deadline_admission: bool = True
     # Where a model configured for an accelerator may run on the CPU when none is present.
     # Off by default: a silent fallback hides a misconfigured fleet.
     cpu_fallback: bool = False
@@ -51,7 +60,23 @@ class ModelSpec(BaseModel):
             names = [spec.name for spec in declared]
             if len(set(names)) != len(names):
                 raise ValueError(f"{field_name}: tensor names must be unique, got {names}")
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_sizes: {size} must be between 1 and max_batch_size ({self.max_batch_size})"
+                )
         return self
+
+    def lane_policy(self) -> LanePolicy:
+        return LanePolicy(
+            weight=self.weight,
+            max_concurrency=self.max_concurrency,
+            queue_limit=self.queue_limit,
+            max_delay_s=self.max_delay_ms / 1000.0,
+            preferred_batch_sizes=tuple(self.preferred_batch_sizes),
+            service_time_s=self.service_time_s,
+            deadline_admission=self.deadline_admission,
+        )
 
 
 def read_model_spec(path: Path) -> ModelSpec:

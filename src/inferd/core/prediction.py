@@ -97,6 +97,8 @@ class PredictionService:
                 size=len(inputs),
                 timeout_s=limit,
                 group=group,
+                tenant=tenant,
+                policy=target.lane_policy,
             )
             executed = True
             outputs: list[Any] = await future

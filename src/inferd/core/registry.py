@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.core.errors import ConfigError, InferdError, ModelNotFoundError, ModelNotReadyError
+from inferd.core.executor import LanePolicy
 from inferd.core.model_spec import ModelSpec, read_model_spec
 from inferd.core.pipeline import Pipeline
 from inferd.core.routing import RoutingPolicy, highest_version, read_routing, version_sort_key
@@ -35,6 +36,10 @@ class ModelVersion:
     pipeline: Pipeline | None = None
     load_lock: asyncio.Lock | None = None
     fingerprint: tuple[int, int] = (0, 0)  # (newest mtime, file count) of the folder: changed → reload
+
+    @functools.cached_property
+    def lane_policy(self) -> LanePolicy:
+        return self.spec.lane_policy()
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

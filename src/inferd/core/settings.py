@@ -73,10 +73,14 @@ def parse_devices(text: str) -> dict[str, int]:
 
 
 class TenantSettings(BaseModel):
+    """One entry of the config file's ``tenants:`` section."""
+
     model_config = ConfigDict(extra="forbid")
 
     rate_limit: str | None = None
     burst: int | None = None
+    weight: float = Field(default=1.0, gt=0)  # share of each model version's capacity when contended
+    max_concurrency: int | None = Field(default=None, ge=1)  # requests executing at once, per device
 
     @field_validator("rate_limit")
     @classmethod

@@ -60,6 +60,7 @@ class FakeExecutorMetrics:
         self.timeouts = 0
         self.calls: list[tuple[str, int]] = []
         self.steps: list[int] = []
+        self.sheds: list[str] = []
 
     def inflight_add(self, amount: int) -> None:
         with self._lock:
@@ -76,6 +77,11 @@ class FakeExecutorMetrics:
         with self._lock:
             self.timeouts += 1
             self.calls.append(("timeout", 1))
+
+    def shed(self, reason: object) -> None:
+        with self._lock:
+            self.sheds.append(str(reason))
+            self.calls.append(("shed", 1))
 
     def step(self, target: object, items: int) -> None:
         """One model-call group handed to the pipeline (items after merging)."""

@@ -117,16 +117,18 @@ def test_stuck_thread_slot_is_not_reused(fake_metrics: Any) -> None:
             stuck = submit(ex, pipeline(gate), ["stuck"], timeout_s=0.2)
             await asyncio.to_thread(gate.entered.wait, 2.0)
             assert gate.entered.is_set()
-            # The only thread is inside the stuck call; a second request waits for it and times out too.
+            # The only thread is inside the stuck call; a second request waits for it and is dropped unrun
+            # when its deadline passes: overloaded (it never started), not a timeout.
             second = submit(ex, pipeline(quick), ["second"], timeout_s=0.3)
             with pytest.raises(InferenceTimeoutError):
                 await stuck
             started = time.monotonic()
-            with pytest.raises(InferenceTimeoutError):
+            with pytest.raises(OverloadedError):
                 await second
             assert time.monotonic() - started < 1.0
             assert quick.batches == []  # it never ran
-            assert fake_metrics.timeouts == 2
+            assert fake_metrics.timeouts == 1
+            assert fake_metrics.sheds == ["expired"]
             assert fake_metrics.inflight == 1
         finally:
             gate.opened.set()
@@ -150,12 +152,13 @@ def test_queue_full_is_overloaded(fake_metrics: Any) -> None:
             assert info.value.code == "overloaded"
             assert info.value.retry_after_s > 0
             assert "queue is full" in info.value.message
-            for future in [running, *queued]:
-                with pytest.raises(InferenceTimeoutError):
+            with pytest.raises(InferenceTimeoutError):
+                await running
+            for future in queued:  # never started: dropped unrun, and their places are free again
+                with pytest.raises(OverloadedError):
                     await future
-            # Timed-out queued requests still hold their places while the thread is stuck.
-            with pytest.raises(OverloadedError):
-                submit(ex, target, ["still stuck"], timeout_s=0.5)
+            assert fake_metrics.sheds == ["queue_full", "expired", "expired"]
+            assert ex.submit(target, PipelineCall(["fits again"], False), size=1, timeout_s=0.5) is not None
         finally:
             gate.opened.set()
             ex.close()

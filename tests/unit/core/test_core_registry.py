@@ -102,6 +102,13 @@ def test_missing_model_for_python_runtime(with_good: Path, make_version: Callabl
         ("runtime: python\nmodel: justamodule\n", "module:attr"),
         ("runtime: python\nmodel: m:M\ntimeout_s: 0\n", "timeout_s"),
         ("runtime: python\nmodel: m:M\nmax_batch_size: 0\n", "max_batch_size"),
+        (
+            "runtime: python\nmodel: m:M\nmax_batch_size: 4\npreferred_batch_sizes: [8]\n",
+            "preferred_batch_sizes",
+        ),
+        ("runtime: python\nmodel: m:M\nweight: 0\n", "weight"),
+        ("runtime: python\nmodel: m:M\nmax_delay_ms: -1\n", "max_delay_ms"),
+        ("runtime: python\nmodel: m:M\nmax_concurrency: 0\n", "max_concurrency"),
     ],
 )
 def test_invalid_spec_values(
@@ -110,6 +117,22 @@ def test_invalid_spec_values(
     folder = make_version(with_good, "bad", "1", spec)
     message = problem_for(registry_for(with_good), folder / "model.yaml")
     assert fragment in message
+
+
+def test_scheduling_settings_reach_the_lane_policy(with_good: Path, make_echo: Callable[..., Path]) -> None:
+    make_echo(
+        with_good,
+        "tuned",
+        "1",
+        "max_batch_size: 16\nweight: 2\nmax_concurrency: 3\nqueue_limit: 9\nmax_delay_ms: 5\n"
+        "preferred_batch_sizes: [8, 16]\nservice_time_s: 0.2\ndeadline_admission: false\n",
+    )
+    registry = registry_for(with_good)
+    policy = registry.resolve("tuned", None, tenant="t").lane_policy
+    assert (policy.weight, policy.max_concurrency, policy.queue_limit) == (2.0, 3, 9)
+    assert policy.max_delay_s == pytest.approx(0.005)
+    assert policy.preferred_batch_sizes == (8, 16)
+    assert (policy.service_time_s, policy.deadline_admission) == (0.2, False)
 
 
 def test_device_not_configured(with_good: Path, make_echo: Callable[..., Path]) -> None:

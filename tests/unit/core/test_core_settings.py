@@ -46,10 +46,16 @@ def test_env_only_reads_the_prefix_and_converts_types(tmp_path: Path) -> None:
 
 
 def test_nested_tenant_settings_from_the_file(tmp_path: Path) -> None:
-    path = config(tmp_path, "tenants:\n  acme: {rate_limit: 10/s, burst: 20}\n")
+    path = config(
+        tmp_path, "tenants:\n  acme: {rate_limit: 10/s, burst: 20, weight: 3, max_concurrency: 8}\n  b: {}\n"
+    )
     settings = load_settings(config_file=path)
     assert settings.tenants["acme"].rate_limit == "10/s"
     assert settings.tenants["acme"].burst == 20
+    assert (settings.tenants["acme"].weight, settings.tenants["acme"].max_concurrency) == (3.0, 8)
+    assert (settings.tenants["b"].weight, settings.tenants["b"].max_concurrency) == (1.0, None)
+    with pytest.raises(ConfigError, match="weight"):
+        load_settings(config_file=config(tmp_path, "tenants:\n  acme: {weight: 0}\n"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,426 @@
+#!/usr/bin/env python3
+"""Scheduling under load: goodput, model isolation, tenant fairness, adaptive batching, in one run.
+
+    python bench/sched_bench.py [--scenario all|goodput|isolation|fairness|batching] [--duration 10]
+
+Starts one `inferd serve` on a generated model repository (see `write_repository`) with four devices,
+so each scenario has the thread count the issue names and none disturbs another:
+
+  * cpu=5   `slow` (sleeps 0.5 s per request, max_batch_size 1, timeout_s 1, max_concurrency 4: its
+            capacity is 4 threads / 0.5 s = 8 requests/s) and `iris` (scikit-learn); the fifth thread
+            is what isolation means: slow may never hold it
+  * fair=1  `fixed` (20 ms per call, max_batch_size 1, one thread): tenant fairness. One thread, so
+            that B's 2 connections can use its fair half: with 4 threads B could hold at most 2 of 4
+  * spin=4  `spin0` / `spin5`: 5 ms of pure Python per call whatever the batch (it holds the GIL),
+            max_batch_size 8, max_delay_ms 0 / 5
+  * gpu=1   `open0` / `open30`: the same model on one thread, max_delay_ms 0 / 30
+
+Load comes from a small asyncio HTTP/1.1 client in this process (keep-alive connections): open loop
+(requests sent at a fixed rate whatever the answers, new connections as needed) or closed loop (N
+connections, each sending its next request when the previous answer arrives). Every number printed is
+a ratio or a count from this one run. Results also go to bench/results/sched-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+HOST = "127.0.0.1"
+KEYS = "ka:A:predict;kb:B:predict;kc:C:predict;kd:D:predict"
+SLOW_CAPACITY = 8.0  # requests/s: 4 threads / 0.5 s
+
+SLEEPY = """
+import time
+
+class Model:
+    def predict(self, batch):
+        for item in batch:
+            time.sleep(item.get("sleep_s", 0.02))
+        return [1 for _ in batch]
+"""
+
+SPIN = """
+import time
+
+class Model:
+    def predict(self, batch):
+        end = time.perf_counter() + 0.005  # a fixed cost per call, whatever the batch size
+        while time.perf_counter() < end:
+            pass
+        return list(batch)
+"""
+
+
+def write_repository(root: Path) -> None:
+    def model(name: str, spec: str, source: str | None = None, artifact: Path | None = None) -> None:
+        folder = root / name / "1"
+        folder.mkdir(parents=True)
+        (folder / "model.yaml").write_text(textwrap.dedent(spec))
+        if source is not None:
+            (folder / "m.py").write_text(source)
+        if artifact is not None:
+            (folder / artifact.name).write_bytes(artifact.read_bytes())
+
+    python = "runtime: python\nmodel: m:Model\n"
+    model("slow", python + "device: cpu\ntimeout_s: 1\nmax_batch_size: 1\nmax_concurrency: 4\n", SLEEPY)
+    iris = ROOT / "examples" / "models" / "iris" / "2" / "model.joblib"
+    model("iris", "runtime: sklearn\nartifact: model.joblib\ndevice: cpu\nmax_batch_size: 64\n", None, iris)
+    model("fixed", python + "device: fair\nmax_batch_size: 1\nqueue_limit: 256\n", SLEEPY)
+    for delay in (0, 5):
+        model(f"spin{delay}", python + f"device: spin\nmax_batch_size: 8\nmax_delay_ms: {delay}\n", SPIN)
+    for delay in (0, 30):
+        model(f"open{delay}", python + f"device: gpu\nmax_batch_size: 8\nmax_delay_ms: {delay}\n", SPIN)
+
+
+CONFIG = """
+devices: "cpu=5,fair=1,spin=4,gpu=1"
+tenants:
+  A: {weight: 1}
+  B: {weight: 1}
+  C: {weight: 3}
+  D: {weight: 1}
+"""
+
+
+# ------------------------------------------------------------------------------ the load client
+
+
+@dataclass
+class Sample:
+    sent: float
+    status: int
+    latency: float
+
+
+class Target:
+    def __init__(self, path: str, body: dict[str, Any], key: str) -> None:
+        payload = json.dumps(body).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.idle:
+            return self.idle.pop()
+        return await asyncio.open_connection(HOST, self.port)
+
+    async def call(self, target: Target) -> Sample:
+        sent = time.perf_counter()
+        reader, writer = await self._connection()
+        try:
+            writer.write(target.request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.close()
+            return Sample(sent, 0, time.perf_counter() - sent)
+        self.idle.append((reader, writer))
+        return Sample(sent, status, time.perf_counter() - sent)
+
+    async def open_loop(self, target: Target, rate: float, duration: float) -> list[Sample]:
+        tasks: list[asyncio.Task[Sample]] = []
+        start = time.perf_counter()
+        count = int(rate * duration)
+        for index in range(count):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.call(target)))
+        return list(await asyncio.gather(*tasks))
+
+    async def closed_loop(self, target: Target, connections: int, duration: float) -> list[Sample]:
+        end = time.perf_counter() + duration
+
+        async def one() -> list[Sample]:
+            samples = []
+            while time.perf_counter() < end:
+                samples.append(await self.call(target))
+            return samples
+
+        results = await asyncio.gather(*(one() for _ in range(connections)))
+        return [sample for samples in results for sample in samples]
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def count(samples: list[Sample], status: int) -> int:
+    return sum(1 for s in samples if s.status == status)
+
+
+def errors(samples: list[Sample]) -> dict[str, int]:
+    """Non-200 answers by status (0: the connection failed)."""
+    found: dict[str, int] = {}
+    for sample in samples:
+        if sample.status != 200:
+            found[str(sample.status)] = found.get(str(sample.status), 0) + 1
+    return found
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+class Server:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        repo = workdir / "models"
+        write_repository(repo)
+        config = workdir / "inferd.yaml"
+        config.write_text(CONFIG)
+        script = Path(sys.executable).with_name("inferd")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "inferd.cli"]
+        env = {
+            **os.environ,
+            "INFERD_API_KEYS": KEYS,
+            "INFERD_ACCESS_LOG": "off",
+            "INFERD_LOG_LEVEL": "warning",
+            "INFERD_STORE": f"sqlite:///{workdir / 'jobs.db'}",
+        }
+        self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [*command, "serve", "--models", str(repo), "--config", str(config), "--port", str(self.port)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"inferd exited; see {self.workdir / 'server.log'}")
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"inferd did not become ready; see {self.workdir / 'server.log'}")
+
+    def metric(self, name: str, model: str) -> float:
+        import httpx
+
+        text = httpx.get(f"http://{HOST}:{self.port}/metrics", timeout=5).text
+        match = re.search(rf'^{name}\{{model="{model}",version="1"\}} ([0-9.e+]+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def predict(model: str, body: dict[str, Any], key: str = "ka") -> Target:
+    return Target(f"/v1/models/{model}/predict", body, key)
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+async def goodput(client: Client, duration: float) -> dict[str, Any]:
+    """slow at 2x, 10x, 50x its capacity, open loop: share of capacity that succeeds, refusal latency."""
+    target = predict("slow", {"input": {"sleep_s": 0.5}})
+    await client.open_loop(target, SLOW_CAPACITY, 3.0)  # warm-up: the call-time estimate
+    levels = {}
+    for factor in (2, 10, 50):
+        samples = await client.open_loop(target, SLOW_CAPACITY * factor, duration)
+        refused = [s.latency for s in samples if s.status == 503]
+        levels[f"{factor}x"] = {
+            "offered": len(samples),
+            "ok": count(samples, 200),
+            "overloaded_503": len(refused),
+            "timeout_504": count(samples, 504),
+            "other": len(samples) - count(samples, 200) - len(refused) - count(samples, 504),
+            "goodput_of_capacity": round(count(samples, 200) / (SLOW_CAPACITY * duration), 3),
+            "refusal_p99_ms": ms(percentile(refused, 0.99)),
+            "ok_p50_ms": ms(percentile([s.latency for s in samples if s.status == 200], 0.5)),
+        }
+        print(f"goodput {factor:>2}x: {levels[f'{factor}x']}", flush=True)
+    return levels
+
+
+async def isolation(client: Client, duration: float) -> dict[str, Any]:
+    """iris at 50 rps alone, then beside slow saturated at 10x its capacity."""
+    iris = predict("iris", {"input": [5.1, 3.5, 1.4, 0.2]}, "kb")
+    slow = predict("slow", {"input": {"sleep_s": 0.5}})
+    alone = await client.open_loop(iris, 50, duration)
+    beside, slow_samples = await asyncio.gather(
+        client.open_loop(iris, 50, duration), client.open_loop(slow, SLOW_CAPACITY * 10, duration)
+    )
+    p99_alone = percentile([s.latency for s in alone], 0.99)
+    p99_beside = percentile([s.latency for s in beside], 0.99)
+    result = {
+        "iris_errors_alone": errors(alone),
+        "iris_errors_beside_slow": errors(beside),
+        "iris_p99_alone_ms": ms(p99_alone),
+        "iris_p99_beside_slow_ms": ms(p99_beside),
+        "iris_p99_ratio": round(p99_beside / p99_alone, 2),
+        "slow_ok": count(slow_samples, 200),
+        "slow_503": count(slow_samples, 503),
+    }
+    print(f"isolation: {result}", flush=True)
+    return result
+
+
+async def fairness(client: Client, duration: float) -> dict[str, Any]:
+    """`fixed` (20 ms, 1 thread): B at 2 connections alone, then beside A at 64; C:D = 3:1 at 32 each."""
+    body = {"input": {"sleep_s": 0.02}}
+    alone = await client.closed_loop(predict("fixed", body, "kb"), 2, duration)
+    heavy, light = await asyncio.gather(
+        client.closed_loop(predict("fixed", body, "ka"), 64, duration),
+        client.closed_loop(predict("fixed", body, "kb"), 2, duration),
+    )
+    gold, bronze = await asyncio.gather(
+        client.closed_loop(predict("fixed", body, "kc"), 32, duration),
+        client.closed_loop(predict("fixed", body, "kd"), 32, duration),
+    )
+    ok_a, ok_b, ok_c, ok_d = (count(s, 200) for s in (heavy, light, gold, bronze))
+    p99_alone = percentile([s.latency for s in alone if s.status == 200], 0.99)
+    p99_beside = percentile([s.latency for s in light if s.status == 200], 0.99)
+    result = {
+        "B_share_beside_A64": round(ok_b / (ok_a + ok_b), 3),
+        "B_p99_alone_ms": ms(p99_alone),
+        "B_p99_beside_A64_ms": ms(p99_beside),
+        "B_p99_ratio": round(p99_beside / p99_alone, 2),
+        "C_share_weights_3_1": round(ok_c / (ok_c + ok_d), 3),
+        "errors": errors([*alone, *heavy, *light, *gold, *bronze]),
+    }
+    print(f"fairness: {result}", flush=True)
+    return result
+
+
+async def batching(client: Client, server: Server, duration: float, rounds: int) -> dict[str, Any]:
+    """Closed loop (spin, 4 threads, 8 connections) and open loop (one thread, 100 rps): max_delay vs 0."""
+    closed: dict[str, list[float]] = {"spin0": [], "spin5": []}
+    single: dict[str, list[float]] = {"spin0": [], "spin5": []}
+    for _ in range(rounds):  # interleaved: the machine's noise hits both alike
+        for name in ("spin0", "spin5"):
+            samples = await client.closed_loop(predict(name, {"input": 1}), 8, duration)
+            closed[name].append(count(samples, 200) / duration)
+            samples = await client.closed_loop(predict(name, {"input": 1}), 1, duration / 2)
+            single[name].append(percentile([s.latency for s in samples], 0.5))
+    open_result: dict[str, Any] = {}
+    for name in ("open0", "open30"):
+        calls_before = server.metric("inference_batch_items_count", name)
+        samples = await client.open_loop(predict(name, {"input": 1}), 100, duration)
+        calls = server.metric("inference_batch_items_count", name) - calls_before
+        open_result[name] = {
+            "requests": len(samples),
+            "errors": errors(samples),
+            "calls_per_request": round(calls / len(samples), 3),
+            "p99_ms": ms(percentile([s.latency for s in samples], 0.99)),
+        }
+    result = {
+        "closed_rps": {name: round(statistics.median(v), 1) for name, v in closed.items()},
+        "closed_rps_ratio_5ms_over_0": round(
+            statistics.median(closed["spin5"]) / statistics.median(closed["spin0"]), 2
+        ),
+        "c1_p50_ms": {name: ms(statistics.median(v)) for name, v in single.items()},
+        "open": open_result,
+        "open_fewer_calls_factor": round(
+            open_result["open0"]["calls_per_request"] / max(open_result["open30"]["calls_per_request"], 1e-9),
+            2,
+        ),
+    }
+    print(f"batching: {result}", flush=True)
+    return result
+
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    client = Client(server.port)
+    results: dict[str, Any] = {}
+    try:
+        if args.scenario in ("all", "goodput"):
+            results["goodput"] = await goodput(client, args.duration)
+        if args.scenario in ("all", "isolation"):
+            results["isolation"] = await isolation(client, args.duration)
+        if args.scenario in ("all", "fairness"):
+            results["fairness"] = await fairness(client, args.duration)
+        if args.scenario in ("all", "batching"):
+            results["batching"] = await batching(client, server, args.duration, args.rounds)
+    finally:
+        client.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenario", choices=["all", "goodput", "isolation", "fairness", "batching"], default="all"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the closed-loop batching runs"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="inferd-sched-") as tmp:
+        server = Server(Path(tmp))
+        try:
+            server.wait_ready()
+            results = asyncio.run(run(args, server))
+        finally:
+            server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"sched-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
