@@ -15,19 +15,21 @@ from typing import Any
 
 from prometheus_client import disable_created_metrics
 
+from inferd.core.dataplane import DataPlane
 from inferd.core.errors import ConfigError
 from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
 from inferd.core.tenancy import KeyRing, RateLimiter
-from inferd.grpc.plane import V2Plane
 from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
-from inferd.http.app import create_fastapi_app, requires_scope
+from inferd.http.app import create_http_app
 from inferd.http.asgi import InferdASGI
-from inferd.http.jobs import JobSubmitHandler, create_jobs_router
-from inferd.http.predict import Gatekeeper, PredictHandler
+from inferd.http.gatekeeper import Gatekeeper
+from inferd.http.jobs import JobRoutes
+from inferd.http.native import NativeRoutes
+from inferd.http.predict import PredictRoutes
 from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
 from inferd.jobs.urls import open_store
@@ -150,6 +152,7 @@ class Engine:
     registry: ModelRegistry
     executors: dict[str, DeviceExecutor]
     prediction: PredictionService
+    dataplane: DataPlane
 
     def close(self) -> None:
         for executor in self.executors.values():
@@ -208,7 +211,8 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
             share.part(settings.unknown_model_labels) if share else settings.unknown_model_labels
         ),
     )
-    return Engine(settings, metrics, registry, executors, prediction)
+    dataplane = DataPlane(registry=registry, prediction=prediction)
+    return Engine(settings, metrics, registry, executors, prediction, dataplane)
 
 
 def build_job_runtime(
@@ -217,7 +221,7 @@ def build_job_runtime(
     store = open_store(settings.store)
     service = JobService(
         store=store,
-        prediction=engine.prediction,
+        dataplane=engine.dataplane,
         metrics=engine.metrics,
         default_max_attempts=settings.job_max_attempts,
         retry_base_s=settings.job_retry_base_s,
@@ -253,7 +257,6 @@ def build_app(
     settings: Settings,
     *,
     engine: Engine | None = None,
-    fast_path: bool = True,
     share: ProcessShare | None = None,
     serve_grpc: bool = False,
 ) -> InferdASGI:
@@ -266,29 +269,15 @@ def build_app(
     gatekeeper = Gatekeeper(
         keyring=keyring, rate_limiter=build_rate_limiter(settings, share=1 / share.count if share else 1.0)
     )
-    predict = PredictHandler(
-        service=engine.prediction,
-        gatekeeper=gatekeeper,
-        max_body_bytes=settings.max_body_bytes,
-        max_batch_inputs=settings.max_batch_inputs,
-    )
-
     # The configured worker concurrency is the server's total, split between its processes.
     concurrency = share.part(settings.worker_concurrency) if share else settings.worker_concurrency
     jobs = build_job_runtime(
         settings, engine, run_worker=settings.worker and concurrency > 0, concurrency=concurrency
     )
-    submit_job = JobSubmitHandler(
-        service=jobs.service,
-        gatekeeper=gatekeeper,
-        max_body_bytes=settings.max_body_bytes,
-        max_inputs=settings.max_batch_inputs,
-    )
+    dataplane = engine.dataplane.with_readiness_checks([jobs.readiness])
 
     servicer = InferenceServicer(
-        plane=V2Plane(
-            prediction=engine.prediction, registry=engine.registry, readiness_checks=[jobs.readiness]
-        ),
+        plane=dataplane,
         admit=gatekeeper.admit_key,
     )
 
@@ -316,27 +305,18 @@ def build_app(
             engine.close()
             access_log.close()
 
-    fastapi_app = create_fastapi_app(
-        registry=engine.registry,
-        exposition=MetricsExposition(
-            metrics=engine.metrics, multiprocess_dir=share.metrics_dir if share else None
-        ),
-        gatekeeper=gatekeeper,
-        predict=predict,
-        readiness_checks=[jobs.readiness],
-        lifespan=lifespan,
-        routers=[
-            create_jobs_router(
-                service=jobs.service,
-                submitter=submit_job,
-                requires=lambda scope_name: requires_scope(gatekeeper, scope_name),
-            )
-        ],
+    exposition = MetricsExposition(
+        metrics=engine.metrics, multiprocess_dir=share.metrics_dir if share else None
     )
-    return InferdASGI(
-        app=fastapi_app,
-        predict=predict if fast_path else None,
-        submit_job=submit_job if fast_path else None,
+    groups = [
+        NativeRoutes(dataplane=dataplane, render_metrics=exposition.render).routes(),
+        PredictRoutes(dataplane=dataplane, max_batch_inputs=settings.max_batch_inputs).routes(),
+        JobRoutes(service=jobs.service, max_inputs=settings.max_batch_inputs).routes(),
+    ]
+    return create_http_app(
+        groups=groups,
+        gatekeeper=gatekeeper,
         access_log=access_log,
         max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
     )

@@ -91,7 +91,6 @@ class InProcessAPI:
         self.engine: Engine = build_engine(self.settings)
         self.app = build_app(self.settings, engine=self.engine)
         self.client = self._client_for(self.app)
-        self._fallback_client: httpx.AsyncClient | None = None
         # ASGITransport does not run the lifespan; the app's (job store, log flusher) must run.
         self._lifespan = Lifespan(self.app)
         try:
@@ -106,14 +105,6 @@ class InProcessAPI:
     def _client_for(app: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
-    @property
-    def fallback_client(self) -> httpx.AsyncClient:
-        """A client of the same engine with the pure-ASGI fast path switched off (FastAPI routes)."""
-        if self._fallback_client is None:
-            app = build_app(self.settings, engine=self.engine, fast_path=False)
-            self._fallback_client = self._client_for(app)
-        return self._fallback_client
-
     def run(self, awaitable: Awaitable[T]) -> T:
         return self.loop.run_until_complete(awaitable)
 
@@ -124,13 +115,12 @@ class InProcessAPI:
         return self.run(all_of())
 
     def arequest(
-        self, method: str, url: str, *, key: str | None = None, fast_path: bool = True, **kwargs: Any
+        self, method: str, url: str, *, key: str | None = None, **kwargs: Any
     ) -> Awaitable[httpx.Response]:
         headers = dict(kwargs.pop("headers", None) or {})
         if key is not None:
             headers.update(bearer(key))
-        client = self.client if fast_path else self.fallback_client
-        return client.request(method, url, headers=headers, **kwargs)
+        return self.client.request(method, url, headers=headers, **kwargs)
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return self.run(self.arequest(method, url, **kwargs))
@@ -143,9 +133,7 @@ class InProcessAPI:
 
     def close(self) -> None:
         try:
-            for client in (self.client, self._fallback_client):
-                if client is not None:
-                    self.run(client.aclose())
+            self.run(self.client.aclose())
             self.run(self._lifespan.shutdown())
         finally:
             self.engine.close()

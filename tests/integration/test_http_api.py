@@ -1,5 +1,5 @@
 """The native HTTP API against API.md: health, models, sync and batch predict, every error status,
-X-Request-ID, fast path vs FastAPI fallback, and (on a real server process) chunked bodies and the
+X-Request-ID, and (on a real server process) chunked bodies and the
 access log."""
 
 from __future__ import annotations
@@ -425,106 +425,9 @@ def test_request_id_limits(api: InProcessAPI) -> None:
     assert first != second
 
 
-# -- fast path vs FastAPI fallback ------------------------------------------------------------------
-
-SAME_BODY = "same body"
-SAME_CODE = "same status and code"
-
-
-async def _chunked_big() -> AsyncIterator[bytes]:
-    yield b'{"input": "'
-    for _ in range(6):
-        yield b"y" * 1000
-    yield b'"}'
-
-
-JSON = {"content-type": "application/json"}
-PARITY_CASES: dict[str, tuple[str, dict[str, Any], str]] = {
-    "success": ("/v1/models/ok/predict", {"key": PREDICT_KEY, "json": {"input": {"a": [1, 2]}}}, SAME_BODY),
-    "success pinned": (
-        "/v1/models/canary/versions/2/predict",
-        {"key": PREDICT_KEY, "json": {"input": 7}},
-        SAME_BODY,
-    ),
-    "batch": ("/v1/models/ok/predict/batch", {"key": PREDICT_KEY, "json": {"inputs": [3, 1, 2]}}, SAME_BODY),
-    "unknown model": ("/v1/models/nope/predict", {"key": PREDICT_KEY, "json": {"input": 1}}, SAME_BODY),
-    "unknown version": (
-        "/v1/models/ok/versions/9/predict/batch",
-        {"key": PREDICT_KEY, "json": {"inputs": [1]}},
-        SAME_BODY,
-    ),
-    "no key": ("/v1/models/ok/predict", {"json": {"input": 1}}, SAME_BODY),
-    "unknown key": ("/v1/models/ok/predict", {"key": "nobody", "json": {"input": 1}}, SAME_BODY),
-    "forbidden": ("/v1/models/ok/predict", {"key": MODELS_KEY, "json": {"input": 1}}, SAME_BODY),
-    "validator": ("/v1/models/schema/predict", {"key": PREDICT_KEY, "json": {"input": {"x": -1}}}, SAME_BODY),
-    "batch index": (
-        "/v1/models/schema/predict/batch",
-        {"key": PREDICT_KEY, "json": {"inputs": [{"x": 1}, {"x": -1}]}},
-        SAME_BODY,
-    ),
-    "inference error": ("/v1/models/boom/predict", {"key": PREDICT_KEY, "json": {"input": 1}}, SAME_BODY),
-    "timeout": (
-        "/v1/models/sleepy/predict",
-        {"key": PREDICT_KEY, "json": {"input": {"sleep_s": 0.2}, "timeout_s": 0.05}},
-        SAME_BODY,
-    ),
-    "malformed json": (
-        "/v1/models/ok/predict",
-        {"key": PREDICT_KEY, "content": b"{oops", "headers": JSON},
-        SAME_CODE,
-    ),
-    "missing input": ("/v1/models/ok/predict", {"key": PREDICT_KEY, "json": {"x": 1}}, SAME_CODE),
-    "content-length over limit": (
-        "/v1/models/ok/predict",
-        {"key": PREDICT_KEY, "json": {"input": "x" * 5000}},
-        SAME_CODE,
-    ),
-    "chunked over limit": (
-        "/v1/models/ok/predict",
-        {"key": PREDICT_KEY, "content": _chunked_big, "headers": JSON},
-        SAME_CODE,
-    ),
-}
-
-
-def _parity_pair(api: InProcessAPI, path: str, kwargs: dict[str, Any]) -> tuple[httpx.Response, ...]:
-    responses = []
-    for fast_path in (True, False):
-        call = dict(kwargs)
-        if callable(call.get("content")):
-            call["content"] = call["content"]()
-        headers = {**call.pop("headers", {}), "X-Request-ID": "parity-1"}
-        responses.append(api.request("POST", path, fast_path=fast_path, headers=headers, **call))
-    return tuple(responses)
-
-
-@pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_fast_path_and_fallback_agree(api: InProcessAPI, case: str) -> None:
-    path, kwargs, expectation = PARITY_CASES[case]
-    fast, fallback = _parity_pair(api, path, kwargs)
-    assert fast.status_code == fallback.status_code, (fast.text, fallback.text)
-    assert fast.headers["x-request-id"] == fallback.headers["x-request-id"] == "parity-1"
-    assert fast.headers["content-type"].startswith("application/json")
-    assert fallback.headers["content-type"].startswith("application/json")
-    assert fast.headers.get("www-authenticate") == fallback.headers.get("www-authenticate")
-    assert fast.headers.get("retry-after") == fallback.headers.get("retry-after")
-    if expectation == SAME_BODY:
-        assert fast.json() == fallback.json()
-    else:
-        fast_body, fallback_body = fast.json(), fallback.json()
-        assert set(fast_body) == set(fallback_body) == {"error", "request_id"}
-        assert fast_body["error"]["code"] == fallback_body["error"]["code"]
-        assert set(fast_body["error"]) == set(fallback_body["error"]) == {"code", "message"}
-
-
-def test_fast_path_and_fallback_agree_on_auth_before_body(api: InProcessAPI) -> None:
-    fast, fallback = _parity_pair(api, "/v1/models/ok/predict", {"content": b"{oops", "headers": JSON})
-    assert fast.status_code == 401
-    assert fallback.status_code == fast.status_code, fallback.text
-
-
 # -- real server: chunked bodies and the access log -----------------------------------------------
 
+JSON = {"content-type": "application/json"}
 LOG_KEY = "acme-secret-key-7f3a9c"
 WRONG_KEY = "wrong-secret-key-51be0d"
 PAYLOAD_MARKER = "PAYLOAD-TEXT-do-not-log-93d1"

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from inferd.core.dataplane import ModelMetadata
 from inferd.core.errors import (
     InferenceError,
     InferenceTimeoutError,
@@ -25,9 +26,8 @@ from inferd.core.prediction import Prediction
 from inferd.core.tenancy import KeyRing, RateLimiter
 from inferd.core.tensors import Datatype, Tensor, TensorSpec
 from inferd.grpc import messages
-from inferd.grpc.plane import ModelMetadata
 from inferd.grpc.server import RETRY_AFTER, STATUS_BY_CODE, InferenceServicer, start_grpc_server
-from inferd.http.predict import Gatekeeper
+from inferd.http.gatekeeper import Gatekeeper
 
 KEY = "unit-key"
 
@@ -78,7 +78,7 @@ class FakePlane:
         spec = TensorSpec(name="x", datatype=Datatype.FP32, shape=(-1, 2))
         return ModelMetadata(name, ["1"], "python", (spec,), (spec,))
 
-    async def infer(self, **kwargs: Any) -> Prediction:
+    async def infer_tensors(self, **kwargs: Any) -> Prediction:
         self.calls.append(kwargs)
         if self.error:
             raise self.error

@@ -83,6 +83,20 @@ class ConflictError(InferdError):
     code = "conflict"
 
 
+class RouteNotFoundError(InferdError):
+    """No route of a front end has this path."""
+
+    code = "not_found"
+
+
+class MethodNotAllowedError(InferdError):
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class MissingExtraError(InferdError):
     """A runtime needs an optional dependency that is not installed."""
 

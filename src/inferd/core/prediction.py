@@ -113,25 +113,3 @@ class PredictionService:
             raise
         latency.observe(time.perf_counter() - started)
         return Prediction(name, resolved_version, outputs)
-
-    async def check_inputs(
-        self,
-        *,
-        tenant: str,
-        model: str,
-        version: str | None,
-        inputs: Sequence[Any],
-        indexed: bool,
-        parameters: dict[str, Any] | None = None,
-    ) -> ModelVersion:
-        """Resolve and run schema, preprocessor and validator without the model (job submission).
-        Not an execution, so nothing is counted."""
-        target = self.registry.resolve(model, version, tenant=tenant)
-        pipeline = target.pipeline or await self.registry.ensure_loaded(target)
-        pipeline.check_parameters(parameters)
-        call = PipelineCall(inputs, indexed)
-        if pipeline.preparation_blocks:
-            await asyncio.to_thread(pipeline.prepare_call, call)
-        else:
-            pipeline.prepare_call(call)
-        return target

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from inferd import __version__
+from inferd.core.dataplane import DataPlane
 from inferd.core.errors import ConfigError, InferdError, InvalidInputError
 from inferd.core.tensors import (
     Datatype,
@@ -27,7 +28,6 @@ from inferd.core.tensors import (
     select_outputs,
 )
 from inferd.grpc.messages import SERVICE, ModelInferResponse, service_methods
-from inferd.grpc.plane import V2Plane
 
 logger = logging.getLogger("inferd.grpc")
 
@@ -45,6 +45,9 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "conflict": grpc.StatusCode.ABORTED,
     "inference_error": grpc.StatusCode.INTERNAL,
     "config_error": grpc.StatusCode.INTERNAL,
+    # Raised by HTTP routing only; gRPC answers unknown methods itself.
+    "not_found": grpc.StatusCode.UNIMPLEMENTED,
+    "method_not_allowed": grpc.StatusCode.UNIMPLEMENTED,
 }
 # Trailing metadata key with the seconds to wait before retrying (RESOURCE_EXHAUSTED), as HTTP's Retry-After.
 RETRY_AFTER = "retry-after"
@@ -137,7 +140,7 @@ class InferenceServicer:
         "ModelInfer": "predict",
     }
 
-    def __init__(self, *, plane: V2Plane, admit: Callable[[str | None, str], Any]) -> None:
+    def __init__(self, *, plane: DataPlane, admit: Callable[[str | None, str], Any]) -> None:
         self._plane = plane
         self._admit = admit
         self._methods = service_methods()
@@ -175,7 +178,7 @@ class InferenceServicer:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise _DeadlinePassed()
-        prediction = await self._plane.infer(
+        prediction = await self._plane.infer_tensors(
             tenant=principal.tenant,
             model=request.model_name,
             version=request.model_version or None,

@@ -1,8 +1,7 @@
-"""One table from error codes to HTTP statuses, and the native error body."""
+"""One table from error codes to HTTP statuses, and the two error bodies: the native one and the Open
+Inference Protocol's."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import orjson
 
@@ -37,6 +36,9 @@ def error_headers(error: InferdError) -> list[tuple[bytes, bytes]]:
     if retry_after is not None:
         seconds = max(1, int(-(-float(retry_after) // 1)))
         headers.append((b"retry-after", str(seconds).encode()))
+    allowed = getattr(error, "allowed", None)
+    if allowed:
+        headers.append((b"allow", ", ".join(allowed).encode()))
     return headers
 
 
@@ -44,5 +46,5 @@ def error_body(code: str, message: str, request_id: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
 
 
-def error_payload(error: InferdError, request_id: str) -> dict[str, Any]:
-    return {"error": {"code": error.code, "message": error.message}, "request_id": request_id}
+def v2_error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

@@ -2,37 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response
 
-from inferd.core.errors import InferdError, InvalidInputError
-from inferd.core.tenancy import Principal
-from inferd.http.asgi import (
-    Receive,
-    RequestInfo,
-    Scope,
-    Send,
-    header,
-    read_body,
-    request_info,
-    send_error,
-    send_response,
-)
-from inferd.http.predict import Gatekeeper, parse_inputs, parse_json_object, parse_parameters, parse_timeout
-from inferd.jobs.models import JobStatus
-from inferd.jobs.service import MAX_WAIT_S, JobService, job_document, request_fingerprint
+from inferd.core.errors import InvalidInputError
+from inferd.http.predict import parse_inputs, parse_json_object, parse_parameters, parse_timeout
+from inferd.http.routes import Body, Call, Reply, Route
+from inferd.http.schemas import JobDocument, JobList, JobListQuery, JobSubmitRequest, JobWaitQuery
+from inferd.jobs.service import JobService, job_document, request_fingerprint
 
 _SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ATTEMPTS_LIMIT = 20
+JOB_ERRORS = (401, 403, 404, 422, 429, 500)
 
 
-def parse_job_request(
-    data: dict[str, Any], *, max_inputs: int
-) -> tuple[list[Any], bool, int | None, float | None]:
+@dataclass(slots=True)
+class JobRequest:
+    data: dict[str, Any]
+    inputs: list[Any]
+    batch: bool
+    max_attempts: int | None
+    timeout_s: float | None
+    parameters: dict[str, Any] | None
+
+
+def parse_job_request(data: dict[str, Any], *, max_inputs: int) -> JobRequest:
     inputs, batch = parse_inputs(data, batch=None, max_inputs=max_inputs, allowed=_SUBMIT_FIELDS)
     max_attempts = data.get("max_attempts")
     if max_attempts is not None and (
@@ -41,130 +38,116 @@ def parse_job_request(
         or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
     ):
         raise InvalidInputError(f'"max_attempts" must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}')
-    return inputs, batch, max_attempts, parse_timeout(data)
+    return JobRequest(data, inputs, batch, max_attempts, parse_timeout(data), parse_parameters(data))
 
 
-class JobSubmitHandler:
-    """Job submission, served by the pure-ASGI fast path and by the documented FastAPI routes."""
-
-    def __init__(
-        self, *, service: JobService, gatekeeper: Gatekeeper, max_body_bytes: int, max_inputs: int
-    ) -> None:
+class JobRoutes:
+    def __init__(self, *, service: JobService, max_inputs: int) -> None:
         self._service = service
-        self._gatekeeper = gatekeeper
-        self._max_body_bytes = max_body_bytes
         self._max_inputs = max_inputs
 
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        info: RequestInfo,
-        name: str,
-        version: str | None,
-        _: bool,
-    ) -> None:
-        try:
-            principal = self._gatekeeper.admit(scope["headers"], "jobs", info)
-            raw_key = header(scope, b"idempotency-key")
-            body = await read_body(scope, receive, self._max_body_bytes)
-            key = raw_key.decode("latin-1") if raw_key is not None else None
-            payload, location = await self.execute(principal, name, version, body, key, info)
-        except InferdError as exc:
-            await send_error(send, exc, info)
-            return
-        info.status = 202
-        await send_response(send, 202, payload, info.request_id, [(b"location", location.encode())])
-
-    async def execute(
-        self,
-        principal: Principal,
-        name: str,
-        version: str | None,
-        body: bytes,
-        idempotency_key: str | None,
-        info: RequestInfo,
-    ) -> tuple[bytes, str]:
-        info.model = name
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise InvalidInputError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    def parse_submit(self, body: bytes) -> JobRequest:
         data = parse_json_object(body, '{"input": ...} or {"inputs": [...]}')
-        inputs, batch, max_attempts, timeout_s = parse_job_request(data, max_inputs=self._max_inputs)
+        return parse_job_request(data, max_inputs=self._max_inputs)
+
+    async def submit_job(self, call: Call) -> Reply:
+        info = call.info
+        name = info.model = call.params["name"]
+        version = call.params.get("version")
+        raw_key = call.header(b"idempotency-key")
+        key = raw_key.decode("latin-1") if raw_key is not None else None
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise InvalidInputError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        request: JobRequest = await call.parsed_body()
         job, _ = await self._service.create_job(
-            tenant=principal.tenant,
+            tenant=call.tenant,
             model=name,
             version=version,
-            inputs=inputs,
-            batch=batch,
-            max_attempts=max_attempts,
-            timeout_s=timeout_s,
-            idempotency_key=idempotency_key,
-            fingerprint=request_fingerprint(name, version, data) if idempotency_key else None,
-            parameters=parse_parameters(data),
+            inputs=request.inputs,
+            batch=request.batch,
+            max_attempts=request.max_attempts,
+            timeout_s=request.timeout_s,
+            idempotency_key=key,
+            fingerprint=request_fingerprint(name, version, request.data) if key else None,
+            parameters=request.parameters,
         )
         info.version = job.version
-        return orjson.dumps(job_document(job)), f"/v1/jobs/{job.id}"
+        location = f"/v1/jobs/{job.id}".encode()
+        return Reply(202, orjson.dumps(job_document(job)), [(b"location", location)])
 
+    async def get_job(self, call: Call) -> Reply:
+        query: JobWaitQuery = call.query
+        job = await self._service.get(call.params["job_id"], tenant=call.tenant, wait_s=query.wait)
+        return Reply(200, orjson.dumps(job_document(job)))
 
-def create_jobs_router(*, service: JobService, submitter: JobSubmitHandler, requires: Any) -> APIRouter:
-    router = APIRouter(tags=["jobs"])
-    jobs_scope = requires("jobs")
-
-    async def submit(
-        request: Request, principal: Principal, name: str, version: str | None, idempotency_key: str | None
-    ) -> Response:
-        info = request_info(request.scope)
-        payload, location = await submitter.execute(
-            principal, name, version, await request.body(), idempotency_key, info
+    async def list_jobs(self, call: Call) -> Reply:
+        query: JobListQuery = call.query
+        jobs, next_cursor = await self._service.list_jobs(
+            tenant=call.tenant, status=query.status, model=query.model, limit=query.limit, cursor=query.cursor
         )
-        return Response(
-            payload, status_code=202, media_type="application/json", headers={"Location": location}
-        )
+        body = {"jobs": [job_document(job) for job in jobs], "next_cursor": next_cursor}
+        return Reply(200, orjson.dumps(body))
 
-    @router.post("/v1/models/{name}/jobs", status_code=202)
-    async def submit_routed(
-        request: Request,
-        name: str,
-        principal: Principal = jobs_scope,
-        idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> Response:
-        """Submit a durable job: `{"input": ...}` or `{"inputs": [...]}`, optional `max_attempts`, `timeout_s`."""
-        return await submit(request, principal, name, None, idempotency_key)
+    async def cancel_job(self, call: Call) -> Reply:
+        job = await self._service.cancel(call.params["job_id"], tenant=call.tenant)
+        return Reply(200, orjson.dumps(job_document(job)))
 
-    @router.post("/v1/models/{name}/versions/{version}/jobs", status_code=202)
-    async def submit_pinned(
-        request: Request,
-        name: str,
-        version: str,
-        principal: Principal = jobs_scope,
-        idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> Response:
-        return await submit(request, principal, name, version, idempotency_key)
-
-    @router.get("/v1/jobs/{job_id}")
-    async def get_job(
-        job_id: str,
-        principal: Principal = jobs_scope,
-        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to hold until terminal.")] = 0,
-    ) -> dict[str, Any]:
-        return job_document(await service.get(job_id, tenant=principal.tenant, wait_s=wait))
-
-    @router.get("/v1/jobs")
-    async def list_jobs(
-        principal: Principal = jobs_scope,
-        status: JobStatus | None = None,
-        model: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: str | None = None,
-    ) -> dict[str, Any]:
-        jobs, next_cursor = await service.list_jobs(
-            tenant=principal.tenant, status=status, model=model, limit=limit, cursor=cursor
-        )
-        return {"jobs": [job_document(job) for job in jobs], "next_cursor": next_cursor}
-
-    @router.post("/v1/jobs/{job_id}/cancel")
-    async def cancel_job(job_id: str, principal: Principal = jobs_scope) -> dict[str, Any]:
-        return job_document(await service.cancel(job_id, tenant=principal.tenant))
-
-    return router
+    def routes(self) -> list[Route]:
+        submit = Body(JobSubmitRequest, self.parse_submit)
+        idempotency = {
+            "Idempotency-Key": "The same key and body from the same tenant return the same job (1-200 chars)."
+        }
+        routes = [
+            Route(
+                "POST",
+                f"{prefix}/jobs",
+                self.submit_job,
+                "jobs",
+                f"Submit a durable job on {how}; 202 with Location: /v1/jobs/{{id}}",
+                "jobs",
+                body=submit,
+                response=JobDocument,
+                status=202,
+                errors=(*JOB_ERRORS, 409, 413, 503),
+                headers=idempotency,
+            )
+            for prefix, how in (
+                ("/v1/models/{name}", "the version routing chooses"),
+                ("/v1/models/{name}/versions/{version}", "a pinned version"),
+            )
+        ]
+        routes += [
+            Route(
+                "GET",
+                "/v1/jobs/{job_id}",
+                self.get_job,
+                "jobs",
+                "A job of this tenant; ?wait= holds the request until the job is terminal",
+                "jobs",
+                query=JobWaitQuery,
+                response=JobDocument,
+                errors=JOB_ERRORS,
+            ),
+            Route(
+                "GET",
+                "/v1/jobs",
+                self.list_jobs,
+                "jobs",
+                "This tenant's jobs, newest first, keyset-paged",
+                "jobs",
+                query=JobListQuery,
+                response=JobList,
+                errors=JOB_ERRORS,
+            ),
+            Route(
+                "POST",
+                "/v1/jobs/{job_id}/cancel",
+                self.cancel_job,
+                "jobs",
+                "Cancel a pending or running job; 409 for a finished one",
+                "jobs",
+                response=JobDocument,
+                errors=(*JOB_ERRORS, 409),
+            ),
+        ]
+        return routes

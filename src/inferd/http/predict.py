@@ -1,48 +1,21 @@
-"""Sync and batch predict: the same code serves the pure-ASGI fast path and the FastAPI routes."""
+"""Sync and batch predict on the native API: body parsers, handlers and their routes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from inferd.core.errors import InferdError, InferenceError, InvalidInputError
-from inferd.core.prediction import PredictionService
-from inferd.core.tenancy import KeyRing, Principal, RateLimiter
-from inferd.http.asgi import (
-    Receive,
-    RequestInfo,
-    Scope,
-    Send,
-    api_key_from_headers,
-    read_body,
-    send_error,
-    send_response,
-)
+from inferd.core.dataplane import DataPlane
+from inferd.core.errors import InferenceError, InvalidInputError
+from inferd.http.routes import Body, Call, Reply, Route
+from inferd.http.schemas import BatchPredictRequest, BatchPredictResponse, PredictRequest, PredictResponse
 
 _SINGLE_FIELDS = frozenset({"input", "timeout_s", "parameters"})
 _BATCH_FIELDS = frozenset({"inputs", "timeout_s", "parameters"})
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-class Gatekeeper:
-    """Authentication, scope check and rate limit: the same for every authenticated route."""
-
-    def __init__(self, *, keyring: KeyRing, rate_limiter: RateLimiter) -> None:
-        self._keyring = keyring
-        self._rate_limiter = rate_limiter
-
-    def admit(self, headers: list[tuple[bytes, bytes]], scope_name: str, info: RequestInfo) -> Principal:
-        return self.admit_key(api_key_from_headers(headers), scope_name, info)
-
-    def admit_key(self, key: str | None, scope_name: str, info: RequestInfo | None = None) -> Principal:
-        """The transport-free check (gRPC sends the key as metadata)."""
-        principal = self._keyring.authenticate(key)
-        if info is not None:
-            info.tenant = principal.tenant
-        principal.require(scope_name)
-        self._rate_limiter.acquire(principal.tenant)
-        return principal
+PREDICT_ERRORS = (401, 403, 404, 413, 422, 429, 500, 503, 504)
 
 
 def parse_timeout(data: dict[str, Any]) -> float | None:
@@ -96,62 +69,42 @@ def parse_inputs(
     return inputs, True
 
 
-class PredictHandler:
-    def __init__(
-        self,
-        *,
-        service: PredictionService,
-        gatekeeper: Gatekeeper,
-        max_body_bytes: int,
-        max_batch_inputs: int,
-    ) -> None:
-        self._service = service
-        self._gatekeeper = gatekeeper
-        self._max_body_bytes = max_body_bytes
+@dataclass(slots=True)
+class PredictBody:
+    inputs: list[Any]
+    timeout_s: float | None
+    parameters: dict[str, Any] | None
+
+
+class PredictRoutes:
+    """``/v1/models/{name}[/versions/{version}]/predict[/batch]`` over the data plane."""
+
+    def __init__(self, *, dataplane: DataPlane, max_batch_inputs: int) -> None:
+        self._dataplane = dataplane
         self._max_batch_inputs = max_batch_inputs
 
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        info: RequestInfo,
-        name: str,
-        version: str | None,
-        batch: bool,
-    ) -> None:
-        try:
-            principal = self._gatekeeper.admit(scope["headers"], "predict", info)
-            body = await read_body(scope, receive, self._max_body_bytes)
-            payload = await self.execute(principal, name, version, batch, body, info)
-        except InferdError as exc:
-            await send_error(send, exc, info)
-            return
-        info.status = 200
-        await send_response(send, 200, payload, info.request_id)
+    def parse_single(self, body: bytes) -> PredictBody:
+        data = parse_json_object(body, '{"input": ...}')
+        inputs, _ = parse_inputs(data, batch=False, max_inputs=1, allowed=_SINGLE_FIELDS)
+        return PredictBody(inputs, parse_timeout(data), parse_parameters(data))
 
-    async def execute(
-        self,
-        principal: Principal,
-        name: str,
-        version: str | None,
-        batch: bool,
-        body: bytes,
-        info: RequestInfo,
-    ) -> bytes:
-        info.model = name
-        example = '{"inputs": [...]}' if batch else '{"input": ...}'
-        data = parse_json_object(body, example)
-        allowed = _BATCH_FIELDS if batch else _SINGLE_FIELDS
-        inputs, _ = parse_inputs(data, batch=batch, max_inputs=self._max_batch_inputs, allowed=allowed)
-        prediction = await self._service.predict(
-            tenant=principal.tenant,
+    def parse_batch(self, body: bytes) -> PredictBody:
+        data = parse_json_object(body, '{"inputs": [...]}')
+        inputs, _ = parse_inputs(data, batch=True, max_inputs=self._max_batch_inputs, allowed=_BATCH_FIELDS)
+        return PredictBody(inputs, parse_timeout(data), parse_parameters(data))
+
+    async def _run(self, call: Call, batch: bool) -> Reply:
+        info = call.info
+        name = info.model = call.params["name"]
+        request: PredictBody = await call.parsed_body()
+        prediction = await self._dataplane.infer(
+            tenant=call.tenant,
             model=name,
-            version=version,
-            inputs=inputs,
+            version=call.params.get("version"),
+            inputs=request.inputs,
             indexed=batch,
-            timeout_s=parse_timeout(data),
-            parameters=parse_parameters(data),
+            timeout_s=request.timeout_s,
+            parameters=request.parameters,
         )
         info.version = prediction.version
         response: dict[str, Any] = {"model": prediction.model, "version": prediction.version}
@@ -161,6 +114,46 @@ class PredictHandler:
             response["output"] = prediction.outputs[0]
         response["request_id"] = info.request_id
         try:
-            return orjson.dumps(response, option=_DUMP_OPTIONS)
+            return Reply(200, orjson.dumps(response, option=_DUMP_OPTIONS))
         except TypeError as exc:
             raise InferenceError(f"the model's output is not JSON-serializable: {exc}") from None
+
+    async def predict(self, call: Call) -> Reply:
+        return await self._run(call, False)
+
+    async def predict_batch(self, call: Call) -> Reply:
+        return await self._run(call, True)
+
+    def routes(self) -> list[Route]:
+        single = Body(PredictRequest, self.parse_single)
+        batch = Body(BatchPredictRequest, self.parse_batch)
+        routes = []
+        for prefix, how in (
+            ("/v1/models/{name}", "the version routing chooses (routing.yaml, else the highest)"),
+            ("/v1/models/{name}/versions/{version}", "a pinned version"),
+        ):
+            routes += [
+                Route(
+                    "POST",
+                    f"{prefix}/predict",
+                    self.predict,
+                    "predict",
+                    f"Predict one input on {how}",
+                    "inference",
+                    body=single,
+                    response=PredictResponse,
+                    errors=PREDICT_ERRORS,
+                ),
+                Route(
+                    "POST",
+                    f"{prefix}/predict/batch",
+                    self.predict_batch,
+                    "predict",
+                    f"Predict a batch of inputs on {how}; outputs in input order",
+                    "inference",
+                    body=batch,
+                    response=BatchPredictResponse,
+                    errors=PREDICT_ERRORS,
+                ),
+            ]
+        return routes

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from inferd.core.dataplane import DataPlane
 from inferd.core.errors import ConflictError, InferdError, InferenceError, InvalidInputError, JobNotFoundError
-from inferd.core.prediction import PredictionService
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 from inferd.jobs.store import FinishRequest, InsertResult, JobStore
@@ -41,7 +41,7 @@ class JobService:
         self,
         *,
         store: JobStore,
-        prediction: PredictionService,
+        dataplane: DataPlane,
         metrics: InferdMetrics,
         default_max_attempts: int = 3,
         retry_base_s: float = 1.0,
@@ -49,7 +49,7 @@ class JobService:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
-        self.prediction = prediction
+        self.dataplane = dataplane
         self._metrics = metrics
         self._default_max_attempts = default_max_attempts
         self._retry_base_s = retry_base_s
@@ -80,7 +80,7 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Validate the input now (invalid jobs are never queued), resolve the version through routing,
         and store a pending job. Returns (job, created)."""
-        target = await self.prediction.check_inputs(
+        target = await self.dataplane.check_inputs(
             tenant=tenant, model=model, version=version, inputs=inputs, indexed=batch, parameters=parameters
         )
         now = self._clock()
@@ -181,9 +181,9 @@ class JobService:
         return await self.store.renew_leases(job_ids, worker_id=worker_id, lease_s=lease_s, now=self._clock())
 
     async def run(self, job: Job, *, worker_id: str) -> Job | None:
-        """Execute one attempt through the PredictionService and record the outcome."""
+        """Execute one attempt through the data plane and record the outcome."""
         try:
-            prediction = await self.prediction.predict(
+            prediction = await self.dataplane.infer(
                 tenant=job.tenant,
                 model=job.model,
                 version=job.version,
@@ -281,12 +281,7 @@ class JobService:
         gauge = self._metrics.job_queue_depth
         # Every loaded version has a series, at 0 while nothing waits: an alert or a KEDA trigger on
         # job_queue_depth sees "empty", not "absent".
-        loaded = {
-            (entry.name, version.version)
-            for entry in self.prediction.registry.models.values()
-            for version in entry.versions.values()
-            if version.state == "loaded"
-        }
+        loaded = set(self.dataplane.loaded_versions())
         for key in {*counts, *self._depth, *loaded}:
             self._depth[key] = counts.get(key, 0)
             gauge.labels(*key).set(self._depth[key])

@@ -1,4 +1,4 @@
-"""The job worker: claims pending jobs, runs them through the PredictionService, renews leases.
+"""The job worker: claims pending jobs, runs them through the data plane, renews leases.
 
 One claiming loop per process: it claims as many jobs as it has free slots in one statement, and
 waits for a store notification (LISTEN/NOTIFY on PostgreSQL, an in-process event on SQLite) or the

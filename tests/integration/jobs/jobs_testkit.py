@@ -1,7 +1,7 @@
 """Helpers for the job API tests: an in-process app with its lifespan running, and real processes.
 
 In process: ``build_app(settings, engine=engine)`` behind ``httpx.ASGITransport``. ASGITransport does
-not run the lifespan, so :func:`job_app` enters the FastAPI lifespan itself (that starts the job
+not run the lifespan, so :func:`job_app` enters the app's lifespan itself (that starts the job
 runtime: store, worker, queue-depth refresh) and leaves it at the end. Every test runs its body with
 ``asyncio.run`` and builds its own app, because a DeviceExecutor binds to the loop of its first call.
 
@@ -176,14 +176,12 @@ class JobApp:
 
 
 @contextlib.asynccontextmanager
-async def job_app(tmp_path: Path, *, fast_path: bool = True, **overrides: Any) -> AsyncIterator[JobApp]:
-    """The app of ``inferd serve`` on a SQLite store in tmp_path, its lifespan entered (runtime started).
-    ``fast_path=False``: job submission goes through the documented FastAPI routes instead."""
+async def job_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[JobApp]:
+    """The app of ``inferd serve`` on a SQLite store in tmp_path, its lifespan entered (runtime started)."""
     settings = job_settings(f"sqlite:///{tmp_path / 'jobs.db'}", **overrides)
     engine = build_engine(settings)
-    app = build_app(settings, engine=engine, fast_path=fast_path)
-    fastapi_app = app._app
-    async with fastapi_app.router.lifespan_context(fastapi_app):  # closes the engine on exit
+    app = build_app(settings, engine=engine)
+    async with app.lifespan():  # closes the engine on exit
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield JobApp(settings, engine, app, client)

@@ -15,10 +15,9 @@ from inferd.jobs.models import JobStatus
 from inferd.jobs.store import JobStore
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
-def test_submit_get_single_and_batch_jobs(tmp_path: Path, fast_path: bool) -> None:
+def test_submit_get_single_and_batch_jobs(tmp_path: Path) -> None:
     async def body() -> None:
-        async with job_app(tmp_path, fast_path=fast_path) as api:
+        async with job_app(tmp_path) as api:
             response = await api.submit("echo", {"input": {"a": 1}})
             assert response.status_code == 202, response.text
             job = response.json()
@@ -53,10 +52,9 @@ def test_submit_get_single_and_batch_jobs(tmp_path: Path, fast_path: bool) -> No
     asyncio.run(body())
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
-def test_submission_is_validated_and_rejected_jobs_are_not_stored(tmp_path: Path, fast_path: bool) -> None:
+def test_submission_is_validated_and_rejected_jobs_are_not_stored(tmp_path: Path) -> None:
     async def body() -> None:
-        async with job_app(tmp_path, fast_path=fast_path) as api:
+        async with job_app(tmp_path) as api:
             assert_error(await api.submit("no-such-model", {"input": 1}), 404, "model_not_found")
             assert_error(
                 await api.client.post(
@@ -82,10 +80,9 @@ def test_submission_is_validated_and_rejected_jobs_are_not_stored(tmp_path: Path
     asyncio.run(body())
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
-def test_jobs_scope_is_required(tmp_path: Path, fast_path: bool) -> None:
+def test_jobs_scope_is_required(tmp_path: Path) -> None:
     async def body() -> None:
-        async with job_app(tmp_path, fast_path=fast_path) as api:
+        async with job_app(tmp_path) as api:
             assert_error(await api.submit("echo", {"input": 1}, key=PREDICT_ONLY), 403, "forbidden")
             assert_error(
                 await api.client.post("/v1/models/echo/jobs", json={"input": 1}), 401, "unauthenticated"
@@ -135,10 +132,9 @@ def test_cancel_running_job_discards_its_result(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
-def test_idempotency_key(tmp_path: Path, fast_path: bool) -> None:
+def test_idempotency_key(tmp_path: Path) -> None:
     async def body() -> None:
-        async with job_app(tmp_path, fast_path=fast_path, worker=False) as api:
+        async with job_app(tmp_path, worker=False) as api:
             key = {"Idempotency-Key": "order-42"}
             first = await api.submit("echo", {"input": {"n": 1}}, headers=key)
             second = await api.submit("echo", {"input": {"n": 1}}, headers=key)

@@ -157,7 +157,7 @@ async def harness(
     kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
     service = JobService(
         store=store,
-        prediction=engine.prediction,
+        dataplane=engine.dataplane,
         metrics=engine.metrics,
         default_max_attempts=default_max_attempts,
         retry_base_s=retry_base_s,

@@ -1,0 +1,198 @@
+"""The HTTP route table: every route declared once.
+
+A :class:`Route` says everything about one route: method, path template, the scope a key needs (None:
+public), the handler, the request body (its documented schema and the parser that enforces it), the
+query model, the response schema, the statuses it answers and its error shape. The ASGI dispatcher
+(``http/asgi.py``) serves the table and the OpenAPI document (``http/openapi.py``) is generated from
+it, so what is documented is what is served.
+
+Adding a route: write ``async def handler(call: Call) -> Reply`` and append a ``Route`` to the list
+its module returns; ``bootstrap.build_app`` concatenates the lists.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ValidationError
+
+from inferd.core.errors import InvalidInputError
+from inferd.core.tenancy import Principal
+from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
+
+
+class ErrorStyle(enum.Enum):
+    """How a route's errors look: the native ``{"error": {"code", "message"}, "request_id"}`` or the
+    Open Inference Protocol's ``{"error": "<message>"}``."""
+
+    NATIVE = "native"
+    V2 = "v2"
+
+
+class Call:
+    """One request as a handler sees it: path parameters, the authenticated principal (None on public
+    routes), the parsed query, and the body read on demand under the size limit."""
+
+    __slots__ = ("scope", "receive", "info", "route", "params", "principal", "query", "_max_body")
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        info: RequestInfo,
+        route: Route,
+        params: dict[str, str],
+        max_body_bytes: int,
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.info = info
+        self.route = route
+        self.params = params
+        self.principal: Principal | None = None
+        self.query: Any = None
+        self._max_body = max_body_bytes
+
+    @property
+    def tenant(self) -> str:
+        assert self.principal is not None, "public routes have no tenant"
+        return self.principal.tenant
+
+    def header(self, name: bytes) -> bytes | None:
+        return header(self.scope, name)
+
+    async def body(self, limit: int | None = None) -> bytes:
+        return await read_body(self.scope, self.receive, limit or self._max_body)
+
+    async def parsed_body(self) -> Any:
+        """The body through the route's declared parser (the one the OpenAPI schema describes)."""
+        body = self.route.body
+        assert body is not None and body.parse is not None, f"{self.route.path} declares no body parser"
+        return body.parse(await self.body())
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] | None = None
+    content_type: bytes = b"application/json"
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A request body: ``model`` documents it, ``parse`` (bytes → value) enforces it. With no
+    ``parse`` the handler reads the raw body itself (e.g. binary tensor data)."""
+
+    model: type[BaseModel] | None
+    parse: Callable[[bytes], Any] | None = None
+    content_types: tuple[str, ...] = ("application/json",)
+    examples: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    scope: str | None
+    summary: str
+    tag: str
+    body: Body | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    response_content_type: str = "application/json"
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    error_style: ErrorStyle = ErrorStyle.NATIVE
+    description: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # request header name → description
+    in_schema: bool = True
+
+    @property
+    def operation_id(self) -> str:
+        return (
+            self.handler.__name__
+            + "_"
+            + self.method.lower()
+            + self.path.replace("/", "_").replace("{", "").replace("}", "")
+        )
+
+
+def parse_query(route: Route, query_string: bytes) -> Any:
+    """The route's query model validated from the query string; 422 naming the bad parameter."""
+    assert route.query is not None
+    raw = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    try:
+        return route.query.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"query parameter {'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidInputError(problems) from None
+
+
+class _Node:
+    __slots__ = ("literal", "param", "param_name", "routes")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.param_name = ""
+        self.routes: dict[str, Route] = {}
+
+
+class RouteTable:
+    """Matches a request to a route by path segments (a trie: cost grows with the path's length, not
+    with the number of routes). Literal segments win over parameters."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes: list[Route] = list(routes)
+        self._root = _Node()
+        for route in self.routes:
+            self._add(route)
+
+    def _add(self, route: Route) -> None:
+        node = self._root
+        for segment in route.path[1:].split("/"):
+            if segment.startswith("{") and segment.endswith("}"):
+                name = segment[1:-1]
+                if node.param is None:
+                    node.param = _Node()
+                    node.param_name = name
+                elif node.param_name != name:
+                    raise ValueError(
+                        f"{route.path}: parameter {{{name}}} where another route has {{{node.param_name}}}"
+                    )
+                node = node.param
+            else:
+                node = node.literal.setdefault(segment, _Node())
+        if route.method in node.routes:
+            raise ValueError(f"{route.method} {route.path} is declared twice")
+        node.routes[route.method] = route
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], Sequence[str]]:
+        """``(route, params, allowed)``: the route, or None with the methods the path allows (empty
+        when no route has this path)."""
+        params: dict[str, str] = {}
+        node = self._root
+        for segment in path[1:].split("/"):
+            child = node.literal.get(segment)
+            if child is None:
+                if node.param is None or not segment:
+                    return None, params, ()
+                params[node.param_name] = segment
+                child = node.param
+            node = child
+        route = node.routes.get(method)
+        if route is None:
+            return None, params, sorted(node.routes)
+        return route, params, ()

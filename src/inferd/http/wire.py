@@ -1,0 +1,99 @@
+"""ASGI primitives shared by the dispatcher and the handlers: types, the per-request info the access
+log reads, header lookup, the size-limited body reader and the response writer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from inferd.core.errors import InvalidInputError, PayloadTooLargeError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the access log says about one request; filled in by whoever handles it."""
+
+    request_id: str
+    tenant: str | None = None
+    model: str | None = None
+    version: str | None = None
+    status: int = 0
+    error: str | None = None
+    cause: str | None = None
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    info: RequestInfo = scope["state"]["inferd"]
+    return info
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def api_key_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it passes ``limit`` (declared or streamed)."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLargeError(
+                    f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
+                )
+        except ValueError:
+            raise InvalidInputError("Content-Length header is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInputError("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
+    all_headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if headers:
+        all_headers.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})

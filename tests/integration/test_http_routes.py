@@ -1,0 +1,149 @@
+"""The route table: what /openapi.json documents is what the server serves and what its parsers accept;
+unknown routes and methods; auth before anything else on every scoped route."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from inferd_http_testkit import PREDICT_KEY, InProcessAPI, assert_error
+
+from inferd.core.errors import InvalidInputError
+from inferd.http.routes import Route
+
+PARAMS = {"name": "ok", "version": "1", "job_id": "00000000-0000-4000-8000-000000000000"}
+
+
+def table_routes(api: InProcessAPI) -> list[Route]:
+    return list(api.app.table.routes)
+
+
+def concrete(path: str) -> str:
+    for name, value in PARAMS.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    for part in schema.get("allOf", []):
+        schema = {**resolve(document, part), **{k: v for k, v in schema.items() if k != "allOf"}}
+    return schema
+
+
+def test_openapi_documents_exactly_the_served_routes(api: InProcessAPI) -> None:
+    document = api.get("/openapi.json").json()
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    served = {(route.method, route.path) for route in table_routes(api) if route.in_schema}
+    assert documented == served
+    for method, path in sorted(served):
+        # Served: the dispatcher knows the route (anything but a 404/405 from routing itself).
+        response = api.request(method, concrete(path), key=PREDICT_KEY, json={})
+        if response.status_code in (404, 405):
+            assert response.json()["error"]["code"] not in ("not_found", "method_not_allowed"), (
+                path,
+                response.text,
+            )
+
+
+def _body_cases(document: dict[str, Any], schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """(bodies the schema accepts, bodies it refuses), derived from the schema's own keywords."""
+    example = schema["example"]
+    accepted: list[Any] = [example]
+    refused: list[Any] = ["not an object", [example], {**example, "unknown_field": 1}]
+    assert schema.get("additionalProperties") is False
+    for name in schema.get("required", []):
+        refused.append({k: v for k, v in example.items() if k != name})
+    one_of = [option["required"] for option in schema.get("oneOf", [])]
+    if one_of:
+        refused.append({k: v for k, v in example.items() if not any(k in names for names in one_of)})
+        both = copy.deepcopy(example)
+        for names in one_of:
+            for name in names:
+                both.setdefault(name, example.get(name, [1]))
+        refused.append(both)
+    for name, raw_prop in schema["properties"].items():
+        prop = resolve(document, raw_prop)
+        kind = prop.get("type")
+        if kind is None:
+            continue  # any JSON value
+        if prop.get("nullable") and name not in schema.get("required", []):
+            accepted.append({**example, name: None})
+        if kind == "number":
+            low = prop.get("minimum", 0)
+            accepted.append({**example, name: low + 1})
+            refused.append({**example, name: "1"})
+            if prop.get("exclusiveMinimum"):
+                refused.append({**example, name: low})
+        elif kind == "integer":
+            low, high = prop.get("minimum", 1), prop.get("maximum", 10)
+            accepted.append({**example, name: low})
+            refused += [{**example, name: 1.5}, {**example, name: high + 1}, {**example, name: low - 1}]
+        elif kind == "object":
+            accepted.append({**example, name: {"k": 1}})
+            refused.append({**example, name: [1]})
+        elif kind == "array" and name in example:
+            refused.append({**example, name: "x"})
+            if prop.get("minItems") == 1:
+                refused.append({**example, name: []})
+    return accepted, refused
+
+
+def test_every_documented_body_is_what_its_parser_accepts(api: InProcessAPI) -> None:
+    document = api.get("/openapi.json").json()
+    checked = 0
+    for route in table_routes(api):
+        if route.body is None or route.body.parse is None:
+            continue
+        operation = document["paths"][route.path][route.method.lower()]
+        schema = resolve(document, operation["requestBody"]["content"]["application/json"]["schema"])
+        accepted, refused = _body_cases(document, schema)
+        for body in accepted:
+            route.body.parse(orjson.dumps(body))
+        for body in refused:
+            with pytest.raises(InvalidInputError):
+                route.body.parse(orjson.dumps(body))
+                pytest.fail(f"{route.method} {route.path} accepted {body!r}, which its schema refuses")
+        checked += 1
+    assert checked >= 6  # predict, batch and jobs, routed and pinned
+
+
+def test_every_documented_query_parameter_is_parsed(api: InProcessAPI) -> None:
+    document = api.get("/openapi.json").json()
+    for route in table_routes(api):
+        if route.query is None:
+            continue
+        operation = document["paths"][route.path][route.method.lower()]
+        documented = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        assert documented == set(route.query.model_fields), route.path
+
+
+def test_every_scoped_route_checks_the_key_before_anything_else(api: InProcessAPI) -> None:
+    scoped = [route for route in table_routes(api) if route.scope is not None]
+    assert len(scoped) >= 10
+    for route in scoped:
+        response = api.request(route.method, concrete(route.path), content=b"{oops")
+        body = assert_error(response, 401, "unauthenticated")
+        assert response.headers["www-authenticate"] == "Bearer", (route.path, body)
+
+
+def test_unknown_route_is_a_native_404(api: InProcessAPI) -> None:
+    assert_error(api.get("/v1/nothing-here"), 404, "not_found")
+    # No redirects: a trailing slash is another path (a redirect would be built from the Host header).
+    response = api.post("/v1/models/ok/predict/", key=PREDICT_KEY, json={"input": 1})
+    assert_error(response, 404, "not_found")
+
+
+def test_wrong_method_is_405_with_allow(api: InProcessAPI) -> None:
+    response = api.get("/v1/models/ok/predict", key=PREDICT_KEY)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_unknown_v2_route_uses_the_protocol_error_shape(api: InProcessAPI) -> None:
+    response = api.get("/v2/no/such/route")
+    assert response.status_code == 404
+    assert set(response.json()) == {"error"} and isinstance(response.json()["error"], str)
