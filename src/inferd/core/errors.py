@@ -67,6 +67,16 @@ class OverloadedError(InferdError):
         self.retry_after_s = retry_after_s
 
 
+class StoreUnavailableError(InferdError):
+    """The job store cannot be reached or written right now; the client may retry."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, cause: str | None = None) -> None:
+        super().__init__(message, cause=cause)
+        self.retry_after_s = retry_after_s
+
+
 class InferenceTimeoutError(InferdError):
     code = "timeout"
 

@@ -16,6 +16,7 @@ STATUS_BY_CODE = {
     "payload_too_large": 413,
     "rate_limited": 429,
     "overloaded": 503,
+    "store_unavailable": 503,
     "timeout": 504,
     "inference_error": 500,
     "conflict": 409,

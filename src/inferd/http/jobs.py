@@ -16,7 +16,7 @@ from inferd.jobs.service import JobService, job_document, request_fingerprint
 _SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ATTEMPTS_LIMIT = 20
-JOB_ERRORS = (401, 403, 404, 422, 429, 500)
+JOB_ERRORS = (401, 403, 404, 422, 429, 500, 503)  # 503: store_unavailable
 
 
 @dataclass(slots=True)
@@ -108,7 +108,7 @@ class JobRoutes:
                 body=submit,
                 response=JobDocument,
                 status=202,
-                errors=(*JOB_ERRORS, 409, 413, 503),
+                errors=(*JOB_ERRORS, 409, 413),
                 headers=idempotency,
             )
             for prefix, how in (

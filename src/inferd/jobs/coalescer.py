@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from inferd.core.errors import StoreUnavailableError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -36,8 +38,10 @@ class Coalescer(Generic[T, R]):
                 try:
                     results = await self._write([item for item, _ in batch])
                 except Exception as exc:
-                    if len(batch) == 1:
-                        _reject(batch[0][1], exc)
+                    if len(batch) == 1 or isinstance(exc, StoreUnavailableError):
+                        # Unreachable fails every item alike; trying each alone would only wait longer.
+                        for _, future in batch:
+                            _reject(future, exc)
                         continue
                     # One item the store refuses (e.g. a string PostgreSQL cannot hold) must not fail
                     # the others that happened to share its statement: the batched write is

@@ -4,6 +4,12 @@ Every query is one statement on an autocommit pooled connection (one round trip)
 claimers are kept apart by ``FOR UPDATE SKIP LOCKED``; idempotent submission relies on the unique
 (tenant, idempotency_key) index. Other processes are woken by LISTEN/NOTIFY.
 
+Outages: the first query that finds the server gone answers StoreUnavailableError, and so does
+every query after it, at once, while a probe tries to connect every PROBE_INTERVAL_S; when it
+answers, a fresh pool replaces the old one. (The pool's own reconnection backs off exponentially,
+which kept the API blocked for many seconds after the server was back.) Getting a pooled connection
+waits at most ``answer_timeout_s``, so a client never waits long for a 503.
+
 Work announcements are sent at most once per ``notify_debounce_s``: a committing NOTIFY takes a
 cluster-wide lock, which serializes those commits and defeats group commit (measured: about 3x fewer
 inserts/s when every insert notifies). An announcement inside the window schedules one trailing
@@ -25,9 +31,9 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.core.errors import ConfigError, ConflictError, InvalidInputError, StoreUnavailableError
 from inferd.jobs.connector import Params, Query, Row
 from inferd.jobs.migrations import JOB_COLUMN_KINDS, Kind, apply_postgres_migrations
 from inferd.jobs.postgres_sql import CHANNEL, QUERIES
@@ -36,7 +42,11 @@ from inferd.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 0.5
-RECONNECT_MAX_S = 30.0
+RECONNECT_MAX_S = 2.0  # LISTEN comes back within this of the database
+PROBE_INTERVAL_S = 0.25  # while the database is away: how often to try it
+# What a lost server looks like: refused or dropped connections, an admin shutdown, no pooled
+# connection in time. Anything else (a bad statement, a constraint) is not an outage.
+_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 # Lower case only: the schema also goes into the search_path startup option, where unquoted names
 # are folded to lower case, so anything else could name a different schema there than in DDL.
@@ -95,6 +105,7 @@ class PostgresConnector:
         max_size: int = 10,
         connect_timeout_s: float = 10.0,
         notify_debounce_s: float = 0.01,
+        answer_timeout_s: float = 1.0,
     ) -> None:
         self.dsn = dsn
         self.schema = validate_schema_name(schema)
@@ -102,11 +113,13 @@ class PostgresConnector:
         self.max_size = max_size
         self.connect_timeout_s = connect_timeout_s
         self.notify_debounce_s = notify_debounce_s
+        self.answer_timeout_s = answer_timeout_s
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._healing: asyncio.Task[None] | None = None  # set while the server is away
         self._listener: asyncio.Task[None] | None = None
         self._last_notify = float("-inf")  # loop time of the last notification this process sent
         self._notifier: asyncio.Task[None] | None = None  # the next notification, once scheduled
-        self._sending: set[asyncio.Task[None]] = set()  # every notification task not yet done
+        self._tasks: set[asyncio.Task[None]] = set()  # notifications and pool replacements under way
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -164,6 +177,58 @@ class PostgresConnector:
                 log.warning("job store: LISTEN connection lost, workers poll until it is back: %s", exc)
             conn = None
 
+    async def _open_pool(self, conninfo: str, timeout_s: float) -> AsyncConnectionPool[Any]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=_configure,
+            open=False,
+            name=f"inferd-jobs-{self.schema}",
+        )
+        try:
+            await pool.open(wait=True, timeout=timeout_s)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _unavailable(self, exc: BaseException | None) -> StoreUnavailableError:
+        if exc is not None and self._healing is None and self._pool is not None:
+            log.warning("job store: PostgreSQL cannot be reached (%s); answering 503 until it is back", exc)
+            self._healing = asyncio.create_task(self._heal(), name="inferd-jobs-heal")
+        return StoreUnavailableError(
+            "the job store (PostgreSQL) cannot be reached right now; retry shortly",
+            cause=None if exc is None else type(exc).__name__,
+        )
+
+    async def _heal(self) -> None:
+        conninfo = self._conninfo()
+        # The old pool would keep reconnecting (and logging) with growing delays; it is replaced.
+        # Queries still waiting on it fail with PoolClosed, an OperationalError: a 503 as well.
+        old = self._pool
+        if old is not None:
+            self._keep(asyncio.create_task(old.close(timeout=0.5)))
+        while True:
+            try:
+                # A plain connection first: refused at once while the server is away, where
+                # opening a pool would wait for its timeout.
+                probe = await AsyncConnection.connect(conninfo, autocommit=True)
+                await probe.close()
+                pool = await self._open_pool(conninfo, self.answer_timeout_s)
+            except (psycopg.Error, PoolTimeout):
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                continue
+            self._pool = pool
+            self._healing = None
+            log.warning("job store: PostgreSQL answers again")
+            return
+
     async def open(self, on_notification: Callable[[], None]) -> None:
         if self._pool is not None:
             raise RuntimeError("the PostgreSQL job store is already open")
@@ -174,20 +239,7 @@ class PostgresConnector:
         try:
             await apply_postgres_migrations(conn, schema=self.schema)
             await conn.execute(f"LISTEN {CHANNEL}")
-            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                conninfo,
-                min_size=self.min_size,
-                max_size=self.max_size,
-                kwargs={"autocommit": True, "row_factory": dict_row},
-                configure=_configure,
-                open=False,
-                name=f"inferd-jobs-{self.schema}",
-            )
-            try:
-                await pool.open(wait=True, timeout=self.connect_timeout_s)
-            except BaseException:
-                await pool.close()
-                raise
+            pool = await self._open_pool(conninfo, self.connect_timeout_s)
         except BaseException:
             await conn.close()
             raise
@@ -197,13 +249,13 @@ class PostgresConnector:
         )
 
     async def close(self) -> None:
-        tasks = [*self._sending, *([self._listener] if self._listener is not None else [])]
+        tasks = [*self._tasks, *(t for t in (self._listener, self._healing) if t is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._notifier = self._listener = None
+        self._notifier = self._listener = self._healing = None
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -211,13 +263,18 @@ class PostgresConnector:
     # -- queries ----------------------------------------------------------------------------------
 
     async def _cursor_rows(self, query: Query, values: Params) -> tuple[list[Row], int]:
+        pool = self._pool_or_raise()
+        if self._healing is not None:
+            raise self._unavailable(None)
         try:
-            async with self._pool_or_raise().connection() as conn:
+            async with pool.connection(timeout=self.answer_timeout_s) as conn:
                 cur = await conn.execute(QUERIES[query], values)
                 rows: list[Row] = await cur.fetchall() if cur.description else []
                 return rows, cur.rowcount
         except psycopg.errors.UniqueViolation as exc:
             raise ConflictError(f"the job store refused a duplicate: {exc}") from exc
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from exc
 
     async def fetch(self, query: Query, params: Params) -> list[Row]:
         return (await self._cursor_rows(query, _encode_all(params)))[0]
@@ -236,8 +293,7 @@ class PostgresConnector:
     def announce_work(self) -> None:
         if self._notifier is None and self._pool is not None:
             self._notifier = task = asyncio.create_task(self._notify())
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._keep(task)
 
     async def _notify(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from inferd.core.errors import StoreUnavailableError
 from inferd.jobs.service import JobService
 from inferd.jobs.store import JobStore
 from inferd.jobs.worker import JobWorker
@@ -16,11 +17,20 @@ logger = logging.getLogger("inferd.jobs")
 
 
 async def _every(interval_s: float, action: Callable[[], Awaitable[Any]], what: str) -> None:
+    unavailable = False  # an outage is logged when it starts and when it ends, not every interval
     while True:
         try:
             await action()
+        except StoreUnavailableError as exc:
+            if not unavailable:
+                logger.warning("%s: %s", what, exc.message)
+            unavailable = True
         except Exception:
             logger.exception("%s failed; trying again in %.1fs", what, interval_s)
+        else:
+            if unavailable:
+                logger.warning("%s: the job store answers again", what)
+            unavailable = False
         await asyncio.sleep(interval_s)
 
 

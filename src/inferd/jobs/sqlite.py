@@ -4,7 +4,9 @@ sqlite3 is blocking and a connection belongs to one thread, so every call runs o
 background thread owning one connection: calls from the API and an in-process worker are serialized
 there, and the event loop never blocks on disk. Other processes may use the same file: WAL lets
 readers run beside the single writer, busy_timeout makes writers queue instead of failing, and every
-read-modify-write runs as one statement or inside ``BEGIN IMMEDIATE``.
+read-modify-write runs as one statement or inside ``BEGIN IMMEDIATE``. A writer waits for the lock at
+most ``busy_timeout_s`` (1.5 s): longer means the file is held by something else (a backup, a
+shell), and the client gets StoreUnavailableError (503) rather than a hang.
 
 Values: timestamps are fixed-width ISO-8601 UTC text (they sort as text), booleans integers, JSON
 text; id lists one JSON parameter.
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from inferd.core.errors import ConfigError, ConflictError, InvalidInputError
+from inferd.core.errors import ConfigError, ConflictError, InvalidInputError, StoreUnavailableError
 from inferd.jobs.connector import Params, Query, Row
 from inferd.jobs.migrations import JOB_COLUMN_KINDS, Kind, apply_sqlite_migrations
 from inferd.jobs.sqlite_sql import QUERIES
@@ -32,6 +34,19 @@ from inferd.jobs.store import JobStore
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# Primary result codes that mean "the file cannot be written now" (locked by another process, a
+# read-only file or file system, a full disk, an I/O error), not a bad statement.
+_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
 
 # RETURNING needs 3.35 (2021); Python on Linux usually links the distribution's SQLite, which may be older.
 MIN_SQLITE = (3, 35, 0)
@@ -100,7 +115,7 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
 class SQLiteConnector:
     """The jobs of one SQLite file. ``open()`` creates the file and applies migrations."""
 
-    def __init__(self, path: str, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str, *, busy_timeout_s: float = 1.5) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self._executor: ThreadPoolExecutor | None = None
@@ -122,6 +137,13 @@ class SQLiteConnector:
             return fn(conn)
         except sqlite3.IntegrityError as exc:
             raise ConflictError(f"the job store refused a duplicate: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in _UNAVAILABLE:
+                raise StoreUnavailableError(
+                    f"the job store (SQLite file {self.path}) cannot be written right now ({exc}); retry shortly",
+                    cause=type(exc).__name__,
+                ) from exc
+            raise
 
     @staticmethod
     def _write_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -254,6 +276,6 @@ class SQLiteConnector:
         """Nothing to send: other processes poll the file."""
 
 
-def sqlite_store(path: str, *, busy_timeout_s: float = 10.0) -> JobStore:
+def sqlite_store(path: str, *, busy_timeout_s: float = 1.5) -> JobStore:
     """A (not yet opened) job store on the SQLite file at ``path``."""
     return JobStore(SQLiteConnector(path, busy_timeout_s=busy_timeout_s))

@@ -54,6 +54,12 @@ class CancelResult:
     outcome: CancelOutcome
 
 
+def _has_nul(text: str | None) -> bool:
+    # PostgreSQL text cannot hold U+0000 (it raises instead of matching nothing), so such values are
+    # settled here, the same way on every store: no stored job can carry one.
+    return text is not None and "\x00" in text
+
+
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     """The list_jobs page cursor: the (created_at, id) of the last job returned, opaque to clients."""
     raw = json.dumps([created_at.isoformat(timespec="microseconds"), job_id], separators=(",", ":"))
@@ -68,7 +74,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise InvalidInputError(f"invalid page cursor {cursor!r}") from exc
-    if not isinstance(job_id, str) or when.tzinfo is None:
+    if not isinstance(job_id, str) or _has_nul(job_id) or when.tzinfo is None:
         raise InvalidInputError(f"invalid page cursor {cursor!r}")
     return when, job_id
 
@@ -144,6 +150,8 @@ class JobStore:
         if job.idempotency_key is None:
             [result] = await self.insert_many([job])
             return result
+        if _has_nul(job.idempotency_key):
+            raise InvalidInputError("the Idempotency-Key must not contain the character U+0000")
         row = job_row(job)
         # Losing the unique-index race inserts nothing; the winner is then read in a new statement
         # (a fresh snapshot, which sees it committed). The loop covers the winner being deleted in
@@ -174,6 +182,8 @@ class JobStore:
 
     async def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
         """The job, or None; with ``tenant``, jobs of other tenants are None too."""
+        if _has_nul(job_id):
+            return None
         rows = await self._fetch(Query.GET_JOB, id=job_id, tenant=tenant)
         return job_from_row(rows[0]) if rows else None
 
@@ -189,6 +199,8 @@ class JobStore:
         """The tenant's jobs, newest first, and an opaque cursor for the next page (None at the end)."""
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
+        if _has_nul(model):
+            raise InvalidInputError("the model filter must not contain the character U+0000")
         params: dict[str, Any] = {
             "tenant": tenant,
             "status": None if status is None else JobStatus(status).value,
@@ -309,6 +321,8 @@ class JobStore:
 
     async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
         """pending → cancelled; running → cancel_requested; terminal → unchanged ("terminal")."""
+        if _has_nul(job_id):
+            return CancelResult(None, CancelOutcome.NOT_FOUND)
         rows = await self._fetch(Query.CANCEL, id=job_id, tenant=tenant, now=now)
         if rows:
             job = job_from_row(rows[0])

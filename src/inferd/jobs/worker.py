@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any
 
+from inferd.core.errors import StoreUnavailableError
 from inferd.jobs.models import Job
 from inferd.jobs.service import JobService
 
@@ -61,6 +62,10 @@ class JobWorker:
                     jobs = await self.service.mark_running(
                         worker_id=self.worker_id, limit=free, lease_s=self.lease_s
                     )
+                except StoreUnavailableError as exc:
+                    logger.warning("claiming jobs: %s; retrying in %.1fs", exc.message, self.poll_interval_s)
+                    await self._sleep(self.poll_interval_s)
+                    continue
                 except Exception:
                     logger.exception("claiming jobs failed; retrying in %.1fs", self.poll_interval_s)
                     await self._sleep(self.poll_interval_s)
@@ -79,8 +84,10 @@ class JobWorker:
     async def _execute(self, job: Job) -> None:
         try:
             await self.service.run(job, worker_id=self.worker_id)
+        except StoreUnavailableError as exc:
+            # The lease expires and another attempt runs the job once the store is back.
+            logger.warning("job %s: recording the outcome failed: %s", job.id, exc.message)
         except Exception:
-            # Store unreachable while recording: the lease expires and another attempt runs the job.
             logger.exception("job %s: recording the outcome failed", job.id)
         finally:
             self._running.pop(job.id, None)
@@ -114,6 +121,8 @@ class JobWorker:
             await asyncio.sleep(interval)
             try:
                 await self.service.renew(self.running_jobs, worker_id=self.worker_id, lease_s=self.lease_s)
+            except StoreUnavailableError as exc:
+                logger.warning("renewing leases: %s", exc.message)
             except Exception:
                 logger.exception("renewing leases failed")
 

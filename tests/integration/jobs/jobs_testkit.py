@@ -176,9 +176,10 @@ class JobApp:
 
 
 @contextlib.asynccontextmanager
-async def job_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[JobApp]:
-    """The app of ``inferd serve`` on a SQLite store in tmp_path, its lifespan entered (runtime started)."""
-    settings = job_settings(f"sqlite:///{tmp_path / 'jobs.db'}", **overrides)
+async def job_app(tmp_path: Path, *, store: str | None = None, **overrides: Any) -> AsyncIterator[JobApp]:
+    """The app of ``inferd serve`` on ``store`` (default: a SQLite store in tmp_path), its lifespan
+    entered (runtime started)."""
+    settings = job_settings(store or f"sqlite:///{tmp_path / 'jobs.db'}", **overrides)
     engine = build_engine(settings)
     app = build_app(settings, engine=engine)
     async with app.lifespan():  # closes the engine on exit

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app
 
 from inferd.jobs.models import JobStatus
-from inferd.jobs.store import JobStore
+from inferd.jobs.store import JobStore, encode_cursor
 
 
 def test_submit_get_single_and_batch_jobs(tmp_path: Path) -> None:
@@ -369,5 +371,50 @@ def test_job_parameters_are_stored_and_reach_the_model(tmp_path: Path) -> None:
             other = await api.submit("tuned", {"input": 1, "parameters": {"scale": 3}}, headers=key)
             assert first.status_code == 202
             assert_error(other, 409, "conflict")  # parameters are part of the request
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_nul_bytes_in_ids_filters_and_cursors_answer_404_or_422(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg").url if store == "postgres" else None
+
+    async def body() -> None:
+        async with job_app(tmp_path, store=url, worker=False) as api:
+            await api.submit_ok("echo", {"input": 1})
+            auth = bearer(ACME)
+            assert_error(await api.client.get("/v1/jobs/%00", headers=auth), 404, "job_not_found")
+            assert_error(await api.client.get("/v1/jobs/x%00y", headers=auth), 404, "job_not_found")
+            assert_error(await api.client.post("/v1/jobs/x%00/cancel", headers=auth), 404, "job_not_found")
+            assert_error(await api.client.get("/v1/jobs?model=a%00b", headers=auth), 422, "invalid_input")
+            assert_error(await api.client.get("/v1/jobs?cursor=%00", headers=auth), 422, "invalid_input")
+            cursor = encode_cursor(datetime.now(UTC), "x\x00")
+            assert_error(await api.list(cursor=cursor), 422, "invalid_input")
+            assert len((await api.list()).json()["jobs"]) == 1
+
+    asyncio.run(body())
+
+
+def test_sqlite_write_lock_held_elsewhere_answers_503_store_unavailable(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            job = await api.submit_ok("echo", {"input": 1})
+            holder = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+            try:
+                holder.execute("BEGIN EXCLUSIVE")  # a backup or a sqlite3 shell holds the file
+                response = await api.submit("echo", {"input": 2})
+                assert_error(response, 503, "store_unavailable")
+                assert response.headers["retry-after"] == "1"
+                assert (await api.get(job["id"])).status_code == 200  # reads go on (WAL)
+                predict = await api.client.post(
+                    "/v1/models/echo/predict", json={"input": 3}, headers=bearer(PREDICT_ONLY)
+                )
+                assert predict.status_code == 200, predict.text
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            await api.submit_ok("echo", {"input": 4})
 
     asyncio.run(body())

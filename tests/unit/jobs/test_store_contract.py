@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from inferd.core.errors import InvalidInputError
+from inferd.core.errors import InvalidInputError, StoreUnavailableError
 from inferd.jobs.models import Job, JobError, JobStatus
 from inferd.jobs.postgres import postgres_store
-from inferd.jobs.store import CancelResult, FinishRequest, JobStore
+from inferd.jobs.sqlite import SQLiteConnector
+from inferd.jobs.store import CancelResult, FinishRequest, JobStore, encode_cursor
 
 JobFactory = Callable[..., Job]
 StoreFactory = Callable[[], Awaitable[JobStore]]
@@ -674,3 +676,53 @@ async def test_postgres_debounced_inserts_still_wake_other_processes(
         await asyncio.wait_for(waiter, 3.0)  # ...but the trailing one at the window's end
     finally:
         await submitting.close()
+
+
+# -- hostile values and outages ------------------------------------------------------------------------------
+
+
+async def test_nul_characters_find_nothing_and_filter_nothing(store: JobStore, make_job: JobFactory) -> None:
+    # PostgreSQL text cannot hold U+0000; every store answers alike: no such job, or a refused filter.
+    job = make_job()
+    await store.insert(job)
+    assert await store.get("\x00") is None
+    assert await store.get(job.id + "\x00", tenant="tenant-a") is None
+    assert await store.cancel("x\x00", tenant="tenant-a", now=NOW) == CancelResult(None, "not_found")
+    with pytest.raises(InvalidInputError, match="U\\+0000"):
+        await store.list_jobs(tenant="tenant-a", model="a\x00b")
+    with pytest.raises(InvalidInputError, match="cursor"):
+        await store.list_jobs(tenant="tenant-a", cursor=encode_cursor(BASE, "x\x00"))
+    with pytest.raises(InvalidInputError, match="U\\+0000"):
+        await store.insert(make_job(idempotency_key="k\x00"))
+    assert await store.get(job.id) == job  # nothing else changed
+
+
+ONLY_SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+@ONLY_SQLITE
+async def test_sqlite_locked_by_another_process_answers_unavailable_then_recovers(
+    backend: Any, store: JobStore, make_job: JobFactory
+) -> None:
+    job = make_job()
+    await store.insert(job)
+    holder = sqlite3.connect(backend.sqlite_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a sqlite3 shell holding the write lock
+        with pytest.raises(StoreUnavailableError, match="cannot be written"):
+            await store.insert(make_job())
+        assert await store.get(job.id) == job  # readers are not blocked (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await store.insert(make_job())
+
+
+@ONLY_SQLITE
+async def test_sqlite_read_only_answers_unavailable(store: JobStore, make_job: JobFactory) -> None:
+    connector = store.connector
+    assert isinstance(connector, SQLiteConnector)
+    await connector._run(lambda conn: conn.execute("PRAGMA query_only = ON"))  # the file turned read-only
+    with pytest.raises(StoreUnavailableError, match="cannot be written"):
+        await store.insert(make_job())
+    assert await store.list_jobs(tenant="tenant-a") == ([], None)
