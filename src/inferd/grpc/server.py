@@ -41,6 +41,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "store_unavailable": grpc.StatusCode.UNAVAILABLE,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "conflict": grpc.StatusCode.ABORTED,
     "inference_error": grpc.StatusCode.INTERNAL,
