@@ -30,6 +30,7 @@ from inferd.http.gatekeeper import Gatekeeper
 from inferd.http.jobs import JobRoutes
 from inferd.http.native import NativeRoutes
 from inferd.http.predict import PredictRoutes
+from inferd.http.v2 import V2Routes
 from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
 from inferd.jobs.urls import open_store
@@ -312,6 +313,7 @@ def build_app(
         NativeRoutes(dataplane=dataplane, render_metrics=exposition.render).routes(),
         PredictRoutes(dataplane=dataplane, max_batch_inputs=settings.max_batch_inputs).routes(),
         JobRoutes(service=jobs.service, max_inputs=settings.max_batch_inputs).routes(),
+        V2Routes(dataplane=dataplane, max_body_bytes=settings.max_body_bytes).routes(),
     ]
     return create_http_app(
         groups=groups,

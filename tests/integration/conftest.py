@@ -41,6 +41,10 @@ sys.modules.setdefault("inferd_http_testkit", sys.modules[__name__])
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODELS = FIXTURES / "models"
 BROKEN_MODELS = FIXTURES / "broken_models"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
+# Inputs of the bundled iris and sentiment models, shared by the V2 tests of every transport.
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
+TEXTS = ["I love it, the food was delicious.", "Awful, a complete waste of money. I hate it."]
 
 # key:tenant:scopes, as in the brief: one key per scope, two tenants.
 API_KEYS = "k1:acme:predict;k2:acme:models;k3:beta:admin;k4:acme:jobs"
@@ -254,6 +258,17 @@ class ServerProcess:
         client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0, **kwargs)
         self.clients.append(client)
         return client
+
+
+def v1_batch_outputs(
+    server: ServerProcess, key: str, model: str, version: str, inputs: list[Any]
+) -> list[Any]:
+    """The /v1 batch outputs of a pinned version (what every V2 transport must match)."""
+    with server.client(key) as http:
+        response = http.post(f"/v1/models/{model}/versions/{version}/predict/batch", json={"inputs": inputs})
+        assert response.status_code == 200, response.text
+        outputs: list[Any] = response.json()["outputs"]
+        return outputs
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import pytest
 from inferd_http_testkit import PREDICT_KEY, InProcessAPI, assert_error
 
 from inferd.core.errors import InvalidInputError
-from inferd.http.routes import Route
+from inferd.http.routes import ErrorStyle, Route
 
 PARAMS = {"name": "ok", "version": "1", "job_id": "00000000-0000-4000-8000-000000000000"}
 
@@ -126,8 +126,11 @@ def test_every_scoped_route_checks_the_key_before_anything_else(api: InProcessAP
     assert len(scoped) >= 10
     for route in scoped:
         response = api.request(route.method, concrete(route.path), content=b"{oops")
-        body = assert_error(response, 401, "unauthenticated")
-        assert response.headers["www-authenticate"] == "Bearer", (route.path, body)
+        if route.error_style is ErrorStyle.V2:
+            assert response.status_code == 401 and set(response.json()) == {"error"}, response.text
+        else:
+            assert_error(response, 401, "unauthenticated")
+        assert response.headers["www-authenticate"] == "Bearer", route.path
 
 
 def test_unknown_route_is_a_native_404(api: InProcessAPI) -> None:

@@ -145,6 +145,8 @@ def _operation(route: Route) -> dict[str, Any]:
     else:
         success = {route.response_content_type: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(route.status): {"description": "OK", "content": success}}
+    for status in route.response_statuses:
+        responses[str(status)] = {"description": "false", "content": success}
     error_model = ErrorResponse if route.error_style is ErrorStyle.NATIVE else V2ErrorResponse
     statuses = set(route.errors) | (set(AUTH_ERRORS) if route.scope is not None else set())
     for status in sorted(statuses):

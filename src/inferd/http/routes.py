@@ -110,6 +110,7 @@ class Route:
     response: type[BaseModel] | None = None
     response_content_type: str = "application/json"
     status: int = 200
+    response_statuses: tuple[int, ...] = ()  # further statuses answered with the response schema
     errors: tuple[int, ...] = ()
     error_style: ErrorStyle = ErrorStyle.NATIVE
     description: str = ""
