@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
@@ -30,6 +31,7 @@ from inferd.http.gatekeeper import Gatekeeper
 from inferd.http.jobs import JobRoutes
 from inferd.http.native import NativeRoutes
 from inferd.http.predict import PredictRoutes
+from inferd.http.server import ConnectionLimits
 from inferd.http.v2 import V2Routes
 from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
@@ -173,7 +175,8 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
         # counts stay in the merged totals.
         metrics.server_restarts.labels(share.restart_reason.value).inc()
     registry = ModelRegistry(
-        loader=build_pipeline,
+        loader=functools.partial(build_pipeline, expose_errors=settings.dev),
+        strict_readiness=settings.strict_readiness,
         devices=devices,
         on_state_change=lambda v: metrics.model_state.labels(v.name, v.version).set(
             1 if v.state == "loaded" else 0
@@ -254,6 +257,16 @@ async def _flush_periodically(access_log: AccessLog, interval_s: float = 1.0) ->
         access_log.flush()
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        keepalive_max_requests=settings.keepalive_max_requests,
+    )
+
+
 def build_app(
     settings: Settings,
     *,
@@ -321,4 +334,5 @@ def build_app(
         access_log=access_log,
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
+        max_json_depth=settings.max_json_depth,
     )

@@ -112,10 +112,15 @@ def migrate(
 
     settings = settings_from({"store": store}, config)
     try:
-        asyncio.run(prepare_store(settings.store))
+        applied = asyncio.run(prepare_store(settings.store))
     except InferdError as exc:
         fail(exc.message)
-    Console().print(f"job store {redact(settings.store)} is up to date", highlight=False)
+    where = f"job store {redact(settings.store)}"
+    if applied:
+        numbers = ", ".join(str(version) for version in applied)
+        Console().print(f"{where}: applied migration(s) {numbers}; the schema is current", highlight=False)
+    else:
+        Console().print(f"{where} was already up to date; nothing to apply", highlight=False)
 
 
 def _read_jsonl(path: Path) -> list[Any]:

@@ -74,7 +74,8 @@ class InferdMetrics:
         )
         self.executor_timeouts = Counter(
             "executor_timeouts_total",
-            "Calls that passed their timeout on the device.",
+            "Model calls that passed the model's own timeout_s on the device (a request's shorter timeout_s "
+            "expiring is not counted here: it is the client's deadline, not a slow model).",
             ["device"],
             registry=r,
         )
@@ -168,8 +169,15 @@ class InferdMetrics:
         return child
 
 
+# Longer names a client sends for unknown models are never label values: 100 distinct 60 KB names made
+# /metrics 12 MB. Real model names and versions are folder names, far shorter.
+MAX_UNKNOWN_LABEL_CHARS = 64
+
+
 class UnknownModelLabels:
-    """Bounds label cardinality for names clients send for models that do not exist."""
+    """Bounds label cardinality and size for names clients send for models that do not exist: the first
+    ``limit`` distinct (model, version) pairs of at most ``MAX_UNKNOWN_LABEL_CHARS`` characters each keep
+    their names; every other pair shares ``__other__``."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -179,6 +187,8 @@ class UnknownModelLabels:
         key = (model, version)
         if key in self._seen:
             return key
+        if len(model) > MAX_UNKNOWN_LABEL_CHARS or len(version) > MAX_UNKNOWN_LABEL_CHARS:
+            return OTHER, OTHER
         if len(self._seen) < self._limit:
             self._seen.add(key)
             return key

@@ -79,7 +79,8 @@ def run_server(
     ready_fd: int | None = None,
 ) -> int:
     """Serve until stopped; the process's exit status (0 after a clean stop)."""
-    from inferd.bootstrap import build_app
+    from inferd.bootstrap import build_app, connection_limits
+    from inferd.http.server import server_options
 
     asgi = build_app(settings, share=share, serve_grpc=settings.grpc)
     server_config = uvicorn.Config(
@@ -87,11 +88,11 @@ def run_server(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
+        **server_options(connection_limits(settings)),
     )
     server = CleanExitServer(server_config, ready_fd=ready_fd)
     server.run(sockets=sockets)

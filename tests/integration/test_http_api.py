@@ -64,7 +64,7 @@ def test_readyz_is_200_when_every_model_loaded(api: InProcessAPI) -> None:
 
 
 def test_readyz_is_503_naming_the_broken_file(make_api: Callable[..., InProcessAPI]) -> None:
-    broken = make_api(models=BROKEN_MODELS)
+    broken = make_api(models=BROKEN_MODELS, strict_readiness=True)
     response = broken.get("/readyz")
     assert response.status_code == 503, response.text
     body = response.json()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.core.errors import ModelNotFoundError
+from inferd.core.errors import ModelNotFoundError, quote
 from inferd.core.pipeline import PipelineCall
 from inferd.core.prediction import Prediction, PredictionService
 from inferd.core.registry import ModelEntry, ModelRegistry, ModelVersion
@@ -25,10 +25,13 @@ ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
 @dataclass(frozen=True, slots=True)
 class ServerReadiness:
-    """``reasons`` is empty when the server is ready; ``loaded`` lists ``name:version`` pairs."""
+    """``reasons`` (what keeps the server from serving) is empty when it is ready; ``problems`` lists what
+    else is wrong without making it unready (``ModelRegistry.readiness``); ``loaded`` lists
+    ``name:version`` pairs."""
 
     reasons: list[str]
     loaded: list[str]
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -164,7 +167,7 @@ class DataPlane:
     def model(self, name: str) -> ModelEntry:
         entry = self._registry.models.get(name)
         if entry is None:
-            raise ModelNotFoundError(f"no model named {name!r}; GET /v1/models lists the models")
+            raise ModelNotFoundError(f"no model named {quote(name)}; GET /v1/models lists the models")
         return entry
 
     def model_version(self, name: str, version: str | None, *, tenant: str) -> ModelVersion:
@@ -204,8 +207,8 @@ class DataPlane:
         return (await self.server_readiness()).ready
 
     async def server_readiness(self) -> ServerReadiness:
-        reasons = self._registry.not_ready_reasons()
+        reasons, problems = self._registry.readiness()
         for check in self._readiness_checks:
             reasons.extend(await check())
         loaded = [f"{name}:{version}" for name, version in self.loaded_versions()]
-        return ServerReadiness(reasons, loaded)
+        return ServerReadiness(reasons, loaded, problems)

@@ -220,6 +220,9 @@ class _Work:
     enqueued: float
     state: int = _STAGED
     table: dict[_Work, None] | None = None  # the deadline table holding it (loop only)
+    # The deadline is the client's own (shorter than the model's timeout_s): its expiry is the
+    # client's business, not a slow model, and is not an executor timeout.
+    client_deadline: bool = False
 
 
 @dataclass(slots=True)
@@ -291,6 +294,7 @@ class DeviceExecutor:
         group: Hashable = None,
         tenant: str = "",
         policy: LanePolicy | None = None,
+        client_deadline: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue one request; the future resolves to the pipeline's outcome or raises a timeout.
         Only requests with the same ``target`` and ``group`` are merged into one model call.
@@ -340,6 +344,7 @@ class DeviceExecutor:
         future: asyncio.Future[Any] = loop.create_future()
         deadline = now + timeout_s
         work = _Work(target, call, size, future, deadline, timeout_s, group, tenant, lane, now)
+        work.client_deadline = client_deadline
         lane.staged_items += size
         lane.staged_requests += 1
         self._submitted.append(work)
@@ -502,6 +507,14 @@ class DeviceExecutor:
 
     def _expire(self, work: _Work) -> None:
         if work.future.done():
+            return
+        if work.client_deadline:
+            work.future.set_exception(
+                InferenceTimeoutError(
+                    f"{work.target!r} did not finish within the request's timeout_s of {work.timeout_s:g}s",
+                    cause=f"client deadline {work.timeout_s:g}s",
+                )
+            )
             return
         self._metrics.timeout()
         work.future.set_exception(

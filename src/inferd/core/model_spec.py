@@ -40,9 +40,13 @@ class ModelSpec(BaseModel):
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     service_time_s: float = Field(default=0.0, ge=0)
     deadline_admission: bool = True
+    # The server is not ready (``/readyz`` 503) while a required version is not loaded.
+    required: bool = False
     # Where a model configured for an accelerator may run on the CPU when none is present.
     # Off by default: a silent fallback hides a misconfigured fleet.
     cpu_fallback: bool = False
+    # A model whose exception messages are safe for its clients to read may show them (see README).
+    expose_errors: bool = False
     description: str = ""
 
     @model_validator(mode="after")
@@ -51,6 +55,8 @@ class ModelSpec(BaseModel):
             raise ValueError("runtime 'python' needs 'model: module:attr' (a .py file in this folder)")
         if self.runtime in ("sklearn", "onnx") and not self.artifact:
             raise ValueError(f"runtime {self.runtime!r} needs 'artifact: FILE' (a file in this folder)")
+        if self.required and not self.load_at_start:
+            raise ValueError("required: true needs load_at_start: true (readiness waits for the load)")
         for field_name in ("model", "preprocessor", "validator", "postprocessor"):
             ref = getattr(self, field_name)
             if ref is not None and (ref.count(":") != 1 or not all(ref.split(":"))):

@@ -86,6 +86,7 @@ class Pipeline:
         validator: Callable[[Any], None] | None = None,
         postprocessor: Callable[[Any], Any] | None = None,
         tensors: TensorDeclarations | None = None,
+        expose_errors: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -95,6 +96,7 @@ class Pipeline:
         self._preprocessor = preprocessor
         self._validator = validator
         self._postprocessor = postprocessor
+        self._expose_errors = expose_errors
         self._needs_preparation = any((schema_check, preprocessor, validator))
         self._has_hooks = preprocessor is not None or validator is not None
         self.tensors = tensors or TensorDeclarations()
@@ -104,6 +106,15 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
+
+    def _failure(self, what: str, exc: BaseException) -> InferenceError:
+        """The error for an exception in a stage: its text goes to the client only where the model opts
+        in (``expose_errors``, or ``--dev``); otherwise the client gets ``what`` and the exception type,
+        and the detail is logged under the request's id by the adapter."""
+        detailed = f"{what}: {_cause(exc)}"
+        if self._expose_errors:
+            return InferenceError(detailed, cause=type(exc).__name__)
+        return InferenceError(f"{what} ({type(exc).__name__})", cause=type(exc).__name__, detail=detailed)
 
     def check_parameters(self, parameters: dict[str, Any] | None) -> None:
         if parameters and not self.takes_parameters:
@@ -119,9 +130,7 @@ class Pipeline:
                 problem = self._schema_check(item)
             except Exception as exc:  # e.g. an unresolvable $ref: the schema is at fault, not the input
                 logger.exception("input_schema check of %s:%s failed", self.name, self.version)
-                raise InferenceError(
-                    f"{where}input_schema check failed: {_cause(exc)}", cause=type(exc).__name__
-                ) from exc
+                raise self._failure(f"{where}input_schema check failed", exc) from exc
             if problem is not None:
                 raise InvalidInputError(f"{where}does not match the model's input_schema: {problem}")
         if self._preprocessor is not None:
@@ -131,9 +140,7 @@ class Pipeline:
                 raise InvalidInputError(f"{where}rejected by the preprocessor: {exc}") from exc
             except Exception as exc:
                 logger.exception("preprocessor of %s:%s failed", self.name, self.version)
-                raise InferenceError(
-                    f"{where}preprocessor failed: {_cause(exc)}", cause=type(exc).__name__
-                ) from exc
+                raise self._failure(f"{where}preprocessor failed", exc) from exc
         if self._validator is not None:
             try:
                 self._validator(item)
@@ -141,9 +148,7 @@ class Pipeline:
                 raise InvalidInputError(f"{where}rejected by the validator: {exc}") from exc
             except Exception as exc:
                 logger.exception("validator of %s:%s failed", self.name, self.version)
-                raise InferenceError(
-                    f"{where}validator failed: {_cause(exc)}", cause=type(exc).__name__
-                ) from exc
+                raise self._failure(f"{where}validator failed", exc) from exc
         return item
 
     def prepare_call(self, call: PipelineCall) -> Sequence[Any]:
@@ -189,14 +194,21 @@ class Pipeline:
                     outputs = self.model.predict(chunk, parameters=parameters)  # type: ignore[call-arg]
                 else:
                     outputs = self.model.predict(chunk)
-                if not isinstance(outputs, list | tuple) or len(outputs) != len(chunk):
-                    got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
-                    raise TypeError(f"predict() must return a list of {len(chunk)} outputs, got {got}")
             except Exception as exc:
                 logger.exception("model %s:%s failed", self.name, self.version)
+                error = self._failure(f"model {self.name}:{self.version} failed", exc)
+                for owner in set(chunk_owners):
+                    outcomes[owner] = error
+                continue
+            if not isinstance(outputs, list | tuple) or len(outputs) != len(chunk):
+                # inferd's own words about the model's contract: safe for the client to read.
+                got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
                 error = InferenceError(
-                    f"model {self.name}:{self.version} failed: {_cause(exc)}", cause=type(exc).__name__
+                    f"model {self.name}:{self.version} failed: predict() must return a list of "
+                    f"{len(chunk)} outputs, got {got}",
+                    cause="TypeError",
                 )
+                logger.error("%s", error.message)
                 for owner in set(chunk_owners):
                     outcomes[owner] = error
                 continue
@@ -211,9 +223,7 @@ class Pipeline:
                         outcomes[index] = [self._postprocessor(output) for output in result]
                     except Exception as exc:
                         logger.exception("postprocessor of %s:%s failed", self.name, self.version)
-                        outcomes[index] = InferenceError(
-                            f"postprocessor failed: {_cause(exc)}", cause=type(exc).__name__
-                        )
+                        outcomes[index] = self._failure("postprocessor failed", exc)
         for index, call in enumerate(calls):
             result = outcomes[index]
             if isinstance(call.items, TensorRows) and isinstance(result, list):

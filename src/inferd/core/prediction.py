@@ -99,6 +99,7 @@ class PredictionService:
                 group=group,
                 tenant=tenant,
                 policy=target.lane_policy,
+                client_deadline=limit < budget,
             )
             executed = True
             outputs: list[Any] = await future

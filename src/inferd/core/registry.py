@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferd.core.errors import ConfigError, InferdError, ModelNotFoundError, ModelNotReadyError
+from inferd.core.errors import ConfigError, InferdError, ModelNotFoundError, ModelNotReadyError, quote
 from inferd.core.executor import LanePolicy
 from inferd.core.model_spec import ModelSpec, read_model_spec
 from inferd.core.pipeline import Pipeline
@@ -93,6 +93,10 @@ class RepositoryProblem:
     path: str
     message: str
 
+    def __str__(self) -> str:
+        # The messages of read_model_spec and read_routing already start with the file's path.
+        return self.message if self.message.startswith(self.path) else f"{self.path}: {self.message}"
+
 
 @dataclass
 class ReloadPlan:
@@ -111,7 +115,7 @@ class ReloadPlan:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
-            "problems": [f"{p.path}: {p.message}" for p in self.problems],
+            "problems": [str(p) for p in self.problems],
         }
 
 
@@ -134,8 +138,10 @@ class ModelRegistry:
         loader: PipelineLoader,
         devices: Iterable[str],
         on_state_change: Callable[[ModelVersion], None] | None = None,
+        strict_readiness: bool = False,
     ) -> None:
         self._loader = loader
+        self._strict_readiness = strict_readiness
         self._on_state_change = on_state_change
         self._devices = set(devices)
         self.root: Path | None = None
@@ -276,7 +282,8 @@ class ModelRegistry:
                     await asyncio.to_thread(self.load_version, version)
         if version.pipeline is None:
             raise ModelNotReadyError(
-                f"model {version.name} version {version.version} failed to load: {version.error}"
+                f"model {version.name} version {version.version} failed to load; /readyz says why",
+                detail=f"model {version.name} version {version.version} failed to load: {version.error}",
             )
         return version.pipeline
 
@@ -285,21 +292,30 @@ class ModelRegistry:
     def resolve(self, name: str, version: str | None, *, tenant: str) -> ModelVersion:
         entry = self.models.get(name)
         if entry is None:
-            raise ModelNotFoundError(f"no model named {name!r}; GET /v1/models lists the models")
+            raise ModelNotFoundError(f"no model named {quote(name)}; GET /v1/models lists the models")
         if version is None:
             version = entry.routing.choose(tenant=tenant, fallback_version=entry.highest)
         found = entry.versions.get(version)
         if found is None:
             have = ", ".join(sorted(entry.versions, key=version_sort_key))
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r} (versions: {have})")
+            raise ModelNotFoundError(f"model {name!r} has no version {quote(version)} (versions: {have})")
         return found
 
-    def not_ready_reasons(self) -> list[str]:
-        reasons = [f"{p.path}: {p.message}" for p in self.problems]
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """``(blocking, other)``: what keeps this server from serving, and what else is wrong.
+
+        One broken upload must not pull every replica out of the load balancer: only versions marked
+        ``required: true`` that are not loaded block. With ``strict_readiness`` every repository problem
+        and every ``load_at_start`` version that is not loaded blocks too."""
+        blocking: list[str] = []
+        other = [str(p) for p in self.problems]
         for entry in self.models.values():
             for version in entry.versions.values():
-                if version.spec.load_at_start and version.state != "loaded":
-                    reasons.append(
-                        f"model {entry.name} version {version.version}: {version.state}: {version.error}"
-                    )
-        return reasons
+                spec = version.spec
+                if version.state == "loaded" or not (spec.load_at_start or spec.required):
+                    continue
+                reason = f"model {entry.name} version {version.version}: {version.state}: {version.error}"
+                (blocking if spec.required else other).append(reason)
+        if self._strict_readiness:
+            return blocking + other, []
+        return blocking, other

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inferd.core.errors import ConfigError
+from inferd.core.json_limits import DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH
 
 ENV_PREFIX = "INFERD_"
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
@@ -109,6 +110,13 @@ class Settings(BaseModel):
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     max_batch_inputs: int = Field(default=1024, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    keepalive_timeout_s: float = Field(default=5.0, gt=0)
+    keepalive_max_requests: int = Field(default=1000, ge=1)
+    max_json_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=2, le=MAX_MAX_DEPTH)
+    strict_readiness: bool = False
     unknown_model_labels: int = Field(default=100, ge=0)
     access_log: str = "-"
     log_level: str = "info"

@@ -8,6 +8,7 @@ codes from one table; the client's deadline shortens the model's timeout.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "job_not_found": grpc.StatusCode.NOT_FOUND,
     "invalid_input": grpc.StatusCode.INVALID_ARGUMENT,
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP only (slow clients); one table for all codes
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "store_unavailable": grpc.StatusCode.UNAVAILABLE,
@@ -212,7 +214,10 @@ class InferenceServicer:
                 retry_after = getattr(exc, "retry_after_s", None)
                 if retry_after is not None:
                     metadata = ((RETRY_AFTER, str(max(1, int(-(-float(retry_after) // 1))))),)
-                await context.abort(status_of(exc), exc.message, metadata)
+                # gRPC calls carry no request id: a fresh reference ties the message to the log line.
+                await context.abort(
+                    status_of(exc), exc.for_client(os.urandom(6).hex(), what="reference"), metadata
+                )
             except _DeadlinePassed:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it ran"

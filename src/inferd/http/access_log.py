@@ -13,6 +13,10 @@ from typing import IO, Any
 
 import orjson
 
+# The path, model and version come from the client; a 60 KB model name is logged as its prefix.
+MAX_FIELD_CHARS = 256
+_CLIENT_FIELDS = ("path", "model", "version")
+
 
 class AccessLog:
     def __init__(self, destination: str, *, flush_bytes: int = 64 * 1024) -> None:
@@ -33,6 +37,10 @@ class AccessLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        for field in _CLIENT_FIELDS:
+            value = record.get(field)
+            if value is not None and len(value) > MAX_FIELD_CHARS:
+                record[field] = value[:MAX_FIELD_CHARS] + "..."
         record["time"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         line = orjson.dumps(record).decode() + "\n"
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from inferd import __version__
+from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.http.access_log import AccessLog
 from inferd.http.asgi import InferdASGI, Lifespan
 from inferd.http.gatekeeper import Gatekeeper
@@ -24,6 +25,7 @@ def create_http_app(
     gatekeeper: Gatekeeper,
     access_log: AccessLog,
     max_body_bytes: int,
+    max_json_depth: int = DEFAULT_MAX_DEPTH,
     lifespan: Lifespan | None = None,
 ) -> InferdASGI:
     return InferdASGI(
@@ -31,5 +33,6 @@ def create_http_app(
         gatekeeper=gatekeeper,
         access_log=access_log,
         max_body_bytes=max_body_bytes,
+        max_json_depth=max_json_depth,
         lifespan=lifespan,
     )

@@ -24,6 +24,7 @@ from inferd.core.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
 )
+from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.http.access_log import AccessLog
 from inferd.http.errors import error_body, error_headers, error_status, v2_error_body
 from inferd.http.gatekeeper import Gatekeeper
@@ -42,10 +43,11 @@ async def send_error(send: Send, error: InferdError, info: RequestInfo, style: E
     info.status = error_status(error)
     info.error = error.code
     info.cause = error.cause
+    message = error.for_client(info.request_id)
     if style is ErrorStyle.V2:
-        body = v2_error_body(error.message)
+        body = v2_error_body(message)
     else:
-        body = error_body(error.code, error.message, info.request_id)
+        body = error_body(error.code, message, info.request_id)
     await send_response(send, info.status, body, info.request_id, error_headers(error))
 
 
@@ -61,12 +63,14 @@ class InferdASGI:
         gatekeeper: Gatekeeper,
         access_log: AccessLog,
         max_body_bytes: int,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
         lifespan: Lifespan | None = None,
     ) -> None:
         self.table = table
         self._gatekeeper = gatekeeper
         self._access_log = access_log
         self._max_body_bytes = max_body_bytes
+        self._max_json_depth = max_json_depth
         self._lifespan = lifespan
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = itertools.count()
@@ -101,7 +105,7 @@ class InferdASGI:
                         allowed=list(allowed),
                     )
                 raise RouteNotFoundError(f"no route {method} {path}; GET /docs lists the routes")
-            call = Call(scope, receive, info, route, params, self._max_body_bytes)
+            call = Call(scope, receive, info, route, params, self._max_body_bytes, self._max_json_depth)
             if route.scope is not None:
                 call.principal = self._gatekeeper.admit(scope["headers"], route.scope, info)
             if route.query is not None:
@@ -116,7 +120,9 @@ class InferdASGI:
             # client, the traceback in the server log.
             logger.exception("unhandled error on %s %s", method, path)
             if info.status == 0:
-                error = InferenceError("internal error; the server log has the details")
+                error = InferenceError(
+                    f"internal error; the server log has the details under request id {request_id}"
+                )
                 await send_error(send, error, info, style)
             info.error = "inference_error"
         finally:

@@ -14,6 +14,7 @@ STATUS_BY_CODE = {
     "job_not_found": 404,
     "invalid_input": 422,
     "payload_too_large": 413,
+    "request_timeout": 408,
     "rate_limited": 429,
     "overloaded": 503,
     "store_unavailable": 503,

@@ -29,8 +29,14 @@ class NativeRoutes:
     async def readyz(self, call: Call) -> Reply:
         readiness = await self._dataplane.server_readiness()
         if readiness.ready:
-            return Reply(200, orjson.dumps({"status": "ready", "loaded": readiness.loaded}))
-        body = {"status": "not_ready", "reasons": readiness.reasons, "loaded": readiness.loaded}
+            body = {"status": "ready", "problems": readiness.problems, "loaded": readiness.loaded}
+            return Reply(200, orjson.dumps(body))
+        body = {
+            "status": "not_ready",
+            "reasons": readiness.reasons,
+            "problems": readiness.problems,
+            "loaded": readiness.loaded,
+        }
         return Reply(503, orjson.dumps(body))
 
     async def metrics(self, call: Call) -> Reply:

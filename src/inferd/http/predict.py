@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
+from inferd.core import json_limits
 from inferd.core.dataplane import DataPlane
-from inferd.core.errors import InferenceError, InvalidInputError
+from inferd.core.errors import InferenceError, InvalidInputError, quote
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.http.schemas import BatchPredictRequest, BatchPredictResponse, PredictRequest, PredictResponse
 
@@ -18,12 +19,20 @@ _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PREDICT_ERRORS = (401, 403, 404, 413, 422, 429, 500, 503, 504)
 
 
+# A client's deadline shorter than this cannot be met by any model behind an HTTP server; refusing it
+# keeps a silly deadline (1e-9) from reaching the executor at all.
+MIN_CLIENT_TIMEOUT_S = 0.01
+
+
 def parse_timeout(data: dict[str, Any]) -> float | None:
     timeout = data.get("timeout_s")
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidInputError('"timeout_s" must be a positive number of seconds')
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < MIN_CLIENT_TIMEOUT_S:
+        raise InvalidInputError(
+            f'"timeout_s" must be a number of seconds, at least {MIN_CLIENT_TIMEOUT_S:g}; '
+            "leave it out to use the model's timeout_s"
+        )
     return float(timeout)
 
 
@@ -31,7 +40,7 @@ def parse_json_object(body: bytes, example: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON ({exc}); send {example}") from None
+        raise json_limits.decode_error(exc, example=example) from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"request body must be a JSON object like {example}")
     return data
@@ -52,7 +61,9 @@ def parse_inputs(
     batch. ``batch=None`` accepts either form (jobs); unknown fields are refused, naming them."""
     unknown = data.keys() - allowed
     if unknown:
-        raise InvalidInputError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        named = ", ".join(quote(field) for field in sorted(unknown)[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise InvalidInputError(f"unknown field(s) {named}{more}; allowed: {sorted(allowed)}")
     if batch is None:
         if ("input" in data) == ("inputs" in data):
             raise InvalidInputError('send exactly one of "input" (one item) or "inputs" (a list of items)')

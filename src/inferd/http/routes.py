@@ -20,7 +20,9 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 
+from inferd.core import json_limits
 from inferd.core.errors import InvalidInputError
+from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.core.tenancy import Principal
 from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
 
@@ -37,7 +39,17 @@ class Call:
     """One request as a handler sees it: path parameters, the authenticated principal (None on public
     routes), the parsed query, and the body read on demand under the size limit."""
 
-    __slots__ = ("scope", "receive", "info", "route", "params", "principal", "query", "_max_body")
+    __slots__ = (
+        "scope",
+        "receive",
+        "info",
+        "route",
+        "params",
+        "principal",
+        "query",
+        "_max_body",
+        "_max_json_depth",
+    )
 
     def __init__(
         self,
@@ -47,6 +59,7 @@ class Call:
         route: Route,
         params: dict[str, str],
         max_body_bytes: int,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.scope = scope
         self.receive = receive
@@ -56,6 +69,7 @@ class Call:
         self.principal: Principal | None = None
         self.query: Any = None
         self._max_body = max_body_bytes
+        self._max_json_depth = max_json_depth
 
     @property
     def tenant(self) -> str:
@@ -66,7 +80,13 @@ class Call:
         return header(self.scope, name)
 
     async def body(self, limit: int | None = None) -> bytes:
-        return await read_body(self.scope, self.receive, limit or self._max_body)
+        """The body under the size limit; on a route taking JSON, also within the nesting and integer
+        limits of ``core.json_limits``, before any parser or pipeline stage sees it."""
+        body = await read_body(self.scope, self.receive, limit or self._max_body)
+        declared = self.route.body
+        if declared is not None and "application/json" in declared.content_types:
+            json_limits.check_body(body, max_depth=self._max_json_depth)
+        return body
 
     async def parsed_body(self) -> Any:
         """The body through the route's declared parser (the one the OpenAPI schema describes)."""

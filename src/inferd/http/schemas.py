@@ -140,7 +140,8 @@ class Status(BaseModel):
 
 class Readiness(BaseModel):
     status: str = Field(description="`ready` or `not_ready`.")
-    reasons: list[str] | None = None
+    reasons: list[str] | None = Field(default=None, description="What keeps the server from serving.")
+    problems: list[str] = Field(description="What else is wrong, without making the server unready.")
     loaded: list[str]
 
 

@@ -46,6 +46,9 @@ class Query(enum.StrEnum):
 class Connector(Protocol):
     """One database dialect. Methods raise the dialect's errors, except the ones documented."""
 
+    # The schema migrations the last open() applied (empty when the schema was up to date).
+    applied_migrations: list[int]
+
     async def open(self, on_notification: Callable[[], None]) -> None:
         """Connect and apply pending schema migrations; call ``on_notification`` whenever another
         process announces work (dialects that cannot hear other processes never call it)."""

@@ -72,6 +72,7 @@ class MemoryConnector:
         }
 
     async def open(self, on_notification: Callable[[], None]) -> None:
+        self.applied_migrations: list[int] = []  # no schema
         self._open = True
 
     async def close(self) -> None:

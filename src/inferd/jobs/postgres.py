@@ -237,7 +237,7 @@ class PostgresConnector:
         # unreachable (rather than a pool timeout), and it runs the migrations before it LISTENs.
         conn = await AsyncConnection.connect(conninfo, autocommit=True)
         try:
-            await apply_postgres_migrations(conn, schema=self.schema)
+            self.applied_migrations = await apply_postgres_migrations(conn, schema=self.schema)
             await conn.execute(f"LISTEN {CHANNEL}")
             pool = await self._open_pool(conninfo, self.connect_timeout_s)
         except BaseException:

@@ -18,7 +18,14 @@ from typing import Any
 import orjson
 
 from inferd.core.dataplane import DataPlane
-from inferd.core.errors import ConflictError, InferdError, InferenceError, InvalidInputError, JobNotFoundError
+from inferd.core.errors import (
+    ConflictError,
+    InferdError,
+    InferenceError,
+    InvalidInputError,
+    JobNotFoundError,
+    quote,
+)
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 from inferd.jobs.store import FinishRequest, InsertResult, JobStore
@@ -130,7 +137,7 @@ class JobService:
         while True:
             job = await self.store.get(job_id, tenant=tenant)
             if job is None:
-                raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+                raise JobNotFoundError(f"no job {quote(job_id)} for this tenant")
             remaining = deadline - asyncio.get_running_loop().time()
             if job.status.terminal or remaining <= 0:
                 return job
@@ -151,7 +158,7 @@ class JobService:
     async def cancel(self, job_id: str, *, tenant: str) -> Job:
         result = await self.store.cancel(job_id, tenant=tenant, now=self._clock())
         if result.job is None:
-            raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+            raise JobNotFoundError(f"no job {quote(job_id)} for this tenant")
         if result.outcome == "terminal":
             raise ConflictError(
                 f"job {job_id} is already {result.job.status.value}; only pending or running jobs can be cancelled"
@@ -203,8 +210,9 @@ class JobService:
                 return await self.fail(job, worker_id=worker_id, error=error, retry=False)
             outputs = orjson.loads(encoded)  # plain JSON values (numpy ones converted) for the store
         except InferdError as exc:
+            message = exc.for_client(job.id, what="job")
             return await self.fail(
-                job, worker_id=worker_id, error=JobError(exc.code, exc.message), retry=exc.code in RETRYABLE
+                job, worker_id=worker_id, error=JobError(exc.code, message), retry=exc.code in RETRYABLE
             )
         except TypeError as exc:  # outputs orjson cannot encode
             error = JobError("inference_error", f"the model's output is not JSON-serializable: {exc}")

@@ -170,7 +170,7 @@ class SQLiteConnector:
             # saves an fsync per commit, which would otherwise bound the job rate.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            apply_sqlite_migrations(conn, where=repr(self.path))
+            self.applied_migrations = apply_sqlite_migrations(conn, where=repr(self.path))
         except BaseException:
             conn.close()
             raise

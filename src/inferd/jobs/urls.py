@@ -95,9 +95,10 @@ def open_store(url: str) -> JobStore:
     raise _invalid(url, "unknown scheme" if scheme else "not a URL")
 
 
-async def prepare_store(url: str) -> None:
-    """Open the store once, creating or upgrading its schema, and close it. A store that cannot be
-    reached or migrated raises ConfigError naming the URL (password masked) and the cause."""
+async def prepare_store(url: str) -> list[int]:
+    """Open the store once, creating or upgrading its schema, and close it; the migrations applied.
+    A store that cannot be reached or migrated raises ConfigError naming the URL (password masked)
+    and the cause."""
     store = open_store(url)
     try:
         await store.open()
@@ -105,4 +106,6 @@ async def prepare_store(url: str) -> None:
         raise
     except Exception as exc:
         raise ConfigError(f"cannot open the job store {redact(url)}: {type(exc).__name__}: {exc}") from exc
+    applied = list(store.connector.applied_migrations)
     await store.close()
+    return applied

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 
-from inferd.core.errors import ConfigError
+from inferd.core.errors import ConfigError, shorten
 from inferd.core.model_spec import ModelSpec
 from inferd.core.pipeline import Pipeline
 from inferd.core.tensors import resolve_declarations
@@ -29,7 +29,8 @@ def schema_checker(schema: dict[str, Any], where: Path) -> Callable[[Any], str |
         if error is None:
             return None
         location = "".join(f"[{p!r}]" for p in error.absolute_path)
-        return f"{location} {error.message}".strip() if location else error.message
+        # The message quotes the offending value, which may be as large as the request.
+        return shorten(f"{location} {error.message}".strip() if location else error.message)
 
     return check
 
@@ -51,7 +52,11 @@ def load_runtime(spec: ModelSpec, version_dir: Path, modules: VersionModules) ->
     return load_onnx_model(artifact=artifact, device=spec.device, cpu_fallback=spec.cpu_fallback)
 
 
-def build_pipeline(name: str, version: str, version_dir: Path, spec: ModelSpec) -> Pipeline:
+def build_pipeline(
+    name: str, version: str, version_dir: Path, spec: ModelSpec, *, expose_errors: bool = False
+) -> Pipeline:
+    """``expose_errors``: show every model's exception text to clients (``--dev``); otherwise only
+    models whose model.yaml says ``expose_errors: true`` do."""
     modules = VersionModules(version_dir, f"{name}_{version}")
     schema_check = (
         schema_checker(spec.input_schema, version_dir / "model.yaml")
@@ -74,5 +79,6 @@ def build_pipeline(name: str, version: str, version_dir: Path, spec: ModelSpec) 
         max_batch_size=spec.max_batch_size,
         schema_check=schema_check,
         tensors=resolve_declarations(spec.inputs, spec.outputs, model),
+        expose_errors=expose_errors or spec.expose_errors,
         **hooks,
     )

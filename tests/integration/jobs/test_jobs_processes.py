@@ -80,10 +80,13 @@ def _all_jobs(url: str) -> list[Job]:
 
 def test_migrate_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "jobs.db"
-    for _ in range(2):  # idempotent
+    outputs = []
+    for _ in range(2):  # idempotent; the first run says what it applied, the second that nothing was due
         result = run_inferd(["migrate", "--store", f"sqlite:///{db}"], cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "up to date" in result.stdout
+        outputs.append(result.stdout)
+    assert "applied migration(s) 1, 2" in outputs[0] and "up to date" not in outputs[0], outputs
+    assert "already up to date" in outputs[1], outputs
     assert db.exists()
     assert with_store(f"sqlite:///{db}", lambda store: store.pending_counts()) == {}
     bad = run_inferd(["migrate", "--store", "mysql://nope"], cwd=tmp_path)

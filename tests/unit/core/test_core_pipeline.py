@@ -154,8 +154,8 @@ def test_model_may_return_a_tuple() -> None:
 def test_long_exception_messages_are_truncated() -> None:
     with pytest.raises(InferenceError) as info:
         run_one(make(preprocessor=raiser(RuntimeError("x" * 5000))), ["a"])
-    assert len(info.value.message) < 500
-    assert info.value.message.endswith("...")
+    detail = info.value.detail
+    assert detail is not None and len(detail) < 500 and detail.endswith("...")
 
 
 def test_batch_call_names_the_rejected_index() -> None:
@@ -310,3 +310,15 @@ def test_unresolvable_ref_in_input_schema_is_an_inference_error() -> None:
     with pytest.raises(InferenceError) as info:
         run_one(make(schema_check=check), ["x"])
     assert info.value.code == "inference_error"
+
+
+def test_exception_text_is_detail_unless_the_model_exposes_it() -> None:
+    quiet = make(preprocessor=raiser(RuntimeError("SELECT secret FROM tenants")))
+    with pytest.raises(InferenceError) as info:
+        run_one(quiet, ["a"])
+    assert "secret" not in info.value.message and "RuntimeError" in info.value.message
+    assert "SELECT secret FROM tenants" in str(info.value.detail)
+    loud = make(preprocessor=raiser(RuntimeError("SELECT secret FROM tenants")), expose_errors=True)
+    with pytest.raises(InferenceError) as info:
+        run_one(loud, ["a"])
+    assert "SELECT secret FROM tenants" in info.value.message and info.value.detail is None

@@ -256,7 +256,7 @@ def test_inference_error_is_counted(engine: Engine) -> None:
     async def main() -> None:
         with pytest.raises(InferenceError) as info:
             await predict(engine, "broken", [1])
-        assert "model exploded" in info.value.message
+        assert "model exploded" in str(info.value.detail)
 
     asyncio.run(main())
     assert requests(engine, "broken") == 1
@@ -332,9 +332,7 @@ def test_onnx_gpu_model_needs_cuda_or_cpu_fallback(engine: Engine) -> None:
     assert version.state == "failed"
     assert "CUDAExecutionProvider" in (version.error or "")
     assert "cpu_fallback" in (version.error or "")
-    assert any(
-        "iris_gpu" in reason and "cpu_fallback" in reason for reason in engine.registry.not_ready_reasons()
-    )
+    assert any("iris_gpu" in reason and "cpu_fallback" in reason for reason in engine.registry.readiness()[1])
 
     async def main() -> None:
         with pytest.raises(ModelNotReadyError) as info:

@@ -53,7 +53,7 @@ def test_healthy_repository_has_no_problems(with_good: Path, make_echo: Callable
     make_echo(with_good, "other", "3")
     registry = registry_for(with_good)
     assert registry.problems == []
-    assert registry.not_ready_reasons() == []
+    assert registry.readiness() == ([], [])
     assert sorted(registry.models) == ["good", "other"]
     assert_good_loaded(registry)
 
@@ -66,7 +66,7 @@ def test_malformed_yaml(with_good: Path, make_version: Callable[..., Path]) -> N
     assert "YAML" in message
     assert "bad" not in registry.models
     assert_good_loaded(registry)
-    assert any(str(folder / "model.yaml") in reason for reason in registry.not_ready_reasons())
+    assert any(str(folder / "model.yaml") in reason for reason in registry.readiness()[1])
 
 
 def test_yaml_that_is_not_a_mapping(with_good: Path, make_version: Callable[..., Path]) -> None:
@@ -152,7 +152,7 @@ def test_missing_artifact(with_good: Path, make_version: Callable[..., Path]) ->
     assert "model.joblib" in error
     assert "does not exist" in error
     assert_good_loaded(registry)
-    assert any("model bad version 1" in r and "model.joblib" in r for r in registry.not_ready_reasons())
+    assert any("model bad version 1" in r and "model.joblib" in r for r in registry.readiness()[1])
 
 
 def test_missing_module_file(with_good: Path, make_version: Callable[..., Path]) -> None:
@@ -202,7 +202,7 @@ def test_exception_in_load(with_good: Path, make_version: Callable[..., Path]) -
     assert "RuntimeError" in error
     assert "weights are corrupt" in error
     assert_good_loaded(registry)
-    reasons = registry.not_ready_reasons()
+    reasons = registry.readiness()[1]
     assert any("model bad version 1" in r and "weights are corrupt" in r for r in reasons)
 
 
@@ -247,11 +247,11 @@ def test_all_problems_are_listed_together(
     make_echo(with_good, "typo", "1", "devcie: cpu\n")
     make_version(with_good, "artifact", "1", "runtime: onnx\nartifact: missing.onnx\n")
     registry = registry_for(with_good)
-    reasons = "\n".join(registry.not_ready_reasons())
+    reasons = "\n".join(registry.readiness()[1])
     assert "yaml" in reasons
     assert "devcie" in reasons
     assert "missing.onnx" in reasons
-    assert len(registry.not_ready_reasons()) == 3
+    assert len(registry.readiness()[1]) == 3
 
 
 def test_folders_without_model_yaml_and_hidden_folders_are_ignored(with_good: Path) -> None:
@@ -303,7 +303,7 @@ def test_load_at_start_false_loads_lazily_on_first_use(
     version = registry.models["lazy"].versions["1"]
     assert version.state == "unloaded"
     assert not (folder / "imported").exists()  # not even imported yet
-    assert registry.not_ready_reasons() == []  # not required at start-up
+    assert registry.readiness() == ([], [])  # not required at start-up
 
     async def main() -> list[Pipeline]:
         pipelines = await asyncio.gather(*(registry.ensure_loaded(version) for _ in range(5)))
@@ -329,7 +329,7 @@ def test_lazy_load_failure_is_model_not_ready(with_good: Path, make_version: Cal
     version = registry.models["lazy"].versions["1"]
     with pytest.raises(ModelNotReadyError) as info:
         asyncio.run(registry.ensure_loaded(version))
-    assert "disk" in info.value.message
+    assert "disk" in str(info.value.detail)
     assert info.value.code == "inference_error"
     assert version.state == "failed"
 

@@ -76,7 +76,7 @@ def test_reload_reports_broken_entries_and_retries_failed_versions(
     registry.apply_reload(plan)
     assert plan.failed == ["broken:1"]  # failed versions are tried again even when unchanged
     assert any("max_bach_size" in problem for problem in plan.summary()["problems"])
-    assert any("max_bach_size" in reason for reason in registry.not_ready_reasons())
+    assert any("max_bach_size" in reason for reason in registry.readiness()[1])
 
     (broken / "missing.py").write_text("class Model:\n    def predict(self, batch):\n        return batch\n")
     plan = registry.plan_reload()

@@ -182,4 +182,4 @@ def test_malformed_routing_in_the_registry_is_a_problem_and_falls_back_to_highes
     assert [p.path for p in registry.problems] == [str(routing)]
     assert "not both" in registry.problems[0].message
     assert registry.resolve("m", None, tenant="t").version == "10"
-    assert any(str(routing) in reason for reason in registry.not_ready_reasons())
+    assert any(str(routing) in reason for reason in registry.readiness()[1])
