@@ -186,3 +186,22 @@ def test_a_client_deadline_expiring_is_not_an_executor_timeout(api: InProcessAPI
     response = api.post("/v1/models/sleepy/predict", key=PREDICT_KEY, json={"input": {"sleep_s": 0.6}})
     assert_error(response, 504, "timeout")
     assert executor_timeouts(api) == before_executor + 1
+
+
+# -- no redirects -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, PREDICT_KEY])
+def test_a_trailing_slash_is_a_clear_404_never_a_redirect(api: InProcessAPI, key: str | None) -> None:
+    response = api.post(
+        "/v1/models/ok/predict/", key=key, json={"input": 1}, headers={"Host": "evil.example"}
+    )
+    message = assert_error(response, 404, "not_found")["error"]["message"]
+    assert "location" not in response.headers
+    assert "evil.example" not in response.text
+    assert "'/v1/models/ok/predict' exists" in message
+
+
+def test_the_root_points_to_the_docs(api: InProcessAPI) -> None:
+    response = api.get("/")
+    assert "GET /docs lists the routes" in assert_error(response, 404, "not_found")["error"]["message"]

@@ -23,6 +23,7 @@ from inferd.core.errors import (
     InferenceError,
     MethodNotAllowedError,
     RouteNotFoundError,
+    quote,
 )
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.http.access_log import AccessLog
@@ -104,7 +105,7 @@ class InferdASGI:
                         f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
                         allowed=list(allowed),
                     )
-                raise RouteNotFoundError(f"no route {method} {path}; GET /docs lists the routes")
+                raise RouteNotFoundError(self._not_found_message(method, path))
             call = Call(scope, receive, info, route, params, self._max_body_bytes, self._max_json_depth)
             if route.scope is not None:
                 call.principal = self._gatekeeper.admit(scope["headers"], route.scope, info)
@@ -142,6 +143,14 @@ class InferdASGI:
                 if info.cause:
                     record["cause"] = info.cause
                 self._access_log.write(record)
+
+    def _not_found_message(self, method: str, path: str) -> str:
+        # Never a redirect: one built from the Host header would send clients wherever a request's
+        # Host pointed. A path that exists without its trailing slash is named instead.
+        message = f"no route {method} {quote(path)}; GET /docs lists the routes"
+        if len(path) > 1 and path.endswith("/") and self.table.match(method, path.rstrip("/"))[0] is not None:
+            message += f" (without the trailing slash, {quote(path.rstrip('/'))} exists)"
+        return message
 
     def lifespan(self) -> AbstractAsyncContextManager[Any]:
         """Start-up and shutdown of what the routes need (job runtime, log flusher); tests that drive
