@@ -3,6 +3,7 @@
 --
 --   WRK_METHOD        HTTP method (default POST)
 --   WRK_BODY          request body (default empty)
+--   WRK_BODY_FILE     read the request body from this file instead (large or binary bodies)
 --   WRK_CONTENT_TYPE  Content-Type header (default application/json)
 --   WRK_AUTH          Authorization header value, e.g. "Bearer dev" (default: none)
 --   WRK_HEADERS       extra headers, one "Name: value" per line
@@ -17,7 +18,14 @@
 --     wrk -t2 -c32 -d15s --latency -s bench/post.lua http://127.0.0.1:8000/v1/models/echo/predict
 
 wrk.method = os.getenv("WRK_METHOD") or "POST"
-wrk.body = os.getenv("WRK_BODY") or ""
+local body_file = os.getenv("WRK_BODY_FILE")
+if body_file ~= nil and body_file ~= "" then
+  local file = assert(io.open(body_file, "rb"))
+  wrk.body = file:read("*a")
+  file:close()
+else
+  wrk.body = os.getenv("WRK_BODY") or ""
+end
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
 
 local auth = os.getenv("WRK_AUTH")

@@ -93,7 +93,9 @@ def _parameter_value(parameter: Any) -> Any:
 
 
 def parameters_of(parameters: Any) -> dict[str, Any] | None:
-    return {key: _parameter_value(value) for key, value in parameters.items()} or None
+    if not parameters:
+        return None
+    return {key: _parameter_value(value) for key, value in parameters.items()}
 
 
 def decode_inputs(request: Any) -> list[Tensor]:
@@ -121,7 +123,9 @@ def decode_inputs(request: Any) -> list[Tensor]:
 
 def encode_response(request: Any, model: str, version: str, outputs: list[Tensor]) -> Any:
     response = ModelInferResponse(model_name=model, model_version=version, id=request.id)
-    for tensor in select_outputs(outputs, [output.name for output in request.outputs]):
+    if request.outputs:
+        outputs = select_outputs(outputs, [output.name for output in request.outputs])
+    for tensor in outputs:
         output = response.outputs.add()
         output.name = tensor.name
         output.datatype = tensor.datatype.value
