@@ -191,3 +191,16 @@ def test_a_taken_grpc_port_stops_serve_with_one_line(
     assert result.returncode != 0
     assert f"cannot serve gRPC on 127.0.0.1:{port}" in result.stderr and "--no-grpc" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workers_share_the_grpc_port(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"INFERD_API_KEYS": KEYS, "INFERD_GRPC_PORT": str(port), "INFERD_ACCESS_LOG": "off"}
+    with running_server(tmp_path, env=env, models=EXAMPLES, args=["--workers", "2"]) as process:
+        # Each client is a new connection; the kernel spreads them over both processes' sockets.
+        for _ in range(6):
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as fresh:
+                result = fresh.infer("iris", [iris_input()], model_version="2", headers=AUTH)
+                assert result.as_numpy("label").tolist() == [0, 1, 2]
+        # Both processes bound the port (a process that could not would have failed its start-up).
+        assert process.output().count(f"serving V2 gRPC on 127.0.0.1:{port}") == 2, process.output()
