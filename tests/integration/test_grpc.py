@@ -5,6 +5,7 @@ models, the same outputs as /v1, and the status codes of errors."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,11 +197,16 @@ def test_a_taken_grpc_port_stops_serve_with_one_line(
 def test_workers_share_the_grpc_port(tmp_path: Path) -> None:
     port = free_port()
     env = {"INFERD_API_KEYS": KEYS, "INFERD_GRPC_PORT": str(port), "INFERD_ACCESS_LOG": "off"}
+    line = f"serving V2 gRPC on 127.0.0.1:{port}"
     with running_server(tmp_path, env=env, models=EXAMPLES, args=["--workers", "2"]) as process:
+        # /readyz answered from one process; the other may still be starting. Both must bind the port
+        # (a process that could not would fail its start-up instead of logging this line).
+        deadline = time.monotonic() + 60
+        while process.output().count(line) < 2:
+            assert time.monotonic() < deadline, process.output()
+            time.sleep(0.1)
         # Each client is a new connection; the kernel spreads them over both processes' sockets.
         for _ in range(6):
             with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as fresh:
                 result = fresh.infer("iris", [iris_input()], model_version="2", headers=AUTH)
                 assert result.as_numpy("label").tolist() == [0, 1, 2]
-        # Both processes bound the port (a process that could not would have failed its start-up).
-        assert process.output().count(f"serving V2 gRPC on 127.0.0.1:{port}") == 2, process.output()
