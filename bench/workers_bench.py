@@ -6,6 +6,8 @@ Variants (each its own server, started one after the other on a free port):
 - ``1``: ``inferd serve`` as it ships (one process, in-memory metrics);
 - ``1+mmap``: the same single process with prometheus_client's multiprocess value class
   (``PROMETHEUS_MULTIPROC_DIR`` set), i.e. the per-request cost of multiprocess metrics alone;
+- ``1+limit`` / ``1+redis`` (with ``--redis URL``): a rate limit no request reaches, checked in the
+  process / shared through Redis: the per-request cost of a Redis-shared limit;
 - ``N``: ``inferd serve --workers N`` for each N of ``--workers`` (default 2).
 
 wrk shares the machine's cores with the server, so besides requests/s the script reports the CPU
@@ -96,6 +98,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--skip-iris", action="store_true")
     parser.add_argument("--skip-mmap", action="store_true", help="skip the 1+mmap variant")
+    parser.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="also run 1+limit (a rate limit no request reaches, checked in process) and 1+redis (the same "
+        "limit shared through Redis at URL)",
+    )
     parser.add_argument("--wrk", default="wrk")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
@@ -105,6 +114,10 @@ def main() -> int:
         mmap_dir = workdir / "mmap"
         mmap_dir.mkdir()
         variants.append(("1+mmap", [], {"PROMETHEUS_MULTIPROC_DIR": str(mmap_dir)}))
+    if args.redis:
+        limit = {"INFERD_RATE_LIMIT": "10000000/s"}
+        variants.append(("1+limit", [], limit))
+        variants.append(("1+redis", [], {**limit, "INFERD_REDIS_URL": args.redis}))
     variants += [(str(n), ["--workers", str(n)], {}) for n in args.workers]
     models = [("echo", "/v1/models/echo/predict", ECHO_BODY)]
     if not args.skip_iris:

@@ -8,8 +8,9 @@ import functools
 import ipaddress
 import logging
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
-from inferd.core.tenancy import KeyRing, RateLimiter
+from inferd.core.tenancy import KeyRing, RateLimiter, TenantLimit
 from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
 from inferd.http.app import create_http_app
@@ -33,6 +34,7 @@ from inferd.http.native import NativeRoutes
 from inferd.http.predict import PredictRoutes
 from inferd.http.server import ConnectionLimits
 from inferd.http.v2 import V2Routes
+from inferd.jobs.repository_sync import RepositorySync
 from inferd.jobs.runtime import JobRuntime
 from inferd.jobs.service import JobService
 from inferd.jobs.urls import open_store
@@ -146,6 +148,36 @@ def build_rate_limiter(
     return RateLimiter(default=default, overrides=overrides, clock=clock)
 
 
+def build_tenant_limit(
+    settings: Settings, metrics: InferdMetrics, *, share: ProcessShare | None = None
+) -> tuple[TenantLimit, Callable[[], Awaitable[None]] | None]:
+    """The rate limit the request path checks, and what closes it. Without ``redis_url`` each process
+    enforces 1/N of every limit; with it the whole limit is shared through Redis, and the 1/N share is
+    the fallback while Redis does not answer."""
+    local = build_rate_limiter(settings, share=1 / share.count if share else 1.0)
+    if not settings.redis_url or not local.enabled:
+        return local, None
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from inferd.ratelimit_redis import RedisRateLimiter, redact_url
+
+    # Short timeouts and no retries: a Redis that does not answer must cost a request little, and the
+    # limiter then switches to the local limits until a probe finds Redis back.
+    client = Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    limiter = RedisRateLimiter(
+        client=client,
+        limits=build_rate_limiter(settings),
+        fallback=local,
+        on_shared=lambda shared: metrics.rate_limit_shared.set(1 if shared else 0),
+        description=f"Redis at {redact_url(settings.redis_url)}",
+    )
+    return limiter, limiter.close
+
+
 @dataclass
 class Engine:
     """Everything an API process or a worker needs to run models."""
@@ -223,6 +255,7 @@ def build_job_runtime(
     settings: Settings, engine: Engine, *, run_worker: bool, concurrency: int | None = None
 ) -> JobRuntime:
     store = open_store(settings.store)
+    repository = RepositorySync(registry=engine.registry, reload=engine.dataplane.reload_models, store=store)
     service = JobService(
         store=store,
         dataplane=engine.dataplane,
@@ -230,6 +263,7 @@ def build_job_runtime(
         default_max_attempts=settings.job_max_attempts,
         retry_base_s=settings.job_retry_base_s,
         max_result_bytes=settings.job_max_result_bytes,
+        repository=repository,
     )
     worker = (
         JobWorker(
@@ -245,10 +279,32 @@ def build_job_runtime(
         store=store,
         service=service,
         worker=worker,
+        repository=repository,
         job_ttl_s=settings.job_ttl,
         janitor_interval_s=settings.janitor_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,
     )
+
+
+def reload_on(signum: int, repository: RepositorySync) -> None:
+    """Reload the models of every process sharing the store when this process gets ``signum``."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def reload() -> None:
+        try:
+            summary = await repository.reload_everywhere()
+        except Exception:
+            logger.exception("reload on signal %d failed", signum)
+            return
+        logger.info("models reloaded on signal %d: %s", signum, summary)
+
+    def start() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)  # a reference, so the task cannot be collected while it runs
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signum, start)
 
 
 async def _flush_periodically(access_log: AccessLog, interval_s: float = 1.0) -> None:
@@ -273,6 +329,7 @@ def build_app(
     engine: Engine | None = None,
     share: ProcessShare | None = None,
     serve_grpc: bool = False,
+    reload_on_sighup: bool = False,
 ) -> InferdASGI:
     """The ASGI app for ``inferd serve`` (one of N processes with ``share``); tests build one per test
     with their own settings. ``serve_grpc``: its lifespan also serves V2 gRPC on ``settings.grpc_port``,
@@ -280,9 +337,8 @@ def build_app(
     keyring = build_keyring(settings)
     engine = engine or build_engine(settings, share=share)
     access_log = AccessLog(settings.access_log)
-    gatekeeper = Gatekeeper(
-        keyring=keyring, rate_limiter=build_rate_limiter(settings, share=1 / share.count if share else 1.0)
-    )
+    tenant_limit, close_tenant_limit = build_tenant_limit(settings, engine.metrics, share=share)
+    gatekeeper = Gatekeeper(keyring=keyring, rate_limiter=tenant_limit)
     # The configured worker concurrency is the server's total, split between its processes.
     concurrency = share.part(settings.worker_concurrency) if share else settings.worker_concurrency
     jobs = build_job_runtime(
@@ -300,6 +356,8 @@ def build_app(
         flusher = asyncio.create_task(_flush_periodically(access_log))
         await jobs.start()
         grpc_server = None
+        if reload_on_sighup:
+            reload_on(signal.SIGHUP, jobs.repository)
         try:
             if serve_grpc:
                 grpc_server, port = await start_grpc_server(
@@ -314,7 +372,11 @@ def build_app(
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(settings.shutdown_grace_s)
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await jobs.stop()
+            if close_tenant_limit is not None:
+                await close_tenant_limit()
             flusher.cancel()
             engine.close()
             access_log.close()
@@ -323,7 +385,11 @@ def build_app(
         metrics=engine.metrics, multiprocess_dir=share.metrics_dir if share else None
     )
     groups = [
-        NativeRoutes(dataplane=dataplane, render_metrics=exposition.render).routes(),
+        NativeRoutes(
+            dataplane=dataplane,
+            render_metrics=exposition.render,
+            reload_models=jobs.repository.reload_everywhere,
+        ).routes(),
         PredictRoutes(dataplane=dataplane, max_batch_inputs=settings.max_batch_inputs).routes(),
         JobRoutes(service=jobs.service, max_inputs=settings.max_batch_inputs).routes(),
         V2Routes(dataplane=dataplane, max_body_bytes=settings.max_body_bytes).routes(),

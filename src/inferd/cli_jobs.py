@@ -66,7 +66,7 @@ def worker(
 async def _run_worker(settings: Any, metrics_host: str) -> None:
     from prometheus_client import start_http_server
 
-    from inferd.bootstrap import build_engine, build_job_runtime
+    from inferd.bootstrap import build_engine, build_job_runtime, reload_on
     from inferd.jobs.urls import redact
 
     engine = build_engine(settings)
@@ -89,6 +89,7 @@ async def _run_worker(settings: Any, metrics_host: str) -> None:
         raise ConfigError(
             f"cannot open the job store {redact(settings.store)}: {type(exc).__name__}: {exc}"
         ) from exc
+    reload_on(signal.SIGHUP, runtime.repository)
     Console(stderr=True).print(
         f"inferd worker {runtime.worker.worker_id if runtime.worker else ''} running "
         f"(concurrency {settings.worker_concurrency})",

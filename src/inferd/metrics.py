@@ -136,6 +136,13 @@ class InferdMetrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limit_shared = Gauge(
+            "rate_limit_shared",
+            "1 while tenant rate limits are shared through Redis (INFERD_REDIS_URL); 0 while they are not "
+            "(no Redis configured, or it does not answer and each process enforces its share).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         for reason in RestartReason:
             self.server_restarts.labels(reason.value)
         # The process and GC collectors describe the process that answers; under --workers N

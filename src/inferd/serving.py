@@ -3,9 +3,10 @@
 With N > 1 the supervisor binds N listening sockets to the same address (SO_REUSEPORT: the kernel spreads
 new connections evenly over them, where one shared socket lets the least busy process take nearly all of
 them) and starts one server process per socket. A socket outlives its process: connections that arrive
-while a process is being replaced wait in its backlog for the replacement instead of being refused. It writes no metrics and loads no model: it
-restarts a process that dies, and on SIGTERM or SIGINT stops every process the way a
-single server stops (in-flight requests and jobs drain) and exits 0.
+while a process is being replaced wait in its backlog for the replacement instead of being refused. The
+supervisor writes no metrics and loads no model: it restarts a process that dies, passes SIGHUP (reload
+the models) to one of them, and on SIGTERM or SIGINT stops every process the way a single server stops
+(in-flight requests and jobs drain) and exits 0.
 
 A server process learns its part from a JSON document on its standard input (the resolved settings and
 its ``ProcessShare``), so no secret travels on a command line; ``PROMETHEUS_MULTIPROC_DIR`` in its
@@ -82,7 +83,7 @@ def run_server(
     from inferd.bootstrap import build_app, connection_limits
     from inferd.http.server import server_options
 
-    asgi = build_app(settings, share=share, serve_grpc=settings.grpc)
+    asgi = build_app(settings, share=share, serve_grpc=settings.grpc, reload_on_sighup=True)
     server_config = uvicorn.Config(
         asgi,
         host=settings.host,
@@ -171,7 +172,7 @@ class Supervisor:
                         )
                         return 0
                     if signum == signal.SIGHUP:
-                        logger.warning("SIGHUP ignored: POST /v1/admin/models/reload reloads the models")
+                        self._reload()
             for child in children:
                 if not child.ready and child.ready_r in readable:
                     child.ready = os.read(child.ready_r, 1) == b"1"
@@ -258,6 +259,16 @@ class Supervisor:
             f" in {delay:.1f}s" if delay else "",
         )
         slot.restart_at = now + delay
+
+    def _reload(self) -> None:
+        """One process reloads and bumps the store's repository generation; the others (and every other
+        server and worker on the store) follow it, so N processes do not each rescan and bump."""
+        for slot in self._slots:
+            if slot.child is not None and slot.child.ready and slot.child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.child.process.send_signal(signal.SIGHUP)
+                    return
+        logger.warning("SIGHUP: no server process is ready to reload; ignored")
 
     def _forward(self, signum: int) -> None:
         for slot in self._slots:

@@ -108,6 +108,8 @@ class Settings(BaseModel):
     rate_limit: str | None = None
     rate_burst: int | None = Field(default=None, ge=1)
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    # redis://[:password@]host:port/db: tenant rate limits shared by every process and replica.
+    redis_url: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     max_batch_inputs: int = Field(default=1024, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)

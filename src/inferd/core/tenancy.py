@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from inferd.core.errors import ConfigError, ForbiddenError, RateLimitedError, UnauthenticatedError
 
@@ -88,6 +89,20 @@ class KeyRing:
         return principal
 
 
+class TenantLimit(Protocol):
+    """A tenant's rate limit as the request path checks it: raises RateLimitedError when over."""
+
+    async def admit(self, tenant: str) -> None: ...
+
+
+def rate_limited(tenant: str, rate: float, burst: float, retry_after_s: float) -> RateLimitedError:
+    retry_after = max(1, math.ceil(retry_after_s))
+    return RateLimitedError(
+        f"tenant {tenant!r} is over its rate limit ({rate:g}/s, burst {burst:g}); retry in {retry_after}s",
+        retry_after_s=retry_after,
+    )
+
+
 class _Bucket:
     __slots__ = ("tokens", "updated")
 
@@ -117,6 +132,14 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self._default is not None or any(v is not None for v in self._overrides.values())
 
+    def limits_for(self, tenant: str) -> tuple[float, float] | None:
+        """(rate per second, burst) of the tenant; None when it is not limited."""
+        return self._overrides.get(tenant, self._default)
+
+    async def admit(self, tenant: str) -> None:
+        """The :class:`TenantLimit` form of :meth:`acquire`."""
+        self.acquire(tenant)
+
     def acquire(self, tenant: str, cost: float = 1.0) -> None:
         limits = self._overrides.get(tenant, self._default)
         if limits is None:
@@ -133,8 +156,4 @@ class RateLimiter:
                 bucket.tokens -= cost
                 return
             missing = cost - bucket.tokens
-        retry_after = max(1, math.ceil(missing / rate))
-        raise RateLimitedError(
-            f"tenant {tenant!r} is over its rate limit ({rate:g}/s, burst {burst:g}); retry in {retry_after}s",
-            retry_after_s=retry_after,
-        )
+        raise rate_limited(tenant, rate, burst, missing / rate)

@@ -147,14 +147,14 @@ class InferenceServicer:
         "ModelInfer": "predict",
     }
 
-    def __init__(self, *, plane: DataPlane, admit: Callable[[str | None, str], Any]) -> None:
+    def __init__(self, *, plane: DataPlane, admit: Callable[[str | None, str], Awaitable[Any]]) -> None:
         self._plane = plane
         self._admit = admit
         self._methods = service_methods()
 
-    def _principal(self, context: Any, rpc: str) -> Any:
+    async def _principal(self, context: Any, rpc: str) -> Any:
         scope = self.SCOPES[rpc]
-        return None if scope is None else self._admit(api_key(context.invocation_metadata()), scope)
+        return None if scope is None else await self._admit(api_key(context.invocation_metadata()), scope)
 
     async def ServerLive(self, request: Any, context: Any, response: Any) -> Any:
         return response(live=True)
@@ -166,12 +166,12 @@ class InferenceServicer:
         return response(name="inferd", version=__version__, extensions=[])
 
     async def ModelReady(self, request: Any, context: Any, response: Any) -> Any:
-        principal = self._principal(context, "ModelReady")
+        principal = await self._principal(context, "ModelReady")
         ready = self._plane.model_ready(request.name, request.version or None, tenant=principal.tenant)
         return response(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: Any, response: Any) -> Any:
-        principal = self._principal(context, "ModelMetadata")
+        principal = await self._principal(context, "ModelMetadata")
         meta = self._plane.model_metadata(request.name, request.version or None, tenant=principal.tenant)
         message = response(name=meta.name, versions=meta.versions, platform=meta.platform)
         for spec, target in [(s, message.inputs) for s in meta.inputs] + [
@@ -181,7 +181,7 @@ class InferenceServicer:
         return message
 
     async def ModelInfer(self, request: Any, context: Any, response: Any) -> Any:
-        principal = self._principal(context, "ModelInfer")
+        principal = await self._principal(context, "ModelInfer")
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise _DeadlinePassed()

@@ -108,7 +108,7 @@ class InferdASGI:
                 raise RouteNotFoundError(self._not_found_message(method, path))
             call = Call(scope, receive, info, route, params, self._max_body_bytes, self._max_json_depth)
             if route.scope is not None:
-                call.principal = self._gatekeeper.admit(scope["headers"], route.scope, info)
+                call.principal = await self._gatekeeper.admit(scope["headers"], route.scope, info)
             if route.query is not None:
                 call.query = parse_query(route, scope.get("query_string", b""))
             reply = await route.handler(call)

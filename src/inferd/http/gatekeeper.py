@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from inferd.core.tenancy import KeyRing, Principal, RateLimiter
+from inferd.core.tenancy import KeyRing, Principal, TenantLimit
 from inferd.http.wire import RequestInfo, api_key_from_headers
 
 
 class Gatekeeper:
-    def __init__(self, *, keyring: KeyRing, rate_limiter: RateLimiter) -> None:
+    def __init__(self, *, keyring: KeyRing, rate_limiter: TenantLimit) -> None:
         self._keyring = keyring
         self._rate_limiter = rate_limiter
 
-    def admit(self, headers: list[tuple[bytes, bytes]], scope_name: str, info: RequestInfo) -> Principal:
-        return self.admit_key(api_key_from_headers(headers), scope_name, info)
+    async def admit(
+        self, headers: list[tuple[bytes, bytes]], scope_name: str, info: RequestInfo
+    ) -> Principal:
+        return await self.admit_key(api_key_from_headers(headers), scope_name, info)
 
-    def admit_key(self, key: str | None, scope_name: str, info: RequestInfo | None = None) -> Principal:
+    async def admit_key(self, key: str | None, scope_name: str, info: RequestInfo | None = None) -> Principal:
         """The transport-free check (gRPC sends the key as metadata)."""
         principal = self._keyring.authenticate(key)
         if info is not None:
             info.tenant = principal.tenant
         principal.require(scope_name)
-        self._rate_limiter.acquire(principal.tenant)
+        await self._rate_limiter.admit(principal.tenant)
         return principal

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -19,9 +20,12 @@ class NativeRoutes:
         *,
         dataplane: DataPlane,
         render_metrics: Callable[[str | None, str | None], tuple[bytes, dict[str, str]]],
+        reload_models: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._render_metrics = render_metrics
+        # Reloads every process sharing the job store where one is wired in; this process only otherwise.
+        self._reload_models = reload_models or dataplane.reload_models
 
     async def livez(self, call: Call) -> Reply:
         return Reply(200, b'{"status":"ok"}')
@@ -57,7 +61,7 @@ class NativeRoutes:
         return Reply(200, orjson.dumps(self._dataplane.model(call.params["name"]).describe()))
 
     async def reload_models(self, call: Call) -> Reply:
-        return Reply(200, orjson.dumps(await self._dataplane.reload_models()))
+        return Reply(200, orjson.dumps(await self._reload_models()))
 
     def routes(self) -> list[Route]:
         return [

@@ -41,6 +41,8 @@ class Query(enum.StrEnum):
     RELEASE = "release"  # ids, worker, now -> rowcount
     CANCEL = "cancel"  # id, tenant, now -> the job, when it was pending or running
     DELETE_FINISHED = "delete_finished"  # cutoff -> rowcount
+    REPOSITORY_GENERATION = "repository_generation"  # -> generation
+    BUMP_REPOSITORY_GENERATION = "bump_repository_generation"  # -> generation (the new one)
 
 
 class Connector(Protocol):

@@ -52,6 +52,7 @@ class MemoryConnector:
 
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
+        self.generation = 0  # the model repository generation
         self._open = False
         self._queries: dict[Query, Callable[[dict[str, Any]], tuple[list[Row], int]]] = {
             Query.PING: lambda p: ([{"ok": 1}], 1),
@@ -69,6 +70,8 @@ class MemoryConnector:
             Query.RELEASE: self._release,
             Query.CANCEL: self._cancel,
             Query.DELETE_FINISHED: self._delete_finished,
+            Query.REPOSITORY_GENERATION: lambda p: ([{"generation": self.generation}], 1),
+            Query.BUMP_REPOSITORY_GENERATION: self._bump_generation,
         }
 
     async def open(self, on_notification: Callable[[], None]) -> None:
@@ -106,6 +109,10 @@ class MemoryConnector:
         """Nobody else to tell: the store already woke this process."""
 
     # -- the queries ------------------------------------------------------------------------------
+
+    def _bump_generation(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        self.generation += 1
+        return [{"generation": self.generation}], 1
 
     def _insert(self, p: dict[str, Any]) -> tuple[list[Row], int]:
         if p["id"] in self.rows:

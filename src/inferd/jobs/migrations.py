@@ -134,6 +134,14 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     # version numbers of both dialects aligned.
     Migration(3, "vacuum the jobs table often", ()),
     Migration(4, "add job parameters", ("ALTER TABLE jobs ADD COLUMN parameters TEXT",)),
+    Migration(
+        5,
+        "add the model repository generation",
+        (
+            "CREATE TABLE model_repository (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)",
+            "INSERT INTO model_repository (id, generation) VALUES (1, 0)",
+        ),
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -183,6 +191,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(4, "add job parameters", ("ALTER TABLE jobs ADD COLUMN parameters jsonb",)),
+    # One row: bumped by every reload request, so each process sharing the store reloads its models.
+    Migration(
+        5,
+        "add the model repository generation",
+        (
+            "CREATE TABLE model_repository (id integer PRIMARY KEY CHECK (id = 1), generation bigint NOT NULL)",
+            "INSERT INTO model_repository (id, generation) VALUES (1, 0)",
+        ),
+    ),
 )
 
 # First key of the two-int advisory lock ("infd"); the second is hashtext(schema), so stores in

@@ -148,4 +148,8 @@ RETURNING {COLS}
     Query.DELETE_FINISHED: sql_text(
         "DELETE FROM jobs WHERE status IN ({terminal}) AND finished_at < %(cutoff)s"
     ),
+    Query.REPOSITORY_GENERATION: "SELECT generation FROM model_repository WHERE id = 1",
+    Query.BUMP_REPOSITORY_GENERATION: (
+        "UPDATE model_repository SET generation = generation + 1 WHERE id = 1 RETURNING generation"
+    ),
 }

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from inferd.core.errors import StoreUnavailableError
+from inferd.jobs.repository_sync import RepositorySync
 from inferd.jobs.service import JobService
 from inferd.jobs.store import JobStore
 from inferd.jobs.worker import JobWorker
@@ -41,23 +42,33 @@ class JobRuntime:
         store: JobStore,
         service: JobService,
         worker: JobWorker | None,
+        repository: RepositorySync,
         job_ttl_s: float,
         janitor_interval_s: float,
         depth_refresh_s: float = 0.5,
+        repository_poll_s: float = 0.5,
         shutdown_grace_s: float = 20.0,
     ) -> None:
         self.store = store
         self.service = service
         self.worker = worker
+        self.repository = repository
         self._job_ttl_s = job_ttl_s
         self._janitor_interval_s = janitor_interval_s
         self._depth_refresh_s = depth_refresh_s
+        self._repository_poll_s = repository_poll_s
         self._shutdown_grace_s = shutdown_grace_s
         self._tasks: list[asyncio.Task[Any]] = []
         self._worker_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
+        await self.repository.start()
+        self._tasks.append(
+            asyncio.create_task(
+                _every(self._repository_poll_s, self.repository.catch_up, "model repository generation check")
+            )
+        )
         self._tasks.append(
             asyncio.create_task(
                 _every(self._depth_refresh_s, self.service.refresh_queue_depth, "job_queue_depth refresh")

@@ -28,6 +28,7 @@ from inferd.core.errors import (
 )
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
+from inferd.jobs.repository_sync import RepositorySync
 from inferd.jobs.store import FinishRequest, InsertResult, JobStore
 from inferd.metrics import InferdMetrics
 
@@ -54,6 +55,7 @@ class JobService:
         retry_base_s: float = 1.0,
         max_result_bytes: int = 10 * 1024 * 1024,
         clock: Callable[[], datetime] = utcnow,
+        repository: RepositorySync | None = None,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -62,6 +64,7 @@ class JobService:
         self._retry_base_s = retry_base_s
         self._max_result_bytes = max_result_bytes
         self._clock = clock
+        self._repository = repository
         self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
         self._depth: dict[tuple[str, str], int] = {}  # mirrors job_queue_depth, refreshed from the store
         self._inserts: Coalescer[Job, InsertResult] = Coalescer(lambda jobs: self.store.insert_many(jobs))
@@ -189,6 +192,9 @@ class JobService:
 
     async def run(self, job: Job, *, worker_id: str) -> Job | None:
         """Execute one attempt through the data plane and record the outcome."""
+        if self._repository is not None and not self._repository.knows(job.model, job.version):
+            # Submitted through a process that reloaded before this one: catch up instead of failing.
+            await self._repository.catch_up()
         try:
             prediction = await self.dataplane.infer(
                 tenant=job.tenant,

@@ -340,6 +340,16 @@ class JobStore:
         """Delete terminal jobs finished before ``cutoff``; returns how many."""
         return await self._execute(Query.DELETE_FINISHED, cutoff=cutoff)
 
+    async def repository_generation(self) -> int:
+        """How many reloads of the model repository were requested (by any process sharing the store)."""
+        rows = await self._fetch(Query.REPOSITORY_GENERATION)
+        return int(rows[0]["generation"])
+
+    async def bump_repository_generation(self) -> int:
+        """Record one more reload request; the new generation."""
+        rows = await self._fetch(Query.BUMP_REPOSITORY_GENERATION)
+        return int(rows[0]["generation"])
+
     async def wait_for_work(self, timeout_s: float) -> None:
         """Return when new work may be available or after ``timeout_s``. Writes of this process wake
         it at once; other processes' writes wake it where the connector hears them (PostgreSQL),
