@@ -61,3 +61,21 @@ def test_the_static_check_would_catch_an_import() -> None:
     assert IMPORT_LINE.search("from fastapi import FastAPI\n")
     assert IMPORT_LINE.search("    import starlette.requests\n")
     assert not IMPORT_LINE.search("# fastapi is not used here\nimport fastapi_like\n")
+
+
+ADAPTER_IMPORT = re.compile(
+    r"^\s*(?:import|from)\s+(prometheus_client|inferd\.(?:metrics|http|jobs|grpc|bootstrap|cli))\b",
+    re.MULTILINE,
+)
+
+
+def test_no_core_file_imports_an_adapter_or_prometheus() -> None:
+    # Core owns protocols (e.g. the metrics PredictionService records); adapters implement them.
+    offenders = [
+        f"{path.relative_to(CORE_DIR)}: {match.group(0).strip()}"
+        for path in sorted(CORE_DIR.rglob("*.py"))
+        for match in ADAPTER_IMPORT.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+    assert ADAPTER_IMPORT.search("from inferd.metrics import InferdMetrics\n")
+    assert not ADAPTER_IMPORT.search("from inferd.core.metrics_protocol import X\n")

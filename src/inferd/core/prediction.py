@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -18,7 +18,37 @@ from inferd.core.errors import InferdError, InvalidInputError, ModelNotFoundErro
 from inferd.core.executor import DeviceExecutor
 from inferd.core.pipeline import PipelineCall
 from inferd.core.registry import ModelRegistry, ModelVersion
-from inferd.metrics import InferdMetrics, UnknownModelLabels
+
+
+# The metrics this service records, as protocols: core owns them, ``inferd.metrics`` implements them
+# with prometheus_client (core never imports it).
+class CounterChild(Protocol):
+    def inc(self, amount: float = ...) -> None: ...
+
+
+class HistogramChild(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class LabelledCounter(Protocol):
+    def labels(self, *values: str) -> CounterChild: ...
+
+
+class InferenceMetrics(Protocol):
+    @property
+    def requests(self) -> LabelledCounter: ...
+
+    def request_children(
+        self, model: str, version: str, tenant: str
+    ) -> tuple[CounterChild, HistogramChild]: ...
+
+    def error_child(self, model: str, version: str, error_type: str, tenant: str) -> CounterChild: ...
+
+
+class UnknownLabels(Protocol):
+    def labels(self, model: str, version: str) -> tuple[str, str]:
+        """Label values for a (model, version) that does not exist, bounded in number."""
+        ...
 
 
 def parameters_key(parameters: dict[str, Any] | None) -> bytes | None:
@@ -44,8 +74,8 @@ class PredictionService:
         *,
         registry: ModelRegistry,
         executors: Mapping[str, DeviceExecutor],
-        metrics: InferdMetrics,
-        unknown_labels: UnknownModelLabels,
+        metrics: InferenceMetrics,
+        unknown_labels: UnknownLabels,
     ) -> None:
         self.registry = registry
         self.executors = executors
