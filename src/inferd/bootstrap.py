@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import logging
 import re
@@ -40,7 +39,7 @@ from inferd.jobs.service import JobService
 from inferd.jobs.urls import open_store
 from inferd.jobs.worker import JobWorker
 from inferd.metrics import InferdMetrics, MetricsExposition, RestartReason, UnknownModelLabels
-from inferd.runtimes.factory import build_pipeline
+from inferd.runtimes.factory import PipelineFactory
 
 logger = logging.getLogger("inferd")
 
@@ -192,6 +191,7 @@ class Engine:
     def close(self) -> None:
         for executor in self.executors.values():
             executor.close()
+        self.registry.close()
 
 
 def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> Engine:
@@ -207,7 +207,7 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
         # counts stay in the merged totals.
         metrics.server_restarts.labels(share.restart_reason.value).inc()
     registry = ModelRegistry(
-        loader=functools.partial(build_pipeline, expose_errors=settings.dev),
+        loader=PipelineFactory(expose_errors=settings.dev),
         strict_readiness=settings.strict_readiness,
         devices=devices,
         on_state_change=lambda v: metrics.model_state.labels(v.name, v.version).set(

@@ -119,11 +119,11 @@ def models_list(
     """List models and versions (from a running server, or a local repository with --models)."""
     if models is not None:
         from inferd.core.registry import ModelRegistry
-        from inferd.runtimes.factory import build_pipeline
+        from inferd.runtimes.factory import PipelineFactory
 
         # Scanning reads every model.yaml and routing.yaml without loading any model.
         devices = settings_from({}, None).device_threads
-        registry = ModelRegistry(loader=build_pipeline, devices=devices)
+        registry = ModelRegistry(loader=PipelineFactory(), devices=devices)
         try:
             registry.scan(models)
         except ConfigError as exc:

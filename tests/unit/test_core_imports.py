@@ -1,4 +1,5 @@
-"""``inferd.core`` is the transport-free core: it must not depend on FastAPI or Starlette."""
+"""``inferd.core`` is the transport-free core: it must not depend on FastAPI or Starlette, nor on the
+runtimes that implement its protocols."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import inferd.core
 
 CORE_DIR = Path(inferd.core.__file__).resolve().parent
 WEB_FRAMEWORKS = ("fastapi", "starlette")
-IMPORT_LINE = re.compile(r"^\s*(?:import|from)\s+(fastapi|starlette)\b", re.MULTILINE)
+IMPORT_LINE = re.compile(r"^\s*(?:import|from)\s+(fastapi|starlette|inferd\.runtimes)\b", re.MULTILINE)
 
 
 def core_modules() -> list[str]:
@@ -36,7 +37,8 @@ def test_importing_every_core_module_loads_no_web_framework() -> None:
         "import importlib, json, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {WEB_FRAMEWORKS!r})))\n"
+        "print(json.dumps(sorted(m for m in sys.modules\n"
+        f"    if m.split('.')[0] in {WEB_FRAMEWORKS!r} or m.startswith('inferd.runtimes'))))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
@@ -60,6 +62,7 @@ def test_no_core_file_imports_a_web_framework() -> None:
 def test_the_static_check_would_catch_an_import() -> None:
     assert IMPORT_LINE.search("from fastapi import FastAPI\n")
     assert IMPORT_LINE.search("    import starlette.requests\n")
+    assert IMPORT_LINE.search("from inferd.runtimes.base import ModelRuntime\n")
     assert not IMPORT_LINE.search("# fastapi is not used here\nimport fastapi_like\n")
 
 

@@ -25,7 +25,7 @@ SENTIMENT_DIR = MODELS_DIR / "sentiment" / "1"
 SLOW_DIR = MODELS_DIR / "slow" / "1"
 
 VERSION_DIRS = sorted(path.parent for path in MODELS_DIR.glob("*/*/model.yaml"))
-RUNTIMES = {"python", "sklearn", "onnx"}
+RUNTIMES = {"python", "sklearn", "onnx", "torch"}
 STAGES = ("model", "preprocessor", "validator", "postprocessor")
 MAX_ARTIFACT_BYTES = 100 * 1024
 
@@ -86,7 +86,7 @@ def schema_validator(version_dir: Path) -> jsonschema.protocols.Validator:
 
 def test_repository_has_every_example() -> None:
     found = {str(path.relative_to(MODELS_DIR)) for path in VERSION_DIRS}
-    assert found == {"echo/1", "iris/1", "iris/2", "sentiment/1", "slow/1"}
+    assert found == {"echo/1", "iris/1", "iris/2", "iris_torch/1", "iris_torch/2", "sentiment/1", "slow/1"}
 
 
 @pytest.mark.parametrize("version_dir", VERSION_DIRS, ids=lambda p: f"{p.parent.name}/{p.name}")

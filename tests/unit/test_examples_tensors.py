@@ -21,7 +21,7 @@ from inferd.core.tensors import (
     decode_raw,
     encode_json,
 )
-from inferd.runtimes.factory import build_pipeline
+from inferd.runtimes.factory import PipelineFactory
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "examples" / "models"
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
@@ -30,7 +30,7 @@ TEXTS = ["I love it, the food was delicious.", "Awful, a complete waste of money
 
 def pipeline(model: str, version: str) -> Pipeline:
     version_dir = MODELS_DIR / model / version
-    return build_pipeline(model, version, version_dir, read_model_spec(version_dir / "model.yaml"))
+    return PipelineFactory()(model, version, version_dir, read_model_spec(version_dir / "model.yaml"))
 
 
 def run(target: Pipeline, items: Any) -> list[Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -12,15 +13,18 @@ from inferd.core.errors import ConfigError
 from inferd.core.executor import LanePolicy
 from inferd.core.tensors import TensorSpec
 
-Runtime = Literal["python", "sklearn", "onnx"]
+# A registered runtime name (entry-point group ``inferd.runtimes``) or ``package.module:Class``.
+RUNTIME_REF = re.compile(r"[A-Za-z_][\w-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+HOOKS = ("preprocessor", "validator", "postprocessor")
 
 
 class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """inferd's own keys. Any other key belongs to the runtime, which validates it when the version
+    loads (``model_extra``); unknown ones are reported there."""
 
-    runtime: Runtime
-    model: str | None = None
-    artifact: str | None = None
+    model_config = ConfigDict(extra="allow")
+
+    runtime: str
     device: str = "cpu"
     timeout_s: float = Field(default=5.0, gt=0)
     max_batch_size: int = Field(default=1, ge=1)
@@ -50,17 +54,16 @@ class ModelSpec(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _runtime_needs(self) -> ModelSpec:
-        if self.runtime == "python" and not self.model:
-            raise ValueError("runtime 'python' needs 'model: module:attr' (a .py file in this folder)")
-        if self.runtime in ("sklearn", "onnx") and not self.artifact:
-            raise ValueError(f"runtime {self.runtime!r} needs 'artifact: FILE' (a file in this folder)")
+    def _references(self) -> ModelSpec:
+        if not RUNTIME_REF.fullmatch(self.runtime):
+            raise ValueError(
+                f"runtime: {self.runtime!r} must be a runtime's name (a built-in one or a plug-in's) "
+                "or an import string 'package.module:Class'"
+            )
+        for field_name in HOOKS:
+            check_module_ref(field_name, getattr(self, field_name))
         if self.required and not self.load_at_start:
             raise ValueError("required: true needs load_at_start: true (readiness waits for the load)")
-        for field_name in ("model", "preprocessor", "validator", "postprocessor"):
-            ref = getattr(self, field_name)
-            if ref is not None and (ref.count(":") != 1 or not all(ref.split(":"))):
-                raise ValueError(f"{field_name}: {ref!r} must look like 'module:attr'")
         for field_name in ("inputs", "outputs"):
             declared = getattr(self, field_name) or []
             names = [spec.name for spec in declared]
@@ -73,6 +76,11 @@ class ModelSpec(BaseModel):
                 )
         return self
 
+    @property
+    def runtime_keys(self) -> dict[str, Any]:
+        """The keys that are not inferd's own: the runtime's options."""
+        return dict(self.model_extra or {})
+
     def lane_policy(self) -> LanePolicy:
         return LanePolicy(
             weight=self.weight,
@@ -83,6 +91,11 @@ class ModelSpec(BaseModel):
             service_time_s=self.service_time_s,
             deadline_admission=self.deadline_admission,
         )
+
+
+def check_module_ref(key: str, ref: str | None) -> None:
+    if ref is not None and (ref.count(":") != 1 or not all(ref.split(":"))):
+        raise ValueError(f"{key}: {ref!r} must look like 'module:attr'")
 
 
 def read_model_spec(path: Path) -> ModelSpec:

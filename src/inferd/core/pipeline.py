@@ -7,17 +7,17 @@ from the preprocessor or the validator → ``invalid_input``; any other exceptio
 
 from __future__ import annotations
 
-import inspect
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from inferd.core.errors import InferdError, InferenceError, InvalidInputError
+from inferd.core.errors import InferdError, InferenceError, InvalidInputError, ModelNotReadyError
+from inferd.core.runtime import Batch, Runtime
 from inferd.core.tensors import TensorDeclarations, TensorRows, check_declared, outputs_to_tensors
-from inferd.runtimes.base import ModelRuntime
 
 logger = logging.getLogger("inferd.pipeline")
 
@@ -36,25 +36,12 @@ class PipelineCall:
     parameters: dict[str, Any] | None = None
 
 
-def takes_parameters(predict: Callable[..., Any]) -> bool:
-    """Whether ``predict`` accepts a ``parameters`` keyword (or any keyword)."""
-    try:
-        signature = inspect.signature(predict)
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-    return any(
-        (name == "parameters" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-        or p.kind is p.VAR_KEYWORD
-        for name, p in signature.parameters.items()
-    )
-
-
 def _cause(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."
 
 
-def _join(parts: list[Sequence[Any]]) -> Sequence[Any]:
+def _join(parts: list[Batch]) -> Batch:
     """The items of merged calls as one sequence; arrays of rows (tensor requests) stay one array, so
     the model gets a batch without a Python loop per row."""
     if len(parts) == 1:
@@ -66,7 +53,7 @@ def _join(parts: list[Sequence[Any]]) -> Sequence[Any]:
     if arrays and len(arrays) == len(parts):
         first = arrays[0]
         if all(a.dtype == first.dtype and a.shape[1:] == first.shape[1:] for a in arrays):
-            return cast(Sequence[Any], np.concatenate(arrays))
+            return np.concatenate(arrays)
     flat: list[Any] = []
     for part in parts:
         flat.extend(part)
@@ -79,7 +66,7 @@ class Pipeline:
         *,
         name: str,
         version: str,
-        model: ModelRuntime,
+        model: Runtime,
         max_batch_size: int,
         schema_check: Callable[[Any], str | None] | None = None,
         preprocessor: Callable[[Any], Any] | None = None,
@@ -100,9 +87,17 @@ class Pipeline:
         self._needs_preparation = any((schema_check, preprocessor, validator))
         self._has_hooks = preprocessor is not None or validator is not None
         self.tensors = tensors or TensorDeclarations()
-        self.takes_parameters = takes_parameters(model.predict)
+        # Runtimes without their own check_batch skip the call (every request passes here).
+        self._check_batch = None if type(model).check_batch is Runtime.check_batch else model.check_batch
+        self.takes_parameters = model.takes_parameters
         # User hooks may be slow or blocking; a schema check alone is cheap enough for the event loop.
         self.preparation_blocks = preprocessor is not None or validator is not None
+        # Lifecycle: calls running now (on executor threads); retired by a reload or shutdown, the
+        # runtime is unloaded once none runs.
+        self._lock = threading.Lock()
+        self._running = 0
+        self._retired = False
+        self._unloaded = False
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
@@ -151,20 +146,53 @@ class Pipeline:
                 raise self._failure(f"{where}validator failed", exc) from exc
         return item
 
-    def prepare_call(self, call: PipelineCall) -> Sequence[Any]:
-        items = call.items
-        schema = True
+    def prepare_call(self, call: PipelineCall) -> Batch:
+        items: Any = call.items
+        prepared: Batch
         if isinstance(items, TensorRows):
             check_declared(items.tensors, self.tensors.inputs, model=repr(self))
             # Tensors were checked against the declared inputs; input_schema describes /v1 JSON items.
-            if not self._has_hooks:
-                return items.batch()
-            items, schema = items.items(), False
+            if self._has_hooks:
+                prepared = self._prepare_items(items.items(), call.indexed, schema=False)
+            else:
+                prepared = items.batch()
         elif not self._needs_preparation:
-            return items if isinstance(items, np.ndarray) else list(items)
-        if call.indexed:
+            prepared = items if isinstance(items, np.ndarray) else list(items)
+        else:
+            prepared = self._prepare_items(items, call.indexed, schema=True)
+        if self._check_batch is None:
+            return prepared
+        try:
+            return self._check_batch(prepared)
+        except ValueError as exc:  # InputRejected, or a plain ValueError as from the hooks
+            index = getattr(exc, "index", None)
+            where = "input" if not call.indexed else "inputs" if index is None else f"inputs[{index}]"
+            raise InvalidInputError(f"{where}: {exc}") from exc
+        except Exception as exc:
+            logger.exception("input check of %s:%s failed", self.name, self.version)
+            raise self._failure("input check failed", exc) from exc
+
+    def _prepare_items(self, items: Sequence[Any], indexed: bool, *, schema: bool) -> list[Any]:
+        if indexed:
             return [self.prepare(item, f"inputs[{i}] ", schema=schema) for i, item in enumerate(items)]
         return [self.prepare(item, "input ", schema=schema) for item in items]
+
+    def retire(self) -> None:
+        """Take no new model calls; unload the runtime now, or when the calls running now return."""
+        with self._lock:
+            self._retired = True
+            idle = self._running == 0 and not self._unloaded
+            self._unloaded = self._unloaded or idle
+        if idle:
+            self._unload()
+
+    def _unload(self) -> None:
+        try:
+            self.model.unload()
+        except Exception:
+            logger.exception("unloading %s:%s failed", self.name, self.version)
+        else:
+            logger.info("unloaded model %s version %s", self.name, self.version)
 
     def run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
         """Run several requests' items through the model in shared calls of at most max_batch_size.
@@ -172,8 +200,26 @@ class Pipeline:
         A request whose input is rejected fails alone; a failing model call fails the requests whose
         items it carried.
         """
+        with self._lock:
+            if self._unloaded:
+                gone = ModelNotReadyError(
+                    f"{self!r} was unloaded by a reload or shutdown while this request waited; retry it"
+                )
+                return [gone for _ in calls]
+            self._running += 1
+        try:
+            return self._run_group(calls)
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._retired and self._running == 0 and not self._unloaded
+                self._unloaded = self._unloaded or last
+            if last:
+                self._unload()
+
+    def _run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
         outcomes: list[list[Any] | InferdError] = [[] for _ in calls]
-        parts: list[Sequence[Any]] = []
+        parts: list[Batch] = []
         owners: list[int] = []
         for index, call in enumerate(calls):
             try:
@@ -190,10 +236,7 @@ class Pipeline:
             chunk = flat[start : start + size]
             chunk_owners = owners[start : start + size]
             try:
-                if parameters:
-                    outputs = self.model.predict(chunk, parameters=parameters)  # type: ignore[call-arg]
-                else:
-                    outputs = self.model.predict(chunk)
+                outputs = self.model.predict(chunk, parameters)
             except Exception as exc:
                 logger.exception("model %s:%s failed", self.name, self.version)
                 error = self._failure(f"model {self.name}:{self.version} failed", exc)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from inferd.core.errors import ConfigError, InferdError, ModelNotFoundError, ModelNotReadyError, quote
 from inferd.core.executor import LanePolicy
@@ -22,7 +22,16 @@ from inferd.core.routing import RoutingPolicy, highest_version, read_routing, ve
 
 logger = logging.getLogger("inferd.registry")
 
-PipelineLoader = Callable[[str, str, Path, ModelSpec], Pipeline]
+
+class PipelineLoader(Protocol):
+    """Builds versions' pipelines (implemented outside the core, where the runtimes live)."""
+
+    def check(self, spec: ModelSpec, spec_file: Path) -> None:
+        """While scanning, without loading: raise ConfigError if the spec names an unknown runtime or
+        keys the runtime does not take."""
+
+    def __call__(self, name: str, version: str, version_dir: Path, spec: ModelSpec) -> Pipeline:
+        """Blocking: load the version's runtime and hooks."""
 
 
 @dataclass(eq=False)
@@ -175,6 +184,7 @@ class ModelRegistry:
                             f"{spec_file}: device {spec.device!r} is not configured "
                             f"(configured: {', '.join(sorted(self._devices))}; see INFERD_DEVICES)"
                         )
+                    self._loader.check(spec, spec_file)
                 except ConfigError as exc:
                     problems.append(self._problem(str(spec_file), exc.message))
                     continue
@@ -229,17 +239,29 @@ class ModelRegistry:
     def apply_reload(self, plan: ReloadPlan) -> None:
         """Swap in a planned repository (on the event loop). Requests already running keep the pipeline
         they started with; new requests see the new versions and routing."""
-        removed = [
+        kept = {id(version) for entry in plan.models.values() for version in entry.versions.values()}
+        removed = set(plan.removed)
+        replaced = [
             version
             for entry in self.models.values()
             for version in entry.versions.values()
-            if f"{entry.name}:{version.version}" in set(plan.removed)
+            if id(version) not in kept
         ]
         self.models, self.problems = plan.models, plan.problems
-        for version in removed:
-            version.state = "removed"
-            if self._on_state_change is not None:
-                self._on_state_change(version)
+        for version in replaced:
+            if version.pipeline is not None:
+                version.pipeline.retire()
+            if f"{version.name}:{version.version}" in removed:
+                version.state = "removed"
+                if self._on_state_change is not None:
+                    self._on_state_change(version)
+
+    def close(self) -> None:
+        """Shutdown: unload every loaded version (each once the calls running on it have returned)."""
+        for entry in self.models.values():
+            for version in entry.versions.values():
+                if version.pipeline is not None:
+                    version.pipeline.retire()
 
     @staticmethod
     def _problem(path: str, message: str) -> RepositoryProblem:

@@ -1,4 +1,4 @@
-"""Turn a model version folder and its spec into a runnable Pipeline."""
+"""Turn a model version folder and its spec into a runnable Pipeline (the registry's loader)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from pydantic import ValidationError
 
-from inferd.core.errors import ConfigError, shorten
-from inferd.core.model_spec import ModelSpec
+from inferd.core.errors import ConfigError, InferdError, shorten
+from inferd.core.model_spec import HOOKS, ModelSpec
 from inferd.core.pipeline import Pipeline
+from inferd.core.runtime import ModuleResolver, Runtime, RuntimeContext, RuntimeOptions
 from inferd.core.tensors import resolve_declarations
-from inferd.runtimes.base import ModelRuntime
+from inferd.runtimes.catalog import RuntimeCatalog
 from inferd.runtimes.loader import VersionModules
 
 
@@ -35,50 +37,95 @@ def schema_checker(schema: dict[str, Any], where: Path) -> Callable[[Any], str |
     return check
 
 
-def load_runtime(spec: ModelSpec, version_dir: Path, modules: VersionModules) -> ModelRuntime:
-    if spec.runtime == "python":
-        from inferd.runtimes.python import load_python_model
+def runtime_options(cls: type[Runtime], spec: ModelSpec, where: Path) -> RuntimeOptions:
+    """The runtime's own model.yaml keys, validated by its Options model."""
+    try:
+        return cls.Options.model_validate(spec.runtime_keys)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                takes = ", ".join(cls.Options.model_fields) or "no keys of its own"
+                problems.append(
+                    f"unknown key {key!r} (inferd's keys: {', '.join(ModelSpec.model_fields)}; "
+                    f"the {spec.runtime!r} runtime takes: {takes})"
+                )
+            elif error["type"] == "missing":
+                field = cls.Options.model_fields.get(key)
+                meaning = f" ({field.description})" if field is not None and field.description else ""
+                problems.append(f"the {spec.runtime!r} runtime needs {key!r}{meaning}")
+            else:
+                problems.append(f"{key}: {error['msg']}")
+        raise ConfigError(f"{where}: {'; '.join(problems)}") from exc
 
-        assert spec.model is not None
-        return load_python_model(version_dir=version_dir, ref=spec.model, modules=modules)
-    assert spec.artifact is not None
-    artifact = version_dir / spec.artifact
-    if spec.runtime == "sklearn":
-        from inferd.runtimes.sklearn import load_sklearn_model
 
-        return load_sklearn_model(artifact=artifact)
-    from inferd.runtimes.onnx import load_onnx_model
+class PipelineFactory:
+    """Builds a version's pipeline: resolves and loads its runtime, imports its hooks."""
 
-    return load_onnx_model(artifact=artifact, device=spec.device, cpu_fallback=spec.cpu_fallback)
+    def __init__(self, *, catalog: RuntimeCatalog | None = None, expose_errors: bool = False) -> None:
+        """``expose_errors``: show every model's exception text to clients (``--dev``); otherwise only
+        models whose model.yaml says ``expose_errors: true`` do."""
+        self.catalog = catalog or RuntimeCatalog()
+        self.expose_errors = expose_errors
 
+    def check(self, spec: ModelSpec, spec_file: Path) -> None:
+        try:
+            cls = self.catalog.resolve(spec.runtime)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec_file}: {exc.message}") from exc
+        runtime_options(cls, spec, spec_file)
 
-def build_pipeline(
-    name: str, version: str, version_dir: Path, spec: ModelSpec, *, expose_errors: bool = False
-) -> Pipeline:
-    """``expose_errors``: show every model's exception text to clients (``--dev``); otherwise only
-    models whose model.yaml says ``expose_errors: true`` do."""
-    modules = VersionModules(version_dir, f"{name}_{version}")
-    schema_check = (
-        schema_checker(spec.input_schema, version_dir / "model.yaml")
-        if spec.input_schema is not None
-        else None
-    )
-    hooks: dict[str, Any] = {}
-    for role in ("preprocessor", "validator", "postprocessor"):
-        ref = getattr(spec, role)
-        if ref is not None:
-            hook = modules.resolve(ref, role=role)
-            if not callable(hook):
-                raise ConfigError(f"{version_dir / 'model.yaml'}: {role} {ref!r} is not callable")
-            hooks[role] = hook
-    model = load_runtime(spec, version_dir, modules)
-    return Pipeline(
-        name=name,
-        version=version,
-        model=model,
-        max_batch_size=spec.max_batch_size,
-        schema_check=schema_check,
-        tensors=resolve_declarations(spec.inputs, spec.outputs, model),
-        expose_errors=expose_errors or spec.expose_errors,
-        **hooks,
-    )
+    def runtime(
+        self,
+        name: str,
+        version: str,
+        version_dir: Path,
+        spec: ModelSpec,
+        *,
+        modules: ModuleResolver | None = None,
+    ) -> Runtime:
+        """The loaded runtime of one version; errors name the runtime and what is missing."""
+        where = version_dir / "model.yaml"
+        cls = self.catalog.resolve(spec.runtime)
+        options = runtime_options(cls, spec, where)
+        try:
+            runtime = cls(RuntimeContext(name, version, version_dir, spec, options, modules))
+            runtime.load()
+        except InferdError as exc:
+            if repr(spec.runtime) not in exc.message:
+                exc.message = f"runtime {spec.runtime!r}: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"runtime {spec.runtime!r}: loading {where.parent} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return runtime
+
+    def __call__(self, name: str, version: str, version_dir: Path, spec: ModelSpec) -> Pipeline:
+        modules = VersionModules(version_dir, f"{name}_{version}")
+        schema_check = (
+            schema_checker(spec.input_schema, version_dir / "model.yaml")
+            if spec.input_schema is not None
+            else None
+        )
+        hooks: dict[str, Any] = {}
+        for role in HOOKS:
+            ref = getattr(spec, role)
+            if ref is not None:
+                hook = modules.resolve(ref, role=role)
+                if not callable(hook):
+                    raise ConfigError(f"{version_dir / 'model.yaml'}: {role} {ref!r} is not callable")
+                hooks[role] = hook
+        model = self.runtime(name, version, version_dir, spec, modules=modules)
+        return Pipeline(
+            name=name,
+            version=version,
+            model=model,
+            max_batch_size=spec.max_batch_size,
+            schema_check=schema_check,
+            tensors=resolve_declarations(spec.inputs, spec.outputs, model),
+            expose_errors=self.expose_errors or spec.expose_errors,
+            **hooks,
+        )

@@ -42,7 +42,7 @@ def test_submit_get_single_and_batch_jobs(tmp_path: Path) -> None:
             assert done["outputs"] == items
             pipeline = api.engine.registry.models["echo"].versions["2"].pipeline
             assert pipeline is not None
-            assert max(len(call) for call in pipeline.model.calls) <= 4
+            assert max(len(call) for call in pipeline.model.instance.calls) <= 4
 
             pinned = await api.client.post(
                 "/v1/models/echo/versions/1/jobs", json={"input": "v1"}, headers=bearer(ACME)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from runtime_helpers import FakeRuntime
 
 from inferd.core.errors import InferenceError, InferenceTimeoutError, InvalidInputError, OverloadedError
 from inferd.core.executor import DeviceExecutor
@@ -17,7 +18,7 @@ from inferd.core.pipeline import Pipeline, PipelineCall
 STUCK_LIMIT_S = 5.0  # a stuck model gives up after this, so a failing test cannot hang the suite
 
 
-class Gate:
+class Gate(FakeRuntime):
     """A model whose calls block until the test opens the gate."""
 
     def __init__(self) -> None:
@@ -26,7 +27,7 @@ class Gate:
         self.returned = threading.Event()
         self.calls = 0
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         self.calls += 1
         self.entered.set()
         self.opened.wait(STUCK_LIMIT_S)
@@ -34,14 +35,14 @@ class Gate:
         return list(batch)
 
 
-class Recorder:
+class Recorder(FakeRuntime):
     def __init__(self, delay_s: float = 0.0) -> None:
         self.batches: list[list[Any]] = []
         self.threads: set[str] = set()
         self._lock = threading.Lock()
         self._delay_s = delay_s
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         with self._lock:
             self.batches.append(list(batch))
             self.threads.add(threading.current_thread().name)

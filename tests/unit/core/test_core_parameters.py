@@ -8,33 +8,31 @@ import threading
 from typing import Any
 
 import pytest
+from runtime_helpers import FakeRuntime
 
 from inferd.core.errors import InvalidInputError
 from inferd.core.executor import DeviceExecutor
-from inferd.core.pipeline import Pipeline, PipelineCall, takes_parameters
+from inferd.core.pipeline import Pipeline, PipelineCall
 
 
-class Tuned:
+class Tuned(FakeRuntime):
     """Records (batch, parameters) per call; output says which parameters it was run with."""
+
+    takes_parameters = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[Any], dict[str, Any] | None]] = []
         self._lock = threading.Lock()
 
-    def predict(self, batch: list[Any], parameters: dict[str, Any] | None = None) -> list[Any]:
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         with self._lock:
             self.calls.append((list(batch), parameters))
         return [{"item": item, "scale": (parameters or {}).get("scale", 1)} for item in batch]
 
 
-class Plain:
-    def predict(self, batch: list[Any]) -> list[Any]:
+class Plain(FakeRuntime):
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         return batch
-
-
-class KeywordsOnly:
-    def predict(self, batch: list[Any], **options: Any) -> list[Any]:
-        return [options for _ in batch]
 
 
 class FakeMetrics:
@@ -46,13 +44,7 @@ def pipeline(model: Any, max_batch_size: int = 8) -> Pipeline:
     return Pipeline(name="m", version="1", model=model, max_batch_size=max_batch_size)
 
 
-def test_which_predict_signatures_take_parameters() -> None:
-    assert takes_parameters(Tuned().predict)
-    assert takes_parameters(KeywordsOnly().predict)
-    assert not takes_parameters(Plain().predict)
-
-
-def test_parameters_reach_the_model_and_absent_ones_are_not_sent() -> None:
+def test_parameters_reach_the_model_and_absent_ones_are_none() -> None:
     model = Tuned()
     target = pipeline(model)
     [with_parameters] = target.run_group([PipelineCall([1, 2], True, {"scale": 3})])

@@ -6,20 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runtime_helpers import FakeRuntime
 
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError
 from inferd.core.pipeline import Pipeline, PipelineCall
 from inferd.runtimes.factory import schema_checker
 
 
-class Recorder:
+class Recorder(FakeRuntime):
     """A model that records each batch it is called with and returns ``f(item)`` per item."""
 
     def __init__(self, fn: Any = lambda item: item) -> None:
         self.batches: list[list[Any]] = []
         self._fn = fn
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         self.batches.append(list(batch))
         return [self._fn(item) for item in batch]
 
@@ -120,8 +121,8 @@ def test_value_error_in_postprocessor_is_not_invalid_input() -> None:
 
 @pytest.mark.parametrize("exc", [ValueError("v"), RuntimeError("r"), ZeroDivisionError("z")])
 def test_exception_in_model_is_inference_error(exc: Exception) -> None:
-    class Broken:
-        def predict(self, batch: list[Any]) -> list[Any]:
+    class Broken(FakeRuntime):
+        def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
             raise exc
 
     with pytest.raises(InferenceError) as info:
@@ -133,8 +134,8 @@ def test_exception_in_model_is_inference_error(exc: Exception) -> None:
 
 @pytest.mark.parametrize("returned", [[1], [1, 2, 3], "not a list", None, {"a": 1}])
 def test_model_returning_wrong_length_or_type_is_inference_error(returned: Any) -> None:
-    class Wrong:
-        def predict(self, batch: list[Any]) -> Any:
+    class Wrong(FakeRuntime):
+        def predict(self, batch: list[Any], parameters: Any = None) -> Any:
             return returned
 
     with pytest.raises(InferenceError) as info:
@@ -144,8 +145,8 @@ def test_model_returning_wrong_length_or_type_is_inference_error(returned: Any) 
 
 
 def test_model_may_return_a_tuple() -> None:
-    class TupleModel:
-        def predict(self, batch: list[Any]) -> Any:
+    class TupleModel(FakeRuntime):
+        def predict(self, batch: list[Any], parameters: Any = None) -> Any:
             return tuple(batch)
 
     assert run_one(make(TupleModel()), [1, 2]) == [1, 2]
@@ -229,11 +230,11 @@ def test_run_group_isolates_a_postprocessor_failure_to_its_request() -> None:
 
 
 def test_failing_model_call_fails_only_the_requests_it_carried() -> None:
-    class FailsOnX:
+    class FailsOnX(FakeRuntime):
         def __init__(self) -> None:
             self.batches: list[list[Any]] = []
 
-        def predict(self, batch: list[Any]) -> list[Any]:
+        def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
             self.batches.append(list(batch))
             if "x" in batch:
                 raise RuntimeError("x in batch")

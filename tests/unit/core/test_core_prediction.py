@@ -60,7 +60,7 @@ class Sleepy:
 
 
 class Gated:
-    # The test opens the gate through the loaded pipeline: pipeline.model.gate.set().
+    # The test opens the gate through the loaded pipeline: pipeline.model.instance.gate.set().
     def __init__(self):
         self.gate = threading.Event()
         self.entered = threading.Event()
@@ -170,10 +170,10 @@ def test_request_is_counted_before_execution(engine: Engine) -> None:
 
     async def main() -> None:
         task = asyncio.create_task(predict(engine, "gated", ["x"]))
-        assert await asyncio.to_thread(gated.model.entered.wait, 2.0)
+        assert await asyncio.to_thread(gated.model.instance.entered.wait, 2.0)
         assert requests(engine, "gated") == 1  # counted while the model is still running
         assert latency_count(engine, "gated") == 0
-        gated.model.gate.set()
+        gated.model.instance.gate.set()
         await task
 
     asyncio.run(main())
@@ -293,12 +293,12 @@ def test_overloaded_is_counted(engine: Engine) -> None:
     async def main() -> None:
         running = asyncio.create_task(predict(engine, "gated", ["running"]))
         # The gpu executor's only thread takes it and blocks.
-        assert await asyncio.to_thread(gated.model.entered.wait, 2.0)
+        assert await asyncio.to_thread(gated.model.instance.entered.wait, 2.0)
         queued = asyncio.create_task(predict(engine, "gated", ["queued"]))
         await asyncio.sleep(0)
         with pytest.raises(OverloadedError):
             await predict(engine, "gated", ["rejected"])  # queue_limit 1 is full
-        gated.model.gate.set()
+        gated.model.instance.gate.set()
         assert (await running).outputs == ["running"]
         assert (await queued).outputs == ["queued"]
 

@@ -12,11 +12,11 @@ import pytest
 from inferd.core.errors import ConfigError, ModelNotReadyError
 from inferd.core.pipeline import Pipeline, PipelineCall
 from inferd.core.registry import ModelRegistry
-from inferd.runtimes.factory import build_pipeline
+from inferd.runtimes.factory import PipelineFactory
 
 
 def registry_for(root: Path, devices: tuple[str, ...] = ("cpu",)) -> ModelRegistry:
-    registry = ModelRegistry(loader=build_pipeline, devices=devices)
+    registry = ModelRegistry(loader=PipelineFactory(), devices=devices)
     registry.scan(root)
     registry.load_at_start()
     return registry
@@ -90,7 +90,7 @@ def test_missing_model_for_python_runtime(with_good: Path, make_version: Callabl
     folder = make_version(with_good, "bad", "1", "runtime: python\n")
     registry = registry_for(with_good)
     message = problem_for(registry, folder / "model.yaml")
-    assert "model: module:attr" in message
+    assert "needs 'model' (module:attr" in message
     assert_good_loaded(registry)
 
 
@@ -264,7 +264,7 @@ def test_folders_without_model_yaml_and_hidden_folders_are_ignored(with_good: Pa
 
 
 def test_repository_that_is_not_a_directory(tmp_path: Path) -> None:
-    registry = ModelRegistry(loader=build_pipeline, devices=["cpu"])
+    registry = ModelRegistry(loader=PipelineFactory(), devices=["cpu"])
     with pytest.raises(ConfigError) as info:
         registry.scan(tmp_path / "nowhere")
     assert "nowhere" in info.value.message
@@ -315,7 +315,7 @@ def test_load_at_start_false_loads_lazily_on_first_use(
     assert version.pipeline is pipelines[0]
     assert (folder / "imported").read_text() == "yes"
     pipeline = pipelines[0]
-    assert pipeline.model.loads == 1
+    assert pipeline.model.instance.loads == 1
     assert pipeline.run_group([PipelineCall([2], False)]) == [[4]]
     assert asyncio.run(registry.ensure_loaded(version)) is version.pipeline
 

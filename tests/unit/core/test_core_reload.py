@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferd.core.registry import ModelRegistry
-from inferd.runtimes.factory import build_pipeline
+from inferd.runtimes.factory import PipelineFactory
 
 
 def registry_for(root: Path) -> ModelRegistry:
     seen: list[tuple[str, str, str]] = []
     registry = ModelRegistry(
-        loader=build_pipeline,
+        loader=PipelineFactory(),
         devices={"cpu"},
         on_state_change=lambda v: seen.append((v.name, v.version, v.state)),
     )

@@ -11,7 +11,7 @@ import pytest
 from inferd.core.errors import ConfigError, ModelNotFoundError
 from inferd.core.registry import ModelRegistry
 from inferd.core.routing import RoutingPolicy, highest_version, read_routing, version_sort_key
-from inferd.runtimes.factory import build_pipeline
+from inferd.runtimes.factory import PipelineFactory
 
 
 def test_highest_version_sorts_numbers_numerically() -> None:
@@ -93,7 +93,7 @@ def two_versions(repo: Path, make_echo: Callable[..., Path]) -> Path:
 
 
 def registry_for(root: Path) -> ModelRegistry:
-    registry = ModelRegistry(loader=build_pipeline, devices=["cpu"])
+    registry = ModelRegistry(loader=PipelineFactory(), devices=["cpu"])
     registry.scan(root)
     return registry
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from runtime_helpers import FakeRuntime
 
 from inferd.core.errors import OverloadedError
 from inferd.core.executor import DeviceExecutor, LanePolicy, TenantShare
@@ -30,7 +31,7 @@ class FakeClock:
             self.now += seconds
 
 
-class Model:
+class Model(FakeRuntime):
     """Records each call (fake time, items); the first ``hold`` calls wait for the gate; each call
     moves the fake clock by ``cost_s`` (device time the scheduler measures)."""
 
@@ -43,7 +44,7 @@ class Model:
         self.calls: list[tuple[float, list[Any]]] = []
         self._lock = threading.Lock()
 
-    def predict(self, batch: list[Any]) -> list[Any]:
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         with self._lock:
             self.calls.append((self.clock(), list(batch)))
             held = len(self.calls) <= self.hold
@@ -305,8 +306,8 @@ def test_tenant_max_concurrency_holds(fake_metrics: Any) -> None:
     lock = threading.Lock()
     release = threading.Event()
 
-    class Counting:
-        def predict(self, batch: list[Any]) -> list[Any]:
+    class Counting(FakeRuntime):
+        def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
             tenant = batch[0][0]
             with lock:
                 running[tenant] = running.get(tenant, 0) + 1

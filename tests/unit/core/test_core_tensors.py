@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from runtime_helpers import FakeRuntime
 
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError
 from inferd.core.pipeline import Pipeline, PipelineCall
@@ -314,13 +315,13 @@ def test_select_outputs() -> None:
         select_outputs([a, b], ["c"])
 
 
-class ArrayRecorder:
+class ArrayRecorder(FakeRuntime):
     """Records what each model call receives."""
 
     def __init__(self) -> None:
         self.batches: list[Any] = []
 
-    def predict(self, batch: Any) -> list[Any]:
+    def predict(self, batch: Any, parameters: Any = None) -> list[Any]:
         self.batches.append(batch)
         return [float(np.sum(row)) for row in batch]
 
@@ -355,8 +356,8 @@ def test_tensor_batches_split_at_max_batch_size_as_array_slices() -> None:
     assert [b.shape for b in model.batches] == [(4, 2), (2, 2)]
 
 
-class Echo:
-    def predict(self, batch: list[Any]) -> list[Any]:
+class Echo(FakeRuntime):
+    def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         return list(batch)
 
 

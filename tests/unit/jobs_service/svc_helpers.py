@@ -77,7 +77,7 @@ class Harness:
         """The batches an in-process python model instance (echo) was called with."""
         pipeline = self.engine.registry.models[model].versions[version].pipeline
         assert pipeline is not None, f"{model}:{version} is not loaded"
-        calls: list[list[Any]] = pipeline.model.calls
+        calls: list[list[Any]] = pipeline.model.instance.calls
         return calls
 
     def start_worker(
