@@ -20,6 +20,7 @@ from inferd.core.errors import ConfigError, InvalidInputError, MissingExtraError
 from inferd.core.model_spec import read_model_spec
 from inferd.core.pipeline import PipelineCall
 from inferd.core.runtime import InputRejected, Runtime
+from inferd.core.tensors import Datatype, TensorDeclarations, TensorSpec
 from inferd.runtimes.factory import PipelineFactory
 from inferd.runtimes.loader import VersionModules
 from inferd.runtimes.onnx import CUDA, OnnxRuntime
@@ -394,3 +395,31 @@ def test_version_modules_import_once_and_resolve_attributes(tmp_path: Path) -> N
     assert modules.resolve("mod:COUNT", role="model") == [1]  # imported once
     with pytest.raises(ConfigError, match="no attribute 'missing'"):
         modules.resolve("mod:missing", role="model")
+
+
+def test_sklearn_and_onnx_declare_their_tensors(load_runtime: LoadRuntime) -> None:
+    rows_of_4 = (-1, 4)
+    assert onnx_iris(load_runtime).tensor_declarations() == TensorDeclarations(
+        inputs=(TensorSpec(name="input", datatype=Datatype.FP32, shape=rows_of_4),),
+        outputs=(TensorSpec(name="label", datatype=Datatype.INT64, shape=(-1,)),),
+    )
+    assert sklearn_iris(load_runtime).tensor_declarations() == TensorDeclarations(
+        inputs=(TensorSpec(name="input", datatype=Datatype.FP64, shape=rows_of_4),),
+        outputs=(TensorSpec(name="predict", datatype=Datatype.INT64, shape=(-1,)),),
+    )
+    proba = sklearn_iris(load_runtime, "method: predict_proba\n").tensor_declarations()
+    assert proba.outputs == (TensorSpec(name="predict_proba", datatype=Datatype.FP64, shape=(-1, 3)),)
+
+
+def test_model_yaml_declarations_win_over_the_runtime(repo: Path, make_version: Callable[..., Path]) -> None:
+    make_version(
+        repo,
+        "iris",
+        "2",
+        "runtime: sklearn\nartifact: model.joblib\ninputs:\n  - {name: features, datatype: FP32, shape: [-1, 4]}\n",
+        copies={"model.joblib": IRIS_JOBLIB},
+    )
+    pipeline = scanned(repo).models["iris"].versions["2"].pipeline
+    assert pipeline is not None
+    assert pipeline.tensors.inputs == (TensorSpec(name="features", datatype=Datatype.FP32, shape=(-1, 4)),)
+    assert pipeline.tensors.outputs[0].name == "predict"  # not declared: the runtime's

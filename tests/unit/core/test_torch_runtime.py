@@ -28,6 +28,7 @@ from inferd.core.errors import ConfigError, MissingExtraError, ModelNotReadyErro
 from inferd.core.model_spec import read_model_spec
 from inferd.core.pipeline import PipelineCall
 from inferd.core.registry import ModelRegistry
+from inferd.core.tensors import Datatype, TensorDeclarations, TensorSpec
 from inferd.runtimes.factory import PipelineFactory
 
 torch = pytest.importorskip("torch")
@@ -189,3 +190,11 @@ def test_examples_load_on_first_use_with_torch() -> None:
         [outputs] = pipeline.run_group([PipelineCall(ROWS, True)])
         assert outputs == LABELS
     registry.close()
+
+
+def test_an_exported_program_declares_its_tensors(load_torch: Callable[..., Any]) -> None:
+    assert load_torch("pt2").tensor_declarations() == TensorDeclarations(
+        inputs=(TensorSpec(name="x", datatype=Datatype.FP32, shape=(-1, 4)),),
+        outputs=(TensorSpec(name="output", datatype=Datatype.INT64, shape=(-1,)),),
+    )
+    assert load_torch("pt").tensor_declarations() is None  # TorchScript does not record them
