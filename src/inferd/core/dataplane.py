@@ -138,8 +138,9 @@ class DataPlane:
         indexed: bool,
         parameters: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """Resolve the version and run schema, preprocessor and validator without the model (job
-        submission: invalid jobs are never queued). Not an execution, so nothing is counted."""
+        """Resolve the version and run schema, preprocessor, validator and the runtime's input check
+        without the model (job submission: invalid jobs are never queued). Not an execution, so nothing
+        is counted."""
         target = self._registry.resolve(model, version, tenant=tenant)
         pipeline = target.pipeline or await self._registry.ensure_loaded(target)
         pipeline.check_parameters(parameters)

@@ -206,7 +206,7 @@ def test_wrong_width_fails_only_its_own_request_with_invalid_input(
 def test_input_of_the_wrong_width_fails_at_job_submission(
     repo: Path, make_version: Callable[..., Path]
 ) -> None:
-    """PredictionService.check_inputs (what JobService runs before storing a job) runs the runtime's check."""
+    """DataPlane.check_inputs (what JobService runs before storing a job) runs the runtime's check."""
     from inferd.bootstrap import build_engine
     from inferd.core.settings import load_settings
 
@@ -218,10 +218,10 @@ def test_input_of_the_wrong_width_fails_at_job_submission(
 
     async def main() -> None:
         with pytest.raises(InvalidInputError, match="has 3 features; the model takes 4"):
-            await engine.prediction.check_inputs(
+            await engine.dataplane.check_inputs(
                 tenant="t", model="iris", version=None, inputs=[[1.0, 2.0, 3.0]], indexed=False
             )
-        checked = await engine.prediction.check_inputs(
+        checked = await engine.dataplane.check_inputs(
             tenant="t", model="iris", version=None, inputs=[ROWS[0]], indexed=False
         )
         assert checked.version == "2"
