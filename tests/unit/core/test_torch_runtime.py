@@ -172,7 +172,7 @@ def test_examples_without_torch_keep_the_server_ready(monkeypatch: pytest.Monkey
     registry = ModelRegistry(loader=PipelineFactory(), devices=["cpu", "gpu"])
     registry.scan(EXAMPLES)
     registry.load_at_start()
-    assert registry.problems == [] and registry.not_ready_reasons() == []
+    assert registry.problems == [] and registry.readiness() == ([], [])
     assert registry.models["iris"].versions["2"].state == "loaded"
     version = registry.models["iris_torch"].versions["2"]
     assert version.state == "unloaded"
