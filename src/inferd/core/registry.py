@@ -331,13 +331,17 @@ class ModelRegistry:
         and every ``load_at_start`` version that is not loaded blocks too."""
         blocking: list[str] = []
         other = [str(p) for p in self.problems]
+        lazy: list[str] = []  # load_at_start: false versions whose first use failed: listed, never blocking
         for entry in self.models.values():
             for version in entry.versions.values():
                 spec = version.spec
-                if version.state == "loaded" or not (spec.load_at_start or spec.required):
+                if version.state == "loaded":
                     continue
                 reason = f"model {entry.name} version {version.version}: {version.state}: {version.error}"
-                (blocking if spec.required else other).append(reason)
+                if spec.load_at_start or spec.required:
+                    (blocking if spec.required else other).append(reason)
+                elif version.state == "failed":
+                    lazy.append(reason)
         if self._strict_readiness:
-            return blocking + other, []
-        return blocking, other
+            return blocking + other, lazy
+        return blocking, other + lazy

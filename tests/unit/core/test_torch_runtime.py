@@ -4,8 +4,8 @@ devices (gpu without CUDA, cpu_fallback), unload, and a server without torch."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import gc
-import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +36,19 @@ torch = pytest.importorskip("torch")
 from inferd.runtimes.torch import TorchRuntime, rows_of  # noqa: E402  (after the importorskip)
 
 ARTIFACTS = {"pt": IRIS_TORCHSCRIPT, "pt2": IRIS_EXPORTED}
+
+
+def block_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``import torch`` fails, as where the extra is not installed. (Not by ``sys.modules["torch"] = None``:
+    other libraries, e.g. scikit-learn, look torch up there and would break on None.)"""
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.split(".")[0] == "torch":
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
 
 
 @pytest.fixture
@@ -159,7 +172,7 @@ def test_outputs_become_one_json_value_per_row() -> None:
 def test_missing_torch_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, load_torch: Callable[..., Any]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "torch", None)
+    block_torch(monkeypatch)
     with pytest.raises(MissingExtraError) as info:
         load_torch("pt2")
     assert "pip install 'inferd[torch]'" in info.value.message
@@ -168,7 +181,7 @@ def test_missing_torch_names_the_extra(
 def test_examples_without_torch_keep_the_server_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     """The example repository on an install without the torch extra: every other model loads, readiness
     holds, and a request to the torch example says what to install."""
-    monkeypatch.setitem(sys.modules, "torch", None)
+    block_torch(monkeypatch)
     registry = ModelRegistry(loader=PipelineFactory(), devices=["cpu", "gpu"])
     registry.scan(EXAMPLES)
     registry.load_at_start()
@@ -176,9 +189,13 @@ def test_examples_without_torch_keep_the_server_ready(monkeypatch: pytest.Monkey
     assert registry.models["iris"].versions["2"].state == "loaded"
     version = registry.models["iris_torch"].versions["2"]
     assert version.state == "unloaded"
-    with pytest.raises(ModelNotReadyError, match=r"inferd\[torch\]"):
+    with pytest.raises(ModelNotReadyError) as info:
         asyncio.run(registry.ensure_loaded(version))
+    assert "/readyz says why" in info.value.message
     assert version.state == "failed"
+    blocking, other = registry.readiness()
+    assert blocking == []  # still ready
+    assert [reason for reason in other if "iris_torch version 2" in reason and "inferd[torch]" in reason]
     registry.close()
 
 

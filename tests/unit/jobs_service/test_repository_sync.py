@@ -32,9 +32,7 @@ def test_a_worker_behind_the_store_catches_up_before_running_a_job(tmp_path: Pat
         store = memory_store()
         await store.open()
         sync = RepositorySync(registry=engine.registry, reload=engine.dataplane.reload_models, store=store)
-        service = JobService(
-            store=store, dataplane=engine.dataplane, metrics=engine.metrics, repository=sync
-        )
+        service = JobService(store=store, dataplane=engine.dataplane, metrics=engine.metrics, repository=sync)
         try:
             await sync.start()
             assert await sync.catch_up() is False  # nothing requested since start-up
