@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import orjson
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -37,6 +38,7 @@ from inferd.core.errors import ConfigError, InferdError
 jobs_app = typer.Typer(help="Submit and inspect durable async jobs.", no_args_is_help=True)
 TERMINAL = {"succeeded", "failed", "cancelled"}
 SUBMIT_ATTEMPTS = 6
+BULK_LINES = 1000  # jobs per bulk request: large enough to amortize a request, small enough to retry
 
 
 def worker(
@@ -187,7 +189,7 @@ async def _submit_and_wait(
     url: str,
     key: str | None,
 ) -> None:
-    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/jobs"
+    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/jobs/bulk"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=concurrency)
     console = Console(stderr=True)
@@ -195,16 +197,27 @@ async def _submit_and_wait(
     jobs: dict[str, dict[str, Any]] = {}
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90, limits=limits) as client:
-        run_id = uuid.uuid4().hex  # one Idempotency-Key per line and run: a retried POST never duplicates
+        run_id = uuid.uuid4().hex  # one Idempotency-Key per request and run: a retried POST never duplicates
 
-        async def submit(index: int) -> None:
-            body = {"inputs": chunks[index]} if batch else {"input": chunks[index][0]}
-            headers = {"Idempotency-Key": f"cli-{run_id}-{index}"}
+        def reject(index: int, error: dict[str, Any]) -> None:
+            jobs[f"rejected-{index}"] = {"status": "failed", "error": error}
+            job_ids[index] = f"rejected-{index}"
+
+        async def submit(first: int) -> None:
+            indexes = range(first, min(first + BULK_LINES, len(chunks)))
+            lines = b"".join(
+                orjson.dumps({"inputs": chunks[i]} if batch else {"input": chunks[i][0]}) + b"\n"
+                for i in indexes
+            )
+            request_headers = {
+                "Idempotency-Key": f"cli-{run_id}-{first}",
+                "Content-Type": "application/x-ndjson",
+            }
             response: httpx.Response | None = None
             for attempt in range(SUBMIT_ATTEMPTS):
                 try:
                     async with gate:
-                        response = await client.post(path, json=body, headers=headers)
+                        response = await client.post(path, content=lines, headers=request_headers)
                 except httpx.TransportError:
                     if attempt == SUBMIT_ATTEMPTS - 1:
                         raise
@@ -215,23 +228,26 @@ async def _submit_and_wait(
                 # Rate limited or overloaded: wait as the server asks, then send the same request again.
                 await asyncio.sleep(float(response.headers.get("retry-after", 1)))
             assert response is not None
-            if response.status_code != 202:
+            if response.status_code != 200:
                 error = (
                     response.json().get("error", {})
                     if response.headers.get("content-type", "").startswith("application/json")
                     else {}
                 )
-                jobs[f"rejected-{index}"] = {
-                    "status": "failed",
-                    "error": error or {"code": str(response.status_code), "message": response.text[:200]},
-                }
-                job_ids[index] = f"rejected-{index}"
+                for index in indexes:
+                    reject(
+                        index, error or {"code": str(response.status_code), "message": response.text[:200]}
+                    )
                 return
-            job = response.json()
-            job_ids[index] = job["id"]
-            jobs[job["id"]] = job
+            for index, line in zip(indexes, response.content.splitlines(), strict=True):
+                outcome = orjson.loads(line)
+                if "error" in outcome and "id" not in outcome:
+                    reject(index, outcome["error"])
+                else:
+                    job_ids[index] = outcome["id"]
+                    jobs[outcome["id"]] = outcome
 
-        await asyncio.gather(*(submit(i) for i in range(len(chunks))))
+        await asyncio.gather(*(submit(first) for first in range(0, len(chunks), BULK_LINES)))
         submitted = sum(1 for j in job_ids if j and not j.startswith("rejected-"))
         console.print(
             f"submitted {submitted} job(s) to {name}; {len(chunks) - submitted} rejected", highlight=False

@@ -7,15 +7,28 @@ from typing import Any
 
 import orjson
 
-from inferd.core.errors import InvalidInputError
+from inferd.core.errors import InferdError, InvalidInputError
 from inferd.http.predict import parse_inputs, parse_json_object, parse_parameters, parse_timeout
 from inferd.http.routes import Body, Call, Reply, Route
-from inferd.http.schemas import JobDocument, JobList, JobListQuery, JobSubmitRequest, JobWaitQuery
-from inferd.jobs.service import JobService, job_document, request_fingerprint
+from inferd.http.schemas import (
+    JobBulkLine,
+    JobDocument,
+    JobList,
+    JobListQuery,
+    JobSubmitRequest,
+    JobWaitQuery,
+)
+from inferd.jobs.migrations import PRIORITY_MAX, PRIORITY_MIN
+from inferd.jobs.service import JobService, JobSubmission, job_document, request_fingerprint
 
-_SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters"})
+_SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters", "priority"})
+_BULK_LINE_FIELDS = _SUBMIT_FIELDS | {"idempotency_key"}
+_SUBMIT_EXAMPLE = '{"input": ...} or {"inputs": [...]}'
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ATTEMPTS_LIMIT = 20
+MAX_BULK_JOBS = 10_000
+MAX_BULK_BYTES = 16 * 1024 * 1024
+BULK_MEDIA_TYPE = "application/x-ndjson"
 JOB_ERRORS = (401, 403, 404, 422, 429, 500, 503)  # 503: store_unavailable
 
 
@@ -27,18 +40,38 @@ class JobRequest:
     max_attempts: int | None
     timeout_s: float | None
     parameters: dict[str, Any] | None
+    priority: int
 
 
-def parse_job_request(data: dict[str, Any], *, max_inputs: int) -> JobRequest:
-    inputs, batch = parse_inputs(data, batch=None, max_inputs=max_inputs, allowed=_SUBMIT_FIELDS)
-    max_attempts = data.get("max_attempts")
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool)
-        or not isinstance(max_attempts, int)
-        or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+def _int_field(data: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = data.get(name)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
     ):
-        raise InvalidInputError(f'"max_attempts" must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}')
-    return JobRequest(data, inputs, batch, max_attempts, parse_timeout(data), parse_parameters(data))
+        raise InvalidInputError(f'"{name}" must be an integer from {low} to {high}')
+    return value
+
+
+def check_idempotency_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise InvalidInputError(
+            f"an idempotency key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )
+
+
+def parse_job_request(
+    data: dict[str, Any], *, max_inputs: int, allowed: frozenset[str] = _SUBMIT_FIELDS
+) -> JobRequest:
+    inputs, batch = parse_inputs(data, batch=None, max_inputs=max_inputs, allowed=allowed)
+    return JobRequest(
+        data,
+        inputs,
+        batch,
+        _int_field(data, "max_attempts", 1, MAX_ATTEMPTS_LIMIT),
+        parse_timeout(data),
+        parse_parameters(data),
+        _int_field(data, "priority", PRIORITY_MIN, PRIORITY_MAX) or 0,
+    )
 
 
 class JobRoutes:
@@ -56,8 +89,7 @@ class JobRoutes:
         version = call.params.get("version")
         raw_key = call.header(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
-        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-            raise InvalidInputError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        check_idempotency_key(key)
         request: JobRequest = await call.parsed_body()
         job, _ = await self._service.create_job(
             tenant=call.tenant,
@@ -70,10 +102,68 @@ class JobRoutes:
             idempotency_key=key,
             fingerprint=request_fingerprint(name, version, request.data) if key else None,
             parameters=request.parameters,
+            priority=request.priority,
         )
         info.version = job.version
         location = f"/v1/jobs/{job.id}".encode()
         return Reply(202, orjson.dumps(job_document(job)), [(b"location", location)])
+
+    def _bulk_line(
+        self, line: bytes, number: int, name: str, version: str | None, key: str | None
+    ) -> JobSubmission:
+        data = parse_json_object(line, _SUBMIT_EXAMPLE)
+        request = parse_job_request(data, max_inputs=self._max_inputs, allowed=_BULK_LINE_FIELDS)
+        line_key = data.get("idempotency_key")
+        check_idempotency_key(line_key)
+        if line_key is None and key is not None:
+            line_key = f"{key}:{number}"  # a retried request maps every line to the job it made
+        body = {field: value for field, value in data.items() if field != "idempotency_key"}
+        return JobSubmission(
+            inputs=request.inputs,
+            batch=request.batch,
+            max_attempts=request.max_attempts,
+            timeout_s=request.timeout_s,
+            parameters=request.parameters,
+            priority=request.priority,
+            idempotency_key=line_key,
+            fingerprint=request_fingerprint(name, version, body) if line_key else None,
+        )
+
+    async def submit_bulk(self, call: Call) -> Reply:
+        """JSON Lines in (one job per line), one JSON line out per line in order: the job, or
+        ``{"error": {"code", "message"}}`` for a line that was refused (the others are stored)."""
+        name = call.info.model = call.params["name"]
+        version = call.params.get("version")
+        raw_key = call.header(b"idempotency-key")
+        key = raw_key.decode("latin-1") if raw_key is not None else None
+        check_idempotency_key(key)
+        text = (await call.body(MAX_BULK_BYTES)).rstrip(b"\r\n")  # the final newline ends the last line
+        lines = text.split(b"\n") if text else []
+        if not lines:
+            raise InvalidInputError(f"send one job per line, e.g. {_SUBMIT_EXAMPLE}")
+        if len(lines) > MAX_BULK_JOBS:
+            raise InvalidInputError(
+                f"{len(lines)} lines; at most {MAX_BULK_JOBS} jobs per bulk request: split them"
+            )
+        submissions: list[JobSubmission | InferdError] = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                submissions.append(self._bulk_line(line, number, name, version, key))
+            except InferdError as exc:
+                submissions.append(exc)
+        outcomes = await self._service.create_jobs(
+            tenant=call.tenant, model=name, version=version, submissions=submissions
+        )
+        body = b"".join(
+            orjson.dumps(
+                {"error": {"code": outcome.code, "message": outcome.message}}
+                if isinstance(outcome, InferdError)
+                else job_document(outcome)
+            )
+            + b"\n"
+            for outcome in outcomes
+        )
+        return Reply(200, body, content_type=BULK_MEDIA_TYPE.encode())
 
     async def get_job(self, call: Call) -> Reply:
         query: JobWaitQuery = call.query
@@ -110,6 +200,30 @@ class JobRoutes:
                 status=202,
                 errors=(*JOB_ERRORS, 409, 413),
                 headers=idempotency,
+            )
+            for prefix, how in (
+                ("/v1/models/{name}", "the version routing chooses"),
+                ("/v1/models/{name}/versions/{version}", "a pinned version"),
+            )
+        ]
+        routes += [
+            Route(
+                "POST",
+                f"{prefix}/jobs/bulk",
+                self.submit_bulk,
+                "jobs",
+                f"Submit many jobs on {how}: JSON Lines, one job per line; one JSON line per line back",
+                "jobs",
+                body=Body(JobBulkLine, None, content_types=(BULK_MEDIA_TYPE,)),
+                response_content_type=BULK_MEDIA_TYPE,
+                errors=(*JOB_ERRORS, 413),
+                headers={"Idempotency-Key": "Keys every line without its own idempotency_key as KEY:LINE."},
+                description=(
+                    f"Each line is one job body (as for a single job) plus an optional `idempotency_key`; at "
+                    f"most {MAX_BULK_JOBS} lines. The answer has one line per input line, in order: the job, "
+                    'or `{"error": {"code", "message"}}` for a line that was refused; the other lines are '
+                    "stored."
+                ),
             )
             for prefix, how in (
                 ("/v1/models/{name}", "the version routing chooses"),

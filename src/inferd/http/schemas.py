@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.json_schema import SkipJsonSchema
 
+from inferd.jobs.migrations import PRIORITY_MAX, PRIORITY_MIN
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S
 
@@ -71,6 +72,20 @@ class JobSubmitRequest(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     timeout_s: float | None = Field(default=None, gt=0)
     parameters: dict[str, Any] | None = None
+    priority: int | None = Field(
+        default=None,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="Higher runs first among this tenant's pending jobs (default 0).",
+    )
+
+
+class JobBulkLine(JobSubmitRequest):
+    """One line of a bulk submission (JSON Lines: one such object per line)."""
+
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Overrides the request's Idempotency-Key."
+    )
 
 
 class JobErrorBody(BaseModel):
@@ -88,6 +103,7 @@ class JobDocument(BaseModel):
     finished_at: str | None
     attempts: int
     max_attempts: int
+    priority: int
     output: Any = None
     outputs: list[Any] | None = None
     error: JobErrorBody | None

@@ -26,6 +26,9 @@ class Query(enum.StrEnum):
     INSERT_JOBS = "insert_jobs"
     # Job columns; does nothing (rowcount 0) when the tenant already used the idempotency key.
     INSERT_JOB_KEYED = "insert_job_keyed"
+    # Batched like INSERT_JOBS, for jobs with idempotency keys -> id of each job inserted (a job whose
+    # key the tenant already used, earlier or in the same batch, is skipped).
+    INSERT_JOBS_KEYED = "insert_jobs_keyed"
     GET_JOB = "get_job"  # id, tenant (None: any) -> job
     GET_JOB_BY_KEY = "get_job_by_key"  # tenant, idempotency_key -> job
     LIST_JOBS = "list_jobs"  # tenant, status, model (None: any), limit -> jobs, newest first
@@ -33,6 +36,9 @@ class Query(enum.StrEnum):
     PENDING_COUNTS = "pending_counts"  # -> model, version, count
     # now, expires, worker, limit, lost -> the claimed jobs. Expired leases are settled (cancelled, or
     # failed with ``lost`` as the message when no attempt is left) or re-run in the same transaction.
+    # Pending jobs are taken fairly: each tenant's runnable jobs are ranked by (priority descending,
+    # created_at, id) and the claim takes rank 1 of every tenant, then rank 2, ... (ties between tenants
+    # by created_at, id); expired jobs to re-run come first.
     CLAIM = "claim"
     RENEW_LEASES = "renew_leases"  # ids, worker, expires -> rowcount
     # Batched: id, worker, attempt, status, outputs, error_code, error_message; and now -> jobs.
@@ -105,6 +111,7 @@ def job_row(job: Job) -> Row:
         "idempotency_key": job.idempotency_key,
         "request_hash": job.request_hash,
         "parameters": job.parameters,
+        "priority": int(job.priority),
     }
 
 
@@ -133,4 +140,5 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"],
         parameters=row["parameters"],
+        priority=row["priority"],
     )

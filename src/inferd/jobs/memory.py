@@ -58,6 +58,7 @@ class MemoryConnector:
             Query.PING: lambda p: ([{"ok": 1}], 1),
             Query.INSERT_JOBS: self._insert,
             Query.INSERT_JOB_KEYED: self._insert_keyed,
+            Query.INSERT_JOBS_KEYED: self._insert_keyed_returning,
             Query.GET_JOB: self._get,
             Query.GET_JOB_BY_KEY: self._get_by_key,
             Query.LIST_JOBS: self._list,
@@ -127,6 +128,10 @@ class MemoryConnector:
             return [], 0
         return self._insert(p)
 
+    def _insert_keyed_returning(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        _, count = self._insert_keyed(p)
+        return ([{"id": p["id"]}] if count else []), count
+
     def _get(self, p: dict[str, Any]) -> tuple[list[Row], int]:
         row = self.rows.get(p["id"])
         if row is None or (p["tenant"] is not None and row["tenant"] != p["tenant"]):
@@ -187,15 +192,15 @@ class MemoryConnector:
                 )
             else:
                 rerun.append(row)
-        runnable = sorted(
-            (
-                r
-                for r in self.rows.values()
-                if r["status"] == PENDING and r["run_after"] <= now and not r["cancel_requested"]
-            ),
-            key=_order,
-        )[:limit]
-        picked = sorted([*runnable, *rerun], key=_order)[:limit]
+        by_tenant: dict[str, list[Row]] = {}
+        for row in self.rows.values():
+            if row["status"] == PENDING and row["run_after"] <= now and not row["cancel_requested"]:
+                by_tenant.setdefault(row["tenant"], []).append(row)
+        ranked: list[tuple[int, datetime, str, Row]] = [(0, *_order(row), row) for row in rerun]
+        for rows in by_tenant.values():
+            rows.sort(key=lambda r: (-r["priority"], *_order(r)))
+            ranked += [(rank, *_order(row), row) for rank, row in enumerate(rows[:limit], start=1)]
+        picked = [row for *_, row in sorted(ranked, key=lambda item: item[:3])[:limit]]
         for row in picked:
             row.update(
                 status=RUNNING,

@@ -68,6 +68,7 @@ JOB_COLUMN_KINDS: dict[str, Kind] = {
     "idempotency_key": Kind.TEXT,
     "request_hash": Kind.TEXT,
     "parameters": Kind.JSON,
+    "priority": Kind.INTEGER,
 }
 JOB_COLUMNS: tuple[str, ...] = tuple(JOB_COLUMN_KINDS)
 
@@ -84,6 +85,12 @@ _STATUS_CHECK = f"CHECK (status IN ({', '.join(repr(s.value) for s in JobStatus)
 # - list_jobs is keyset-paginated newest first per tenant.
 # - the retention sweep deletes terminal jobs by finished_at.
 # - the unique idempotency index is what makes insert race-free (ON CONFLICT ... DO NOTHING).
+# Fair claims (migration 6) walk the tenants with pending jobs through this index (a skip scan: one
+# probe per tenant, never a scan of the pending set) and take each tenant's next jobs from it in
+# priority order.
+_FAIR_CLAIM_INDEX = "CREATE INDEX jobs_pending_fair_idx ON jobs (tenant, priority DESC, created_at, id) WHERE status = 'pending'"
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1  # the column is a 32-bit integer in both dialects
+
 _INDEXES: tuple[str, ...] = (
     "CREATE INDEX jobs_pending_created_idx ON jobs (created_at, id) WHERE status = 'pending'",
     "CREATE INDEX jobs_running_lease_idx ON jobs (lease_expires_at) WHERE status = 'running'",
@@ -142,6 +149,11 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO model_repository (id, generation) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        6,
+        "add job priority and the fair claim index",
+        ("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0", _FAIR_CLAIM_INDEX),
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -199,6 +211,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE model_repository (id integer PRIMARY KEY CHECK (id = 1), generation bigint NOT NULL)",
             "INSERT INTO model_repository (id, generation) VALUES (1, 0)",
         ),
+    ),
+    Migration(
+        6,
+        "add job priority and the fair claim index",
+        ("ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0", _FAIR_CLAIM_INDEX),
     ),
 )
 

@@ -60,3 +60,4 @@ class Job:
     idempotency_key: str | None = None
     request_hash: str | None = None
     parameters: dict[str, Any] | None = None  # passed to the model's predict with every attempt
+    priority: int = 0  # higher first among the tenant's pending jobs

@@ -41,6 +41,11 @@ QUERIES: dict[Query, str] = {
     ),
     Query.INSERT_JOB_KEYED: f"{_INSERT_VALUES} ON CONFLICT (tenant, idempotency_key)"
     " WHERE idempotency_key IS NOT NULL DO NOTHING",
+    Query.INSERT_JOBS_KEYED: (
+        f"INSERT INTO jobs ({COLS}) SELECT * FROM unnest("
+        + ", ".join(f"%({c})s::{PG_TYPES[JOB_COLUMN_KINDS[c]]}[]" for c in JOB_COLUMNS)
+        + ") ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+    ),
     Query.GET_JOB: f"SELECT {COLS} FROM jobs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)",
     Query.GET_JOB_BY_KEY: f"SELECT {COLS} FROM jobs WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s",
     Query.LIST_JOBS: _LIST.replace("{after}", ""),
@@ -52,10 +57,19 @@ QUERIES: dict[Query, str] = {
     ),
     # Expired leases are settled or re-run in the same statement that claims pending work. Candidates
     # are locked with SKIP LOCKED so concurrent claimers take disjoint jobs instead of queueing behind
-    # each other; both candidate sets are bounded by the limit, and the final pick is oldest first.
+    # each other. The tenants with pending jobs come from a skip scan of the fair claim index (one
+    # probe per tenant); each tenant contributes at most ``limit`` candidates in its priority order,
+    # read from the same index; the final pick takes every tenant's first, then second, ... job.
     Query.CLAIM: sql_text(
         f"""
-WITH expired AS (
+WITH RECURSIVE tenants AS (
+    (SELECT tenant FROM jobs WHERE status = {{pending}} ORDER BY tenant LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant FROM jobs j WHERE j.status = {{pending}} AND j.tenant > t.tenant
+            ORDER BY j.tenant LIMIT 1)
+    FROM tenants t WHERE t.tenant IS NOT NULL
+),
+expired AS (
     SELECT id, created_at, attempts, max_attempts, cancel_requested FROM jobs
     WHERE status = {{running}} AND lease_expires_at < %(now)s
     ORDER BY created_at, id
@@ -72,18 +86,29 @@ settled AS (
     WHERE j.id = e.id AND (e.cancel_requested OR e.attempts >= e.max_attempts)
     RETURNING j.id
 ),
+candidates AS (
+    SELECT c.id, c.tenant, c.priority, c.created_at FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT id, tenant, priority, created_at FROM jobs
+        WHERE status = {{pending}} AND tenant = t.tenant AND run_after <= %(now)s AND NOT cancel_requested
+        ORDER BY priority DESC, created_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE t.tenant IS NOT NULL
+),
 runnable AS (
-    SELECT id, created_at FROM jobs
-    WHERE status = {{pending}} AND run_after <= %(now)s AND NOT cancel_requested
-    ORDER BY created_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    SELECT id, created_at,
+        row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) AS rank
+    FROM candidates
 ),
 picked AS (
-    SELECT id, created_at FROM runnable
-    UNION ALL
-    SELECT id, created_at FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
-    ORDER BY created_at, id
+    SELECT id FROM (
+        SELECT id, created_at, rank FROM runnable
+        UNION ALL
+        SELECT id, created_at, 0 FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
+    ) u
+    ORDER BY rank, created_at, id
     LIMIT %(limit)s
 )
 UPDATE jobs j SET

@@ -12,6 +12,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,20 @@ def request_fingerprint(model: str, version: str | None, body: Any) -> str:
     """What makes two submissions 'the same' for an idempotency key."""
     canonical = orjson.dumps({"model": model, "version": version, "body": body}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(slots=True)
+class JobSubmission:
+    """One job as a client asked for it (a line of a bulk submission, or a single submission)."""
+
+    inputs: list[Any]
+    batch: bool
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    parameters: dict[str, Any] | None = None
+    priority: int = 0
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
 
 
 class JobService:
@@ -87,6 +102,7 @@ class JobService:
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
         parameters: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> tuple[Job, bool]:
         """Validate the input now (invalid jobs are never queued), resolve the version through routing,
         and store a pending job. Returns (job, created)."""
@@ -108,6 +124,7 @@ class JobService:
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
             parameters=parameters or None,
+            priority=priority,
         )
         try:
             if idempotency_key is None:
@@ -125,6 +142,87 @@ class JobService:
         # The seed's bookkeeping; the periodic refresh from the store keeps it true across processes.
         self._adjust_depth(job.model, job.version, +1)
         return result.job, True
+
+    async def create_jobs(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        version: str | None,
+        submissions: Sequence[JobSubmission | InferdError],
+    ) -> list[Job | InferdError]:
+        """Bulk submission: validate and route each line alone, store the valid ones together, and
+        answer one outcome per line in order (an error stays with its line). A line whose
+        idempotency key was used before answers the job it made."""
+        outcomes: list[Job | InferdError] = []
+        pending: list[tuple[int, Job, str | None]] = []
+        now = self._clock()
+        for submission in submissions:
+            if isinstance(submission, InferdError):
+                outcomes.append(submission)
+                continue
+            try:
+                target = await self.dataplane.check_inputs(
+                    tenant=tenant,
+                    model=model,
+                    version=version,
+                    inputs=submission.inputs,
+                    indexed=submission.batch,
+                    parameters=submission.parameters,
+                )
+            except InferdError as exc:
+                outcomes.append(exc)
+                continue
+            job = Job(
+                id=str(uuid.uuid4()),
+                tenant=tenant,
+                model=target.name,
+                version=target.version,
+                inputs=list(submission.inputs),
+                batch=submission.batch,
+                max_attempts=submission.max_attempts or self._default_max_attempts,
+                timeout_s=submission.timeout_s,
+                created_at=now,
+                run_after=now,
+                idempotency_key=submission.idempotency_key,
+                request_hash=submission.fingerprint,
+                parameters=submission.parameters or None,
+                priority=submission.priority,
+            )
+            pending.append((len(outcomes), job, submission.fingerprint))
+            outcomes.append(job)
+        if not pending:
+            return outcomes
+        jobs = [job for _, job, _ in pending]
+        try:
+            results: list[InsertResult | InferdError] = list(await self.store.insert_many(jobs))
+        except InvalidInputError:
+            # A value this database cannot hold (e.g. U+0000 on PostgreSQL) in some line: store the
+            # lines one by one so only the bad one fails.
+            results = [await self._insert_alone(job) for job in jobs]
+        except InferdError:
+            raise
+        except Exception as exc:  # unreachable, locked, ...: a clear 500, the details in the log
+            logger.exception("storing %d jobs for model %s failed", len(jobs), model)
+            raise InferenceError(f"the jobs could not be stored ({type(exc).__name__}); retry later") from exc
+        for (position, _, fingerprint), result in zip(pending, results, strict=True):
+            if isinstance(result, InferdError):
+                outcomes[position] = result
+            elif not result.created:
+                try:
+                    self._check_same_request(result.job, fingerprint)
+                    outcomes[position] = result.job
+                except ConflictError as exc:
+                    outcomes[position] = exc
+            else:
+                self._adjust_depth(result.job.model, result.job.version, +1)
+        return outcomes
+
+    async def _insert_alone(self, job: Job) -> InsertResult | InferdError:
+        try:
+            return (await self.store.insert_many([job]))[0]
+        except InferdError as exc:
+            return exc
 
     @staticmethod
     def _check_same_request(job: Job, fingerprint: str | None) -> None:
@@ -316,6 +414,7 @@ def job_document(job: Job) -> dict[str, Any]:
         "finished_at": _time(job.finished_at),
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
+        "priority": job.priority,
     }
     if job.batch:
         document["outputs"] = job.outputs

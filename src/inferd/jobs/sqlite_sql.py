@@ -25,6 +25,8 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
     Query.INSERT_JOBS: _INSERT,
     Query.INSERT_JOB_KEYED: f"{_INSERT} ON CONFLICT (tenant, idempotency_key)"
     " WHERE idempotency_key IS NOT NULL DO NOTHING",
+    Query.INSERT_JOBS_KEYED: f"{_INSERT} ON CONFLICT (tenant, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
     Query.GET_JOB: f"SELECT {COLS} FROM jobs WHERE id = :id AND (:tenant IS NULL OR tenant = :tenant)",
     Query.GET_JOB_BY_KEY: f"SELECT {COLS} FROM jobs WHERE tenant = :tenant AND idempotency_key = :idempotency_key",
     Query.LIST_JOBS: _LIST.replace("{after}", ""),
@@ -45,23 +47,37 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
         ),
         sql_text(
             f"""
+            WITH RECURSIVE tenants(tenant) AS (
+                SELECT (SELECT tenant FROM jobs WHERE status = {{pending}} ORDER BY tenant LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.tenant FROM jobs j WHERE j.status = {{pending}} AND j.tenant > t.tenant
+                        ORDER BY j.tenant LIMIT 1)
+                FROM tenants t WHERE t.tenant IS NOT NULL
+            )
             UPDATE jobs SET status = {{running}}, attempts = attempts + 1, lease_owner = :worker,
                 lease_expires_at = :expires, started_at = :now
             WHERE id IN (
                 SELECT id FROM (
-                    SELECT id, created_at FROM (
-                        SELECT id, created_at FROM jobs
-                        WHERE status = {{pending}} AND run_after <= :now AND NOT cancel_requested
-                        ORDER BY created_at, id LIMIT :limit
+                    SELECT id, created_at,
+                        row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) AS rank
+                    FROM jobs
+                    WHERE id IN (
+                        SELECT c.id FROM tenants t, jobs c
+                        WHERE t.tenant IS NOT NULL AND c.id IN (
+                            SELECT id FROM jobs
+                            WHERE status = {{pending}} AND tenant = t.tenant AND run_after <= :now
+                                AND NOT cancel_requested
+                            ORDER BY priority DESC, created_at, id LIMIT :limit
+                        )
                     )
                     UNION ALL
-                    SELECT id, created_at FROM (
+                    SELECT id, created_at, 0 FROM (
                         SELECT id, created_at FROM jobs
                         WHERE status = {{running}} AND lease_expires_at < :now
                         ORDER BY created_at, id LIMIT :limit
                     )
                 )
-                ORDER BY created_at, id LIMIT :limit
+                ORDER BY rank, created_at, id LIMIT :limit
             )
             RETURNING {COLS}
             """

@@ -168,15 +168,28 @@ class JobStore:
         raise ConflictError(f"idempotency key {job.idempotency_key!r} kept conflicting with a vanishing job")
 
     async def insert_many(self, jobs: list[Job]) -> list[InsertResult]:
-        """Insert pending jobs in one transaction (bulk submission). Jobs must not carry an
-        idempotency key (ValueError): the per-key lookup is what single ``insert`` is for."""
-        if any(job.idempotency_key is not None for job in jobs):
-            raise ValueError("insert_many does not take idempotency keys; use insert for those jobs")
+        """Insert pending jobs (bulk submission), results in order: one statement for the jobs without
+        an idempotency key, one for those with one; a keyed job whose key the tenant already used is
+        not inserted, and the existing job is returned instead (created=False), as :meth:`insert` does."""
         if not jobs:
             return []
-        await self._fetch_batch(Query.INSERT_JOBS, [job_row(job) for job in jobs])
-        self._announce()
-        return [InsertResult(job, created=True) for job in jobs]
+        plain = [job_row(job) for job in jobs if job.idempotency_key is None]
+        keyed = [job for job in jobs if job.idempotency_key is not None]
+        if plain:
+            await self._fetch_batch(Query.INSERT_JOBS, plain)
+        inserted: set[str] = set()
+        if keyed:
+            rows = await self._fetch_batch(Query.INSERT_JOBS_KEYED, [job_row(job) for job in keyed])
+            inserted = {row["id"] for row in rows}
+        if plain or inserted:
+            self._announce()
+        results: list[InsertResult] = []
+        for job in jobs:
+            if job.idempotency_key is None or job.id in inserted:
+                results.append(InsertResult(job, created=True))
+            else:  # the key was used before: the job it made (retries of a bulk request land here)
+                results.append(await self.insert(job))
+        return results
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ PREDICT_ONLY = "kp"
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 JOB_FIELDS = {
+    "priority",
     "id",
     "status",
     "model",

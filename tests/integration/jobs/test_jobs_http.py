@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app
 
@@ -416,5 +417,60 @@ def test_sqlite_write_lock_held_elsewhere_answers_503_store_unavailable(tmp_path
                 holder.execute("ROLLBACK")
                 holder.close()
             await api.submit_ok("echo", {"input": 4})
+
+
+def test_bulk_submission_keeps_the_good_lines_and_answers_each_in_order(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            lines = [
+                b'{"input": {"n": 1}, "priority": 5}',
+                b'{"input": "seven"',  # not JSON
+                b'{"inputs": [1, 2]}',
+                b'{"input": 1, "bogus": true}',
+                b'{"input": 1, "priority": "high"}',
+                b'{"input": 3, "idempotency_key": "line-key"}',
+            ]
+            response = await api.client.post(
+                "/v1/models/echo/jobs/bulk", content=b"\n".join(lines) + b"\n", headers=bearer(ACME)
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            out = [orjson.loads(line) for line in response.content.splitlines()]
+            assert len(out) == len(lines)
+            assert out[0]["status"] == "pending" and out[0]["priority"] == 5 and out[0]["output"] is None
+            assert out[2]["outputs"] is None and out[2]["priority"] == 0
+            for bad in (1, 3, 4):
+                assert out[bad]["error"]["code"] == "invalid_input", out[bad]
+            assert "bogus" in out[3]["error"]["message"]
+            listed = {job["id"] for job in (await api.list()).json()["jobs"]}
+            assert listed == {out[0]["id"], out[2]["id"], out[5]["id"]}
+
+            # A model that does not exist fails every line alone; the request itself is fine.
+            missing = await api.client.post(
+                "/v1/models/nope/jobs/bulk", content=b'{"input": 1}\n', headers=bearer(ACME)
+            )
+            assert orjson.loads(missing.content)["error"]["code"] == "model_not_found"
+
+            # A request key keys every line: sending the same request again returns the same jobs.
+            request_key = {**bearer(ACME), "Idempotency-Key": "bulk-7"}
+            body_lines = b'{"input": 1}\n{"input": 2}\n{"input": 3, "idempotency_key": "line-key"}\n'
+            first = await api.client.post(
+                "/v1/models/echo/jobs/bulk", content=body_lines, headers=request_key
+            )
+            again = await api.client.post(
+                "/v1/models/echo/jobs/bulk", content=body_lines, headers=request_key
+            )
+            first_ids = [orjson.loads(line)["id"] for line in first.content.splitlines()]
+            assert first_ids == [orjson.loads(line)["id"] for line in again.content.splitlines()]
+            assert first_ids[2] == out[5]["id"]  # the line's own key wins over the request's
+            pinned = await api.client.post(
+                "/v1/models/echo/versions/1/jobs/bulk", content=b'{"input": 1}', headers=bearer(ACME)
+            )
+            assert orjson.loads(pinned.content)["version"] == "1"
+            assert_error(
+                await api.client.post("/v1/models/echo/jobs/bulk", content=b"\n", headers=bearer(ACME)),
+                422,
+                "invalid_input",
+            )
 
     asyncio.run(body())

@@ -148,8 +148,24 @@ async def test_insert_many(store: JobStore, make_job: JobFactory) -> None:
     assert await store.pending_counts() == {("m0", "1"): 84, ("m1", "1"): 83, ("m2", "1"): 83}
 
     assert await store.insert_many([]) == []
-    with pytest.raises(ValueError, match="idempotency"):
-        await store.insert_many([make_job(idempotency_key="k")])
+
+
+async def test_insert_many_with_idempotency_keys(store: JobStore, make_job: JobFactory) -> None:
+    first = make_job(idempotency_key="k1", request_hash="h1")
+    plain = make_job()
+    results = await store.insert_many([first, plain, make_job(idempotency_key="k2")])
+    assert [r.created for r in results] == [True, True, True]
+    # A retry of the same submission: the keyed jobs come back as they are, nothing is inserted twice.
+    again = make_job(idempotency_key="k1", request_hash="h1")
+    twice = make_job(idempotency_key="k3")
+    same_batch = make_job(idempotency_key="k3")
+    retried = await store.insert_many([again, twice, same_batch])
+    assert retried[0].created is False and retried[0].job == first
+    assert retried[1].created is True
+    assert retried[2].created is False and retried[2].job.id == twice.id
+    other_tenant = make_job(tenant="tenant-b", idempotency_key="k1")
+    assert (await store.insert_many([other_tenant]))[0].created is True
+    assert await store.pending_counts() == {("iris", "1"): 5}
 
 
 async def test_unserializable_inputs_are_refused(store: JobStore, make_job: JobFactory) -> None:
@@ -243,6 +259,40 @@ async def test_claim_takes_runnable_jobs_oldest_first(store: JobStore, make_job:
     stored = await store.get(cancelled.id)
     assert stored is not None and stored.status is JobStatus.PENDING
     assert await store.claim(worker_id="w1", limit=0, lease_s=LEASE_S, now=NOW) == []
+
+
+async def test_claim_is_fair_across_tenants(store: JobStore, make_job: JobFactory) -> None:
+    backlog = [make_job(tenant="tenant-a") for _ in range(20)]
+    late = [make_job(tenant="tenant-b") for _ in range(3)]  # created after all of a's backlog
+    await store.insert_many(backlog + late)
+
+    first = await store.claim(worker_id="w1", limit=4, lease_s=LEASE_S, now=NOW)
+    # Each tenant's first job, then each one's second: b does not wait behind a's backlog.
+    assert sorted(j.id for j in first) == sorted([backlog[0].id, backlog[1].id, late[0].id, late[1].id])
+    second = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW)
+    assert sorted(j.id for j in second) == sorted([backlog[2].id, backlog[3].id, late[2].id])
+    rest = await store.claim(worker_id="w1", limit=100, lease_s=LEASE_S, now=NOW)
+    assert sorted(j.id for j in rest) == sorted(j.id for j in backlog[4:])
+
+
+async def test_claim_takes_higher_priority_first_within_a_tenant(
+    store: JobStore, make_job: JobFactory
+) -> None:
+    low, high, mid = make_job(), make_job(priority=5), make_job(priority=1)
+    negative = make_job(priority=-3)
+    urgent_elsewhere = make_job(tenant="tenant-b", priority=0)
+    await store.insert_many([negative, mid, low, high])
+
+    order = [(await claim_one(store)).id for _ in range(4)]
+    assert order == [high.id, mid.id, low.id, negative.id]
+    stored = await store.get(high.id)
+    assert stored is not None and stored.priority == 5
+
+    # Priority orders a tenant's own jobs; it does not let one tenant jump ahead of another.
+    flood = [make_job(priority=100) for _ in range(3)]
+    await store.insert_many([*flood, urgent_elsewhere])
+    both = await store.claim(worker_id="w1", limit=2, lease_s=LEASE_S, now=NOW)
+    assert sorted(j.id for j in both) == sorted([flood[0].id, urgent_elsewhere.id])
 
 
 async def test_claim_reruns_jobs_of_dead_workers(store: JobStore, make_job: JobFactory) -> None:

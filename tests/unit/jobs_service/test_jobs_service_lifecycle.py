@@ -22,6 +22,7 @@ API_FIELDS = {
     "finished_at",
     "attempts",
     "max_attempts",
+    "priority",
     "error",
 }
 
