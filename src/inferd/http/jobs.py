@@ -214,7 +214,8 @@ class JobRoutes:
                 "jobs",
                 f"Submit many jobs on {how}: JSON Lines, one job per line; one JSON line per line back",
                 "jobs",
-                body=Body(JobBulkLine, None, content_types=(BULK_MEDIA_TYPE,)),
+                # A JSON object on one line is a one-line JSON Lines body, so plain JSON is accepted too.
+                body=Body(JobBulkLine, None, content_types=(BULK_MEDIA_TYPE, "application/json")),
                 response_content_type=BULK_MEDIA_TYPE,
                 errors=(*JOB_ERRORS, 413),
                 headers={"Idempotency-Key": "Keys every line without its own idempotency_key as KEY:LINE."},
