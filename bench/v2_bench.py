@@ -222,6 +222,8 @@ def run_wrk(
     connections: int,
     args: argparse.Namespace,
     server: Server,
+    *,
+    duration: int | None = None,
 ) -> tuple[float, str]:
     env = dict(os.environ)
     extra = {
@@ -237,17 +239,11 @@ def run_wrk(
         WRK_HEADERS="\n".join(f"{name}: {value}" for name, value in extra.items()),
         WRK_COUNT_STATUS="1",
     )
-    cmd = [
-        args.wrk,
-        "-t2",
-        f"-c{connections}",
-        f"-d{args.duration}s",
-        "--latency",
-        "-s",
-        str(LUA_SCRIPT),
-        url,
-    ]
-    output = _run(cmd, args, env=env)
+    seconds = duration or args.duration
+    # A 1 MiB JSON request takes hundreds of ms: wrk's default 2 s timeout would count queued ones as errors.
+    cmd = [args.wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "--latency"]
+    cmd += ["-s", str(LUA_SCRIPT), url]
+    output = _run(cmd, args, env=env, timeout=seconds + 90)
     stats = parse_wrk_output(output)
     if stats.non_2xx or any(stats.socket_errors.values()):
         raise BenchError(f"wrk against {url} saw errors:\n{output}")
@@ -255,11 +251,16 @@ def run_wrk(
     return stats.rps, output
 
 
-def _run(cmd: Sequence[str], args: argparse.Namespace, env: dict[str, str] | None = None) -> str:
+def _run(
+    cmd: Sequence[str],
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
     print(f"  $ {shlex.join(cmd)}", flush=True)
     try:
         proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=args.duration + 60, check=False
+            cmd, env=env, capture_output=True, text=True, timeout=timeout or args.duration + 60, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{cmd[0]} did not finish in time") from exc
@@ -397,7 +398,10 @@ def build_targets(endpoints: list[Endpoint], workdir: Path, args: argparse.Names
                 Target(
                     "tensor",
                     name,
-                    lambda a, p=path, h=headers: run_wrk(url, p, h, a.tensor_connections, a, inferd.server),
+                    # JSON manages a few requests per second: at least 10 s for a usable count.
+                    lambda a, p=path, h=headers: run_wrk(
+                        url, p, h, a.tensor_connections, a, inferd.server, duration=max(a.duration, 10)
+                    ),
                 )
             )
     return targets
