@@ -140,6 +140,11 @@ def test_unknown_route_is_a_native_404(api: InProcessAPI) -> None:
     assert_error(response, 404, "not_found")
 
 
+def test_head_is_served_by_the_get_route(api: InProcessAPI) -> None:
+    assert api.request("HEAD", "/livez").status_code == 200
+    assert api.request("HEAD", "/v1/models", key=PREDICT_KEY).status_code == 403  # the GET route's scope
+
+
 def test_wrong_method_is_405_with_allow(api: InProcessAPI) -> None:
     response = api.get("/v1/models/ok/predict", key=PREDICT_KEY)
     assert_error(response, 405, "method_not_allowed")

@@ -225,6 +225,11 @@ def test_raw_http_details(server: ServerProcess) -> None:
         }
         missing = http.post("/v2/models/iris/infer", json=body)
         assert missing.status_code == 422 and "nope" in missing.json()["error"]
+        classification = http.post(
+            "/v2/models/iris/infer",
+            json={**body, "outputs": [{"name": "label", "parameters": {"classification": 2}}]},
+        )
+        assert classification.status_code == 422 and "classification" in classification.json()["error"]
         unknown_field = http.post("/v2/models/iris/infer", json={**body, "extra": 1})
         assert unknown_field.status_code == 422 and set(unknown_field.json()) == {"error"}
         parameters = http.post(

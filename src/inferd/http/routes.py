@@ -214,6 +214,8 @@ class RouteTable:
                 child = node.param
             node = child
         route = node.routes.get(method)
+        if route is None and method == "HEAD":
+            route = node.routes.get("GET")  # the server sends the headers only
         if route is None:
             return None, params, sorted(node.routes)
         return route, params, ()

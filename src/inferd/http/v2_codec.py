@@ -165,7 +165,12 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f'outputs[{index}] needs a "name"')
-        binary = _parameters(item, f"output {name!r}").get("binary_data")
+        parameters = _parameters(item, f"output {name!r}")
+        if "classification" in parameters:
+            raise InvalidInputError(
+                f"output {name!r}: the classification extension is not supported; ask for the output itself"
+            )
+        binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise InvalidInputError(f'output {name!r}: "binary_data" must be true or false')
         outputs.append(RequestedOutput(name, binary))
