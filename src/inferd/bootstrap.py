@@ -22,9 +22,10 @@ from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
-from inferd.core.tenancy import KeyRing, RateLimiter, TenantLimit
+from inferd.core.tenancy import KeyRing, RateLimiter, RuntimeKeys, TenantLimit
 from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
+from inferd.http.admin_keys import KeyRoutes
 from inferd.http.app import create_http_app
 from inferd.http.asgi import InferdASGI
 from inferd.http.gatekeeper import Gatekeeper
@@ -109,12 +110,18 @@ def build_keyring(settings: Settings) -> KeyRing:
                 f"--dev serves with the well-known key 'dev' and binds loopback only, not {settings.host!r}"
             )
         keyring = keyring.merged(KeyRing.dev())
-    elif len(keyring) == 0:
+    return keyring
+
+
+def require_keys(settings: Settings, *, stored_keys: int) -> None:
+    """A server nobody can call is a configuration mistake: refuse to start without any key."""
+    if not settings.dev and len(KeyRing.parse(settings.api_keys)) == 0 and stored_keys == 0:
         raise ConfigError(
             "no API keys configured: set INFERD_API_KEYS='KEY:TENANT:SCOPE[,SCOPE...];...' "
-            "(scopes: predict, jobs, models, admin), or pass --dev for a loopback-only development server"
+            "(scopes: predict, jobs, models, admin), make one in the store with "
+            "'inferd keys create --tenant T --scopes admin', "
+            "or pass --dev for a loopback-only development server"
         )
-    return keyring
 
 
 def _burst_of(rate_text: str, explicit: int | None) -> float:
@@ -252,7 +259,12 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
 
 
 def build_job_runtime(
-    settings: Settings, engine: Engine, *, run_worker: bool, concurrency: int | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    run_worker: bool,
+    concurrency: int | None = None,
+    keys: RuntimeKeys | None = None,
 ) -> JobRuntime:
     store = open_store(settings.store)
     repository = RepositorySync(registry=engine.registry, reload=engine.dataplane.reload_models, store=store)
@@ -283,6 +295,7 @@ def build_job_runtime(
         job_ttl_s=settings.job_ttl,
         janitor_interval_s=settings.janitor_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        keys=keys,
     )
 
 
@@ -334,7 +347,8 @@ def build_app(
     """The ASGI app for ``inferd serve`` (one of N processes with ``share``); tests build one per test
     with their own settings. ``serve_grpc``: its lifespan also serves V2 gRPC on ``settings.grpc_port``,
     on the same event loop (with ``share``, every process on the same port: SO_REUSEPORT)."""
-    keyring = build_keyring(settings)
+    runtime_keys = RuntimeKeys()
+    keyring = build_keyring(settings).with_runtime(runtime_keys)
     engine = engine or build_engine(settings, share=share)
     access_log = AccessLog(settings.access_log)
     tenant_limit, close_tenant_limit = build_tenant_limit(settings, engine.metrics, share=share)
@@ -342,7 +356,11 @@ def build_app(
     # The configured worker concurrency is the server's total, split between its processes.
     concurrency = share.part(settings.worker_concurrency) if share else settings.worker_concurrency
     jobs = build_job_runtime(
-        settings, engine, run_worker=settings.worker and concurrency > 0, concurrency=concurrency
+        settings,
+        engine,
+        run_worker=settings.worker and concurrency > 0,
+        concurrency=concurrency,
+        keys=runtime_keys,
     )
     dataplane = engine.dataplane.with_readiness_checks([jobs.readiness])
 
@@ -393,6 +411,7 @@ def build_app(
         PredictRoutes(dataplane=dataplane, max_batch_inputs=settings.max_batch_inputs).routes(),
         JobRoutes(service=jobs.service, max_inputs=settings.max_batch_inputs).routes(),
         V2Routes(dataplane=dataplane, max_body_bytes=settings.max_body_bytes).routes(),
+        KeyRoutes(store=jobs.store).routes(),
     ]
     return create_http_app(
         groups=groups,

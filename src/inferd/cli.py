@@ -24,12 +24,14 @@ from inferd.cli_common import (
     settings_from,
 )
 from inferd.cli_jobs import jobs_app, migrate, worker
+from inferd.cli_keys import keys_app
 from inferd.core.errors import ConfigError, InferdError
 
 app = typer.Typer(help="inferd: a self-hosted, multi-tenant ML inference server.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
 app.command()(worker)
 app.command()(migrate)
 
@@ -59,7 +61,7 @@ def serve(
     no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Do not serve V2 gRPC.")] = False,
 ) -> None:
     """Serve the models of a repository over HTTP and V2 gRPC."""
-    from inferd.bootstrap import build_keyring
+    from inferd.bootstrap import build_keyring, require_keys
     from inferd.grpc.server import check_port_free
     from inferd.jobs.urls import prepare_store
     from inferd.serving import Supervisor, run_server
@@ -89,7 +91,7 @@ def serve(
     try:
         # Reach and migrate the job store before serving: an unreachable store is one clear line here,
         # not a traceback from inside the server's start-up (or from each of N processes).
-        asyncio.run(prepare_store(settings.store))
+        require_keys(settings, stored_keys=asyncio.run(prepare_store(settings.store)).stored_keys)
         if settings.grpc:
             check_port_free(settings.host, settings.grpc_port)
         if settings.workers > 1:

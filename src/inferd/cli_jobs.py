@@ -115,7 +115,7 @@ def migrate(
 
     settings = settings_from({"store": store}, config)
     try:
-        applied = asyncio.run(prepare_store(settings.store))
+        applied = asyncio.run(prepare_store(settings.store)).applied
     except InferdError as exc:
         fail(exc.message)
     where = f"job store {redact(settings.store)}"

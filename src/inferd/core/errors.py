@@ -136,6 +136,12 @@ class RouteNotFoundError(InferdError):
     code = "not_found"
 
 
+class KeyNotFoundError(InferdError):
+    """No run-time API key with this id (or it was revoked already)."""
+
+    code = "not_found"
+
+
 class MethodNotAllowedError(InferdError):
     code = "method_not_allowed"
 

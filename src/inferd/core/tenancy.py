@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-from inferd.core.errors import ConfigError, ForbiddenError, RateLimitedError, UnauthenticatedError
+from inferd.core.errors import (
+    ConfigError,
+    ForbiddenError,
+    InvalidInputError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 
 SCOPES = frozenset({"predict", "jobs", "models", "admin"})
 DEV_KEY = "dev"
@@ -31,16 +40,106 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def key_digest(key: str) -> str:
+    """What the store keeps of a run-time key: its SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+KEY_PREFIX = "ik_"  # run-time keys start with it, so a leaked one is easy to search for
+PREFIX_SHOWN = 10  # characters of a key kept in clear to recognise it: "ik_" and 7 random ones
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_tenant(tenant: str) -> str:
+    if not _TENANT_RE.fullmatch(tenant):
+        raise InvalidInputError(
+            "a tenant is 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return tenant
+
+
+def parse_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(scope.strip() for scope in scopes if scope.strip())
+    unknown = chosen - SCOPES
+    if not chosen or unknown:
+        raise InvalidInputError(f"scopes must be some of {sorted(SCOPES)}; got {sorted(chosen) or 'none'}")
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key made at run time, as the store keeps it (never the key itself)."""
+
+    id: str
+    digest: str
+    prefix: str
+    tenant: str
+    scopes: frozenset[str]
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class RuntimeKeys:
+    """The store's keys as this process last read them; refreshed in the background (the job
+    runtime), so checking a key never waits for the store. Expiry is checked at each use."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._by_digest: dict[bytes, tuple[str, Principal, float]] = {}
+        self._used: set[str] = set()
+
+    def replace(self, keys: Iterable[ApiKey]) -> None:
+        self._by_digest = {
+            bytes.fromhex(key.digest): (
+                key.id,
+                Principal(key.tenant, key.scopes),
+                math.inf if key.expires_at is None else key.expires_at.timestamp(),
+            )
+            for key in keys
+            if key.revoked_at is None
+        }
+
+    def lookup(self, digest: bytes) -> Principal | None:
+        entry = self._by_digest.get(digest)
+        if entry is None:
+            return None
+        key_id, principal, expires = entry
+        if self._clock() >= expires:
+            return None
+        self._used.add(key_id)
+        return principal
+
+    def take_used(self) -> set[str]:
+        """The ids of keys used since the last call (their last-use time is written in batches)."""
+        used, self._used = self._used, set()
+        return used
+
+
 class KeyRing:
     """Keys are stored as SHA-256 digests and looked up by digest, so lookup time does not depend on
-    how much of a guessed key matches (no timing oracle) and raw keys are never kept or logged."""
+    how much of a guessed key matches (no timing oracle) and raw keys are never kept or logged.
+    Configured keys come first; ``runtime`` holds those made at run time (the store's)."""
 
-    def __init__(self, principals_by_key: Mapping[str, Principal]) -> None:
+    def __init__(
+        self, principals_by_key: Mapping[str, Principal], runtime: RuntimeKeys | None = None
+    ) -> None:
         self._by_digest = {_digest(key): principal for key, principal in principals_by_key.items()}
+        self.runtime = runtime
 
     def merged(self, other: KeyRing) -> KeyRing:
-        ring = KeyRing({})
+        ring = KeyRing({}, self.runtime or other.runtime)
         ring._by_digest = {**self._by_digest, **other._by_digest}
+        return ring
+
+    def with_runtime(self, runtime: RuntimeKeys) -> KeyRing:
+        ring = KeyRing({}, runtime)
+        ring._by_digest = self._by_digest
         return ring
 
     def __len__(self) -> int:
@@ -83,9 +182,12 @@ class KeyRing:
             raise UnauthenticatedError(
                 "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
             )
-        principal = self._by_digest.get(_digest(key))
+        digest = _digest(key)
+        principal = self._by_digest.get(digest)
+        if principal is None and self.runtime is not None:
+            principal = self.runtime.lookup(digest)
         if principal is None:
-            raise UnauthenticatedError("unknown or revoked API key")
+            raise UnauthenticatedError("unknown or revoked API key (or expired)")
         return principal
 
 

@@ -74,6 +74,14 @@ def parse_job_request(
     )
 
 
+def _owner(call: Call) -> str | None:
+    """Whose job a key may read or cancel by id: its tenant's, or for an admin key anyone's (None).
+    Listing stays per tenant for every key."""
+    principal = call.principal
+    assert principal is not None
+    return None if "admin" in principal.scopes else principal.tenant
+
+
 class JobRoutes:
     def __init__(self, *, service: JobService, max_inputs: int) -> None:
         self._service = service
@@ -167,7 +175,7 @@ class JobRoutes:
 
     async def get_job(self, call: Call) -> Reply:
         query: JobWaitQuery = call.query
-        job = await self._service.get(call.params["job_id"], tenant=call.tenant, wait_s=query.wait)
+        job = await self._service.get(call.params["job_id"], tenant=_owner(call), wait_s=query.wait)
         return Reply(200, orjson.dumps(job_document(job)))
 
     async def list_jobs(self, call: Call) -> Reply:
@@ -179,7 +187,7 @@ class JobRoutes:
         return Reply(200, orjson.dumps(body))
 
     async def cancel_job(self, call: Call) -> Reply:
-        job = await self._service.cancel(call.params["job_id"], tenant=call.tenant)
+        job = await self._service.cancel(call.params["job_id"], tenant=_owner(call))
         return Reply(200, orjson.dumps(job_document(job)))
 
     def routes(self) -> list[Route]:

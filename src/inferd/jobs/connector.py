@@ -45,10 +45,15 @@ class Query(enum.StrEnum):
     FINISH_JOBS = "finish_jobs"
     RETRY_LATER = "retry_later"  # id, worker, attempt, now, run_after, error_code, error_message -> job
     RELEASE = "release"  # ids, worker, now -> rowcount
-    CANCEL = "cancel"  # id, tenant, now -> the job, when it was pending or running
+    CANCEL = "cancel"  # id, tenant (None: any), now -> the job, when it was pending or running
     DELETE_FINISHED = "delete_finished"  # cutoff -> rowcount
     REPOSITORY_GENERATION = "repository_generation"  # -> generation
     BUMP_REPOSITORY_GENERATION = "bump_repository_generation"  # -> generation (the new one)
+    # API keys made at run time.
+    INSERT_KEY = "insert_key"  # key columns
+    LIST_KEYS = "list_keys"  # -> the keys not revoked, oldest first
+    REVOKE_KEY = "revoke_key"  # id, now -> the key, when it was not revoked yet
+    TOUCH_KEYS = "touch_keys"  # ids, now: last_used_at -> rowcount
 
 
 class Connector(Protocol):

@@ -15,7 +15,7 @@ import orjson
 
 from inferd.core.errors import ConflictError, InvalidInputError
 from inferd.jobs.connector import Params, Query, Row
-from inferd.jobs.migrations import JOB_COLUMN_KINDS, JOB_COLUMNS, Kind
+from inferd.jobs.migrations import COLUMN_KINDS, JOB_COLUMNS, KEY_COLUMNS, Kind
 from inferd.jobs.models import JobStatus
 from inferd.jobs.store import JobStore
 
@@ -32,7 +32,7 @@ def _stored(name: str, value: Any) -> Any:
     """A value as a database would give it back."""
     if value is None:
         return None
-    kind = JOB_COLUMN_KINDS.get(name)
+    kind = COLUMN_KINDS.get(name)
     if kind is Kind.JSON:
         try:
             return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -53,6 +53,7 @@ class MemoryConnector:
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
         self.generation = 0  # the model repository generation
+        self.keys: dict[str, Row] = {}
         self._open = False
         self._queries: dict[Query, Callable[[dict[str, Any]], tuple[list[Row], int]]] = {
             Query.PING: lambda p: ([{"ok": 1}], 1),
@@ -73,6 +74,10 @@ class MemoryConnector:
             Query.DELETE_FINISHED: self._delete_finished,
             Query.REPOSITORY_GENERATION: lambda p: ([{"generation": self.generation}], 1),
             Query.BUMP_REPOSITORY_GENERATION: self._bump_generation,
+            Query.INSERT_KEY: self._insert_key,
+            Query.LIST_KEYS: self._list_keys,
+            Query.REVOKE_KEY: self._revoke_key,
+            Query.TOUCH_KEYS: self._touch_keys,
         }
 
     async def open(self, on_notification: Callable[[], None]) -> None:
@@ -270,7 +275,7 @@ class MemoryConnector:
 
     def _cancel(self, p: dict[str, Any]) -> tuple[list[Row], int]:
         row = self.rows.get(p["id"])
-        if row is None or row["tenant"] != p["tenant"] or row["status"] not in (PENDING, RUNNING):
+        if row is None or p["tenant"] not in (None, row["tenant"]) or row["status"] not in (PENDING, RUNNING):
             return [], 0
         if row["status"] == PENDING:
             row.update(status=CANCELLED, finished_at=p["now"])
@@ -288,6 +293,32 @@ class MemoryConnector:
         for job_id in doomed:
             del self.rows[job_id]
         return [], len(doomed)
+
+    def _insert_key(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        if p["id"] in self.keys or any(key["digest"] == p["digest"] for key in self.keys.values()):
+            raise ConflictError("the job store refused a duplicate API key")
+        self.keys[p["id"]] = {column: p[column] for column in KEY_COLUMNS}
+        return [], 1
+
+    def _list_keys(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        rows = sorted(
+            (key for key in self.keys.values() if key["revoked_at"] is None),
+            key=lambda key: (key["created_at"], key["id"]),
+        )
+        return rows, len(rows)
+
+    def _revoke_key(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        key = self.keys.get(p["id"])
+        if key is None or key["revoked_at"] is not None:
+            return [], 0
+        key["revoked_at"] = p["now"]
+        return [key], 1
+
+    def _touch_keys(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        touched = [self.keys[key_id] for key_id in set(p["ids"]) if key_id in self.keys]
+        for key in touched:
+            key["last_used_at"] = p["now"]
+        return [], len(touched)
 
 
 def memory_store() -> JobStore:

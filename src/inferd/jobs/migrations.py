@@ -72,6 +72,23 @@ JOB_COLUMN_KINDS: dict[str, Kind] = {
 }
 JOB_COLUMNS: tuple[str, ...] = tuple(JOB_COLUMN_KINDS)
 
+# The api_keys columns: keys made at run time (``inferd keys``, /v1/admin/keys). Only a SHA-256 digest
+# of each key is stored; ``prefix`` is its first characters, for people to recognise it.
+KEY_COLUMN_KINDS: dict[str, Kind] = {
+    "id": Kind.TEXT,
+    "digest": Kind.TEXT,
+    "prefix": Kind.TEXT,
+    "tenant": Kind.TEXT,
+    "scopes": Kind.TEXT,  # comma-separated
+    "created_at": Kind.TIME,
+    "expires_at": Kind.TIME,
+    "revoked_at": Kind.TIME,
+    "last_used_at": Kind.TIME,
+}
+KEY_COLUMNS: tuple[str, ...] = tuple(KEY_COLUMN_KINDS)
+# How connectors encode and decode a column, whichever table it is in (shared names agree on kinds).
+COLUMN_KINDS: dict[str, Kind] = {**JOB_COLUMN_KINDS, **KEY_COLUMN_KINDS}
+
 # Generated from the enum, so it reads exactly as when the step was released.
 _STATUS_CHECK = f"CHECK (status IN ({', '.join(repr(s.value) for s in JobStatus)}))"
 
@@ -154,6 +171,25 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "add job priority and the fair claim index",
         ("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0", _FAIR_CLAIM_INDEX),
     ),
+    Migration(
+        7,
+        "create the api keys table",
+        (
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                digest TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT,
+                revoked_at TEXT,
+                last_used_at TEXT
+            )
+            """,
+        ),
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -216,6 +252,25 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         6,
         "add job priority and the fair claim index",
         ("ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0", _FAIR_CLAIM_INDEX),
+    ),
+    Migration(
+        7,
+        "create the api keys table",
+        (
+            """
+            CREATE TABLE api_keys (
+                id text PRIMARY KEY,
+                digest text NOT NULL UNIQUE,
+                prefix text NOT NULL,
+                tenant text NOT NULL,
+                scopes text NOT NULL,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz,
+                revoked_at timestamptz,
+                last_used_at timestamptz
+            )
+            """,
+        ),
     ),
 )
 

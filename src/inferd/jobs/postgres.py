@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from inferd.core.errors import ConfigError, ConflictError, InvalidInputError, StoreUnavailableError
 from inferd.jobs.connector import Params, Query, Row
-from inferd.jobs.migrations import JOB_COLUMN_KINDS, Kind, apply_postgres_migrations
+from inferd.jobs.migrations import COLUMN_KINDS, Kind, apply_postgres_migrations
 from inferd.jobs.postgres_sql import CHANNEL, QUERIES
 from inferd.jobs.store import JobStore
 
@@ -80,7 +80,7 @@ def _dumps(value: Any) -> bytes:
 
 
 def _encode(name: str, value: Any) -> Any:
-    if value is not None and JOB_COLUMN_KINDS.get(name) is Kind.JSON:
+    if value is not None and COLUMN_KINDS.get(name) is Kind.JSON:
         return Jsonb(value, dumps=_dumps)
     return value
 

@@ -8,11 +8,12 @@ multi-row VALUES.
 from __future__ import annotations
 
 from inferd.jobs.connector import Query, sql_text
-from inferd.jobs.migrations import JOB_COLUMN_KINDS, JOB_COLUMNS, Kind
+from inferd.jobs.migrations import JOB_COLUMN_KINDS, JOB_COLUMNS, KEY_COLUMNS, Kind
 
 CHANNEL = "inferd_jobs"
 
 COLS = ", ".join(JOB_COLUMNS)
+KEY_COLS = ", ".join(KEY_COLUMNS)
 _J_COLS = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
 PG_TYPES = {
     Kind.TEXT: "text",
@@ -166,7 +167,7 @@ UPDATE jobs SET
     status = CASE WHEN status = {{pending}} THEN {{cancelled}} ELSE status END,
     finished_at = CASE WHEN status = {{pending}} THEN %(now)s ELSE finished_at END,
     cancel_requested = true
-WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ({{pending}}, {{running}})
+WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND status IN ({{pending}}, {{running}})
 RETURNING {COLS}
 """
     ),
@@ -177,4 +178,10 @@ RETURNING {COLS}
     Query.BUMP_REPOSITORY_GENERATION: (
         "UPDATE model_repository SET generation = generation + 1 WHERE id = 1 RETURNING generation"
     ),
+    Query.INSERT_KEY: f"INSERT INTO api_keys ({KEY_COLS}) VALUES ({', '.join(f'%({c})s' for c in KEY_COLUMNS)})",
+    Query.LIST_KEYS: f"SELECT {KEY_COLS} FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
+    Query.REVOKE_KEY: (
+        f"UPDATE api_keys SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NULL RETURNING {KEY_COLS}"
+    ),
+    Query.TOUCH_KEYS: "UPDATE api_keys SET last_used_at = %(now)s WHERE id = ANY(%(ids)s::text[])",
 }

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from inferd.core.errors import StoreUnavailableError
+from inferd.core.tenancy import RuntimeKeys
+from inferd.jobs.models import utcnow
 from inferd.jobs.repository_sync import RepositorySync
 from inferd.jobs.service import JobService
 from inferd.jobs.store import JobStore
@@ -48,6 +50,8 @@ class JobRuntime:
         depth_refresh_s: float = 0.5,
         repository_poll_s: float = 0.5,
         shutdown_grace_s: float = 20.0,
+        keys: RuntimeKeys | None = None,
+        keys_refresh_s: float = 0.5,
     ) -> None:
         self.store = store
         self.service = service
@@ -58,6 +62,8 @@ class JobRuntime:
         self._depth_refresh_s = depth_refresh_s
         self._repository_poll_s = repository_poll_s
         self._shutdown_grace_s = shutdown_grace_s
+        self.keys = keys
+        self._keys_refresh_s = keys_refresh_s
         self._tasks: list[asyncio.Task[Any]] = []
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -69,6 +75,11 @@ class JobRuntime:
                 _every(self._repository_poll_s, self.repository.catch_up, "model repository generation check")
             )
         )
+        if self.keys is not None:
+            await self.refresh_keys()  # before serving: a store key works from the first request
+            self._tasks.append(
+                asyncio.create_task(_every(self._keys_refresh_s, self.refresh_keys, "API key refresh"))
+            )
         self._tasks.append(
             asyncio.create_task(
                 _every(self._depth_refresh_s, self.service.refresh_queue_depth, "job_queue_depth refresh")
@@ -100,6 +111,15 @@ class JobRuntime:
                 await task
         self._tasks.clear()
         await self.store.close()
+
+    async def refresh_keys(self) -> None:
+        """Run-time keys: record which were used, then take the store's current set (new, revoked
+        and expired keys reach this process within one refresh interval)."""
+        assert self.keys is not None
+        used = self.keys.take_used()
+        if used:
+            await self.store.touch_keys(used, now=utcnow())
+        self.keys.replace(await self.store.list_keys())
 
     async def readiness(self) -> list[str]:
         try:

@@ -231,8 +231,9 @@ class JobService:
                 "this Idempotency-Key was already used with a different request body; use a new key"
             )
 
-    async def get(self, job_id: str, *, tenant: str, wait_s: float = 0.0) -> Job:
-        """The tenant's job; with ``wait_s``, hold until it is terminal or the wait ends."""
+    async def get(self, job_id: str, *, tenant: str | None, wait_s: float = 0.0) -> Job:
+        """The tenant's job (``tenant`` None: any tenant's, for admin keys); with ``wait_s``, hold
+        until it is terminal or the wait ends."""
         deadline = asyncio.get_running_loop().time() + min(max(wait_s, 0.0), MAX_WAIT_S)
         interval = 0.02
         while True:
@@ -256,7 +257,7 @@ class JobService:
             tenant=tenant, status=status, model=model, limit=limit, cursor=cursor
         )
 
-    async def cancel(self, job_id: str, *, tenant: str) -> Job:
+    async def cancel(self, job_id: str, *, tenant: str | None) -> Job:
         result = await self.store.cancel(job_id, tenant=tenant, now=self._clock())
         if result.job is None:
             raise JobNotFoundError(f"no job {quote(job_id)} for this tenant")

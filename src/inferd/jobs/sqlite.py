@@ -27,7 +27,7 @@ import orjson
 
 from inferd.core.errors import ConfigError, ConflictError, InvalidInputError, StoreUnavailableError
 from inferd.jobs.connector import Params, Query, Row
-from inferd.jobs.migrations import JOB_COLUMN_KINDS, Kind, apply_sqlite_migrations
+from inferd.jobs.migrations import COLUMN_KINDS, Kind, apply_sqlite_migrations
 from inferd.jobs.sqlite_sql import QUERIES
 from inferd.jobs.store import JobStore
 
@@ -72,7 +72,7 @@ def dump_json(value: Any) -> str:
 def _encode(name: str, value: Any) -> Any:
     if value is None:
         return None
-    if JOB_COLUMN_KINDS.get(name) is Kind.JSON or isinstance(value, list | tuple | dict):
+    if COLUMN_KINDS.get(name) is Kind.JSON or isinstance(value, list | tuple | dict):
         return dump_json(value)
     if isinstance(value, datetime):
         return to_text(value)
@@ -86,7 +86,7 @@ def _encode_all(params: Params) -> dict[str, Any]:
 
 
 def _decoder(name: str) -> Callable[[Any], Any] | None:
-    kind = JOB_COLUMN_KINDS.get(name)
+    kind = COLUMN_KINDS.get(name)
     if kind is Kind.JSON:
         return orjson.loads
     if kind is Kind.TIME:

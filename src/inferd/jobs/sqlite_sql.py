@@ -7,9 +7,10 @@ transaction; the last one's rows are the result.
 from __future__ import annotations
 
 from inferd.jobs.connector import Query, sql_text
-from inferd.jobs.migrations import JOB_COLUMNS
+from inferd.jobs.migrations import JOB_COLUMNS, KEY_COLUMNS
 
 COLS = ", ".join(JOB_COLUMNS)
+KEY_COLS = ", ".join(KEY_COLUMNS)
 _INSERT = f"INSERT INTO jobs ({COLS}) VALUES ({', '.join(f':{c}' for c in JOB_COLUMNS)})"
 _LIST = sql_text(
     f"""
@@ -129,7 +130,7 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
             status = CASE WHEN status = {{pending}} THEN {{cancelled}} ELSE status END,
             finished_at = CASE WHEN status = {{pending}} THEN :now ELSE finished_at END,
             cancel_requested = 1
-        WHERE id = :id AND tenant = :tenant AND status IN ({{pending}}, {{running}})
+        WHERE id = :id AND (:tenant IS NULL OR tenant = :tenant) AND status IN ({{pending}}, {{running}})
         RETURNING {COLS}
         """
     ),
@@ -140,4 +141,10 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
     Query.BUMP_REPOSITORY_GENERATION: (
         "UPDATE model_repository SET generation = generation + 1 WHERE id = 1 RETURNING generation"
     ),
+    Query.INSERT_KEY: f"INSERT INTO api_keys ({KEY_COLS}) VALUES ({', '.join(f':{c}' for c in KEY_COLUMNS)})",
+    Query.LIST_KEYS: f"SELECT {KEY_COLS} FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
+    Query.REVOKE_KEY: (
+        f"UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL RETURNING {KEY_COLS}"
+    ),
+    Query.TOUCH_KEYS: "UPDATE api_keys SET last_used_at = :now WHERE id IN (SELECT value FROM json_each(:ids))",
 }

@@ -12,11 +12,14 @@ import base64
 import binascii
 import enum
 import json
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from inferd.core.errors import ConflictError, InvalidInputError
+from inferd.core.tenancy import PREFIX_SHOWN, ApiKey, check_tenant, key_digest, new_key, parse_scopes
 from inferd.jobs.connector import Connector, Query, Row, job_from_row, job_row
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 
@@ -77,6 +80,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if not isinstance(job_id, str) or _has_nul(job_id) or when.tzinfo is None:
         raise InvalidInputError(f"invalid page cursor {cursor!r}")
     return when, job_id
+
+
+def _key_from_row(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        digest=row["digest"],
+        prefix=row["prefix"],
+        tenant=row["tenant"],
+        scopes=frozenset(row["scopes"].split(",")),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
 
 
 def _jobs(rows: list[Row]) -> list[Job]:
@@ -332,8 +349,9 @@ class JobStore:
             self._announce()
         return count
 
-    async def cancel(self, job_id: str, *, tenant: str, now: datetime) -> CancelResult:
-        """pending → cancelled; running → cancel_requested; terminal → unchanged ("terminal")."""
+    async def cancel(self, job_id: str, *, tenant: str | None, now: datetime) -> CancelResult:
+        """pending → cancelled; running → cancel_requested; terminal → unchanged ("terminal").
+        ``tenant`` None: any tenant's job."""
         if _has_nul(job_id):
             return CancelResult(None, CancelOutcome.NOT_FOUND)
         rows = await self._fetch(Query.CANCEL, id=job_id, tenant=tenant, now=now)
@@ -373,3 +391,53 @@ class JobStore:
         except TimeoutError:
             pass
         self._work.clear()
+
+    # -- API keys made at run time ------------------------------------------------------------------
+
+    async def create_key(
+        self, *, tenant: str, scopes: Iterable[str], expires_at: datetime | None, now: datetime
+    ) -> tuple[ApiKey, str]:
+        """A new key for ``tenant``: its record and the key itself, which is not stored anywhere
+        (only its digest), so this is the one time it can be shown."""
+        chosen = parse_scopes(scopes)
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInputError("expires_at must be in the future")
+        secret = new_key()
+        key = ApiKey(
+            id=f"key_{secrets.token_hex(8)}",
+            digest=key_digest(secret),
+            prefix=secret[:PREFIX_SHOWN],
+            tenant=check_tenant(tenant),
+            scopes=chosen,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        row = {
+            "id": key.id,
+            "digest": key.digest,
+            "prefix": key.prefix,
+            "tenant": key.tenant,
+            "scopes": ",".join(sorted(key.scopes)),
+            "created_at": key.created_at,
+            "expires_at": key.expires_at,
+            "revoked_at": None,
+            "last_used_at": None,
+        }
+        await self._execute(Query.INSERT_KEY, **row)
+        return key, secret
+
+    async def list_keys(self) -> list[ApiKey]:
+        """The keys not revoked (expired ones included, until revoked), oldest first."""
+        return [_key_from_row(row) for row in await self._fetch(Query.LIST_KEYS)]
+
+    async def revoke_key(self, key_id: str, *, now: datetime) -> ApiKey | None:
+        """Revoke a key; None when there is no such key or it was revoked already."""
+        if _has_nul(key_id):
+            return None
+        rows = await self._fetch(Query.REVOKE_KEY, id=key_id, now=now)
+        return _key_from_row(rows[0]) if rows else None
+
+    async def touch_keys(self, key_ids: Iterable[str], *, now: datetime) -> int:
+        """Record that these keys were used (up to ``now``)."""
+        ids = sorted(key_ids)
+        return await self._execute(Query.TOUCH_KEYS, ids=ids, now=now) if ids else 0

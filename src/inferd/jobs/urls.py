@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -95,10 +96,15 @@ def open_store(url: str) -> JobStore:
     raise _invalid(url, "unknown scheme" if scheme else "not a URL")
 
 
-async def prepare_store(url: str) -> list[int]:
-    """Open the store once, creating or upgrading its schema, and close it; the migrations applied.
-    A store that cannot be reached or migrated raises ConfigError naming the URL (password masked)
-    and the cause."""
+@dataclass(frozen=True, slots=True)
+class PreparedStore:
+    applied: list[int]  # the migrations this opening applied
+    stored_keys: int  # run-time API keys it holds
+
+
+async def prepare_store(url: str) -> PreparedStore:
+    """Open the store once, creating or upgrading its schema, and close it. A store that cannot be
+    reached or migrated raises ConfigError naming the URL (password masked) and the cause."""
     store = open_store(url)
     try:
         await store.open()
@@ -106,6 +112,7 @@ async def prepare_store(url: str) -> list[int]:
         raise
     except Exception as exc:
         raise ConfigError(f"cannot open the job store {redact(url)}: {type(exc).__name__}: {exc}") from exc
-    applied = list(store.connector.applied_migrations)
-    await store.close()
-    return applied
+    try:
+        return PreparedStore(list(store.connector.applied_migrations), len(await store.list_keys()))
+    finally:
+        await store.close()

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from inferd.core.errors import ConfigError, ForbiddenError, RateLimitedError, UnauthenticatedError
-from inferd.core.tenancy import SCOPES, KeyRing, Principal, RateLimiter
+from inferd.core.errors import (
+    ConfigError,
+    ForbiddenError,
+    InvalidInputError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
+from inferd.core.tenancy import (
+    PREFIX_SHOWN,
+    SCOPES,
+    ApiKey,
+    KeyRing,
+    Principal,
+    RateLimiter,
+    RuntimeKeys,
+    check_tenant,
+    key_digest,
+    new_key,
+    parse_scopes,
+)
 
 SECRET = "sk-live-9f8e7d6c5b4a"
 
@@ -175,3 +195,73 @@ def test_disabled_limiter_never_limits() -> None:
     assert not limiter.enabled
     for _ in range(1000):
         limiter.acquire("t")
+
+
+# -- keys made at run time (the store's, refreshed in the background) -----------------------------------------
+
+
+def _stored(key: str, tenant: str = "acme", *, expires_at: float | None = None, **fields: object) -> ApiKey:
+    return ApiKey(
+        id=f"id-{tenant}",
+        digest=key_digest(key),
+        prefix=key[:PREFIX_SHOWN],
+        tenant=tenant,
+        scopes=frozenset({"predict"}),
+        created_at=datetime(2024, 1, 1, tzinfo=UTC),
+        expires_at=None if expires_at is None else datetime.fromtimestamp(expires_at, UTC),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_runtime_keys_are_found_after_configured_ones_and_follow_each_refresh() -> None:
+    now = [1000.0]
+    runtime = RuntimeKeys(clock=lambda: now[0])
+    ring = KeyRing.parse(f"{SECRET}:ops:admin").with_runtime(runtime)
+    stored = new_key()
+    with pytest.raises(UnauthenticatedError):
+        ring.authenticate(stored)
+    runtime.replace([_stored(stored)])
+    assert ring.authenticate(stored) == Principal("acme", frozenset({"predict"}))
+    assert ring.authenticate(SECRET).tenant == "ops"  # configured keys keep working
+    assert runtime.take_used() == {"id-acme"} and runtime.take_used() == set()
+    runtime.replace([])  # revoked: gone from the store's list
+    with pytest.raises(UnauthenticatedError, match="revoked"):
+        ring.authenticate(stored)
+
+
+def test_runtime_key_stops_working_at_its_expiry_without_a_refresh() -> None:
+    now = [1000.0]
+    runtime = RuntimeKeys(clock=lambda: now[0])
+    ring = KeyRing({}, runtime)
+    stored = new_key()
+    runtime.replace([_stored(stored, expires_at=1010.0)])
+    assert ring.authenticate(stored).tenant == "acme"
+    now[0] = 1010.0
+    with pytest.raises(UnauthenticatedError):
+        ring.authenticate(stored)
+    assert runtime.take_used() == {"id-acme"}  # only the use before the expiry
+
+
+def test_revoked_rows_are_never_loaded() -> None:
+    runtime = RuntimeKeys()
+    stored = new_key()
+    runtime.replace([_stored(stored, revoked_at=datetime(2024, 1, 2, tzinfo=UTC))])
+    with pytest.raises(UnauthenticatedError):
+        KeyRing({}, runtime).authenticate(stored)
+
+
+def test_new_keys_are_distinct_and_carry_the_prefix() -> None:
+    keys = {new_key() for _ in range(50)}
+    assert len(keys) == 50 and all(key.startswith("ik_") and len(key) > 40 for key in keys)
+
+
+@pytest.mark.parametrize("tenant", ["", "a b", "-x", "x" * 101, "t\x00"])
+def test_bad_tenant_names_are_refused(tenant: str) -> None:
+    with pytest.raises(InvalidInputError, match="tenant"):
+        check_tenant(tenant)
+
+
+@pytest.mark.parametrize("scopes", [[], [""], ["predict", "root"]])
+def test_bad_scopes_are_refused(scopes: list[str]) -> None:
+    with pytest.raises(InvalidInputError, match="scopes"):
+        parse_scopes(scopes)

@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 
 from inferd.core.errors import InvalidInputError, StoreUnavailableError
+from inferd.core.tenancy import key_digest
+from inferd.jobs.connector import Query
+from inferd.jobs.memory import MemoryConnector
 from inferd.jobs.models import Job, JobError, JobStatus
 from inferd.jobs.postgres import postgres_store
+from inferd.jobs.postgres_sql import QUERIES as POSTGRES_QUERIES
 from inferd.jobs.sqlite import SQLiteConnector
+from inferd.jobs.sqlite_sql import QUERIES as SQLITE_QUERIES
 from inferd.jobs.store import CancelResult, FinishRequest, JobStore, encode_cursor
 
 JobFactory = Callable[..., Job]
@@ -776,3 +781,62 @@ async def test_sqlite_read_only_answers_unavailable(store: JobStore, make_job: J
     with pytest.raises(StoreUnavailableError, match="cannot be written"):
         await store.insert(make_job())
     assert await store.list_jobs(tenant="tenant-a") == ([], None)
+
+
+# -- API keys made at run time -------------------------------------------------------------------------------
+
+
+def test_every_named_query_has_a_statement_in_every_connector() -> None:
+    assert set(SQLITE_QUERIES) == set(Query)
+    assert set(POSTGRES_QUERIES) == set(Query)
+    assert set(MemoryConnector()._queries) == set(Query)
+
+
+async def test_keys_are_created_listed_touched_and_revoked(store: JobStore) -> None:
+    expires = NOW + timedelta(days=30)
+    first, secret = await store.create_key(
+        tenant="acme", scopes=["jobs", "predict"], expires_at=expires, now=NOW
+    )
+    assert secret.startswith(first.prefix) and first.digest == key_digest(secret)
+    assert first.scopes == frozenset({"jobs", "predict"}) and first.expires_at == expires
+    later = NOW + timedelta(seconds=1)
+    second, other = await store.create_key(tenant="beta", scopes=["admin"], expires_at=None, now=later)
+    assert other != secret and second.id != first.id
+    assert await store.list_keys() == [first, second]
+    assert secret not in repr(await store.list_keys())  # only the digest is kept
+
+    assert await store.touch_keys({first.id, "no-such-key"}, now=NOW + timedelta(seconds=5)) == 1
+    [touched, _] = await store.list_keys()
+    assert touched.last_used_at == NOW + timedelta(seconds=5)
+
+    revoked = await store.revoke_key(first.id, now=NOW + timedelta(seconds=9))
+    assert revoked is not None and revoked.revoked_at == NOW + timedelta(seconds=9)
+    assert await store.list_keys() == [second]
+    assert await store.revoke_key(first.id, now=NOW) is None  # already revoked
+    assert await store.revoke_key("key_missing", now=NOW) is None
+    assert await store.revoke_key("key\x00", now=NOW) is None
+
+
+async def test_key_requests_are_checked(store: JobStore) -> None:
+    with pytest.raises(InvalidInputError, match="tenant"):
+        await store.create_key(tenant="a b", scopes=["jobs"], expires_at=None, now=NOW)
+    with pytest.raises(InvalidInputError, match="scopes"):
+        await store.create_key(tenant="acme", scopes=["root"], expires_at=None, now=NOW)
+    with pytest.raises(InvalidInputError, match="future"):
+        await store.create_key(tenant="acme", scopes=["jobs"], expires_at=NOW, now=NOW)
+    assert await store.list_keys() == []
+
+
+async def test_keys_are_shared_by_stores_on_one_database(store_factory: StoreFactory) -> None:
+    one, two = await store_factory(), await store_factory()
+    key, _ = await one.create_key(tenant="acme", scopes=["jobs"], expires_at=None, now=NOW)
+    assert await two.list_keys() == [key]
+    await two.revoke_key(key.id, now=NOW)
+    assert await one.list_keys() == []
+
+
+async def test_cancel_without_a_tenant_reaches_any_tenants_job(store: JobStore, make_job: JobFactory) -> None:
+    job = make_job(tenant="tenant-b")
+    await store.insert(job)
+    assert (await store.cancel(job.id, tenant="tenant-a", now=NOW)).outcome == "not_found"
+    assert (await store.cancel(job.id, tenant=None, now=NOW)).outcome == "cancelled"
