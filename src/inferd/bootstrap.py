@@ -214,7 +214,12 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
         # counts stay in the merged totals.
         metrics.server_restarts.labels(share.restart_reason.value).inc()
     registry = ModelRegistry(
-        loader=PipelineFactory(expose_errors=settings.dev),
+        loader=PipelineFactory(
+            expose_errors=settings.dev,
+            # One model process per executor slot the version may use.
+            process_slots=lambda spec: min(devices.get(spec.device, 1), spec.max_concurrency or 1 << 30),
+            on_restart=lambda device, reason: metrics.executor_restarts.labels(device, reason.value).inc(),
+        ),
         strict_readiness=settings.strict_readiness,
         devices=devices,
         on_state_change=lambda v: metrics.model_state.labels(v.name, v.version).set(

@@ -42,6 +42,14 @@ class RestartReason(StrEnum):
     KILLED = "killed"  # a signal ended it (SIGKILL from the OOM killer or an operator, SIGSEGV)
 
 
+class ModelProcessRestart(StrEnum):
+    """Why a model process (``isolation: process``) was replaced."""
+
+    TIMEOUT = "timeout"  # stopped: every request of its call passed its deadline
+    EXITED = "exited"  # it exited or was killed on its own (crash, os._exit, the OOM killer)
+    MEMORY = "memory"  # its call went over max_memory_mb
+
+
 class InferdMetrics:
     def __init__(self, *, devices: Iterable[str], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -145,6 +153,13 @@ class InferdMetrics:
         )
         for reason in RestartReason:
             self.server_restarts.labels(reason.value)
+        self.executor_restarts = Counter(
+            "executor_restarts_total",
+            "Model processes (isolation: process) replaced: stopped past a deadline (timeout), exited or "
+            "killed on their own (exited), or over max_memory_mb (memory).",
+            ["device", "reason"],
+            registry=r,
+        )
         # The process and GC collectors describe the process that answers; under --workers N
         # MetricsExposition replaces them with the live processes' figures.
         ProcessCollector(registry=r)
@@ -153,6 +168,8 @@ class InferdMetrics:
             self.executor_inflight.labels(device)
             self.executor_timeouts.labels(device)
             self.executor_queued.labels(device)
+            for process_restart in ModelProcessRestart:
+                self.executor_restarts.labels(device, process_restart.value)
         self._lock = threading.Lock()
         self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._error_children: dict[tuple[str, str, str, str], Counter] = {}

@@ -508,6 +508,9 @@ class DeviceExecutor:
     def _expire(self, work: _Work) -> None:
         if work.future.done():
             return
+        abandon = getattr(work.target, "abandon", None)
+        if abandon is not None:  # a model process can be stopped where a thread cannot
+            abandon(work.call)
         if work.client_deadline:
             work.future.set_exception(
                 InferenceTimeoutError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,6 +51,11 @@ class ModelSpec(BaseModel):
     cpu_fallback: bool = False
     # A model whose exception messages are safe for its clients to read may show them (see README).
     expose_errors: bool = False
+    # Where the model call runs: in the executor's threads, or in child processes that can be killed
+    # (README, "Timeouts").
+    isolation: Literal["thread", "process"] = "thread"
+    # isolation: process only: the address-space cap of each model process.
+    max_memory_mb: int | None = Field(default=None, ge=16)
     description: str = ""
 
     @model_validator(mode="after")
@@ -62,6 +67,8 @@ class ModelSpec(BaseModel):
             )
         for field_name in HOOKS:
             check_module_ref(field_name, getattr(self, field_name))
+        if self.max_memory_mb is not None and self.isolation != "process":
+            raise ValueError("max_memory_mb needs isolation: process (a thread shares the server's memory)")
         if self.required and not self.load_at_start:
             raise ValueError("required: true needs load_at_start: true (readiness waits for the load)")
         for field_name in ("inputs", "outputs"):

@@ -36,8 +36,13 @@ class PipelineCall:
     parameters: dict[str, Any] | None = None
 
 
+def _type_name(exc: BaseException) -> str:
+    # An exception raised in a model process arrives as one type carrying the model's own type name.
+    return str(getattr(exc, "type_name", type(exc).__name__))
+
+
 def _cause(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    text = f"{_type_name(exc)}: {exc}"
     return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."
 
 
@@ -98,6 +103,11 @@ class Pipeline:
         self._running = 0
         self._retired = False
         self._unloaded = False
+        # isolation: process — which executor thread runs which requests, so a call every request of
+        # which timed out can be stopped (its model process killed).
+        self._cancel: Callable[[int], None] | None = getattr(model, "cancel", None)
+        self._calls_of: dict[int, set[int]] = {}  # executor thread id -> ids of its calls not timed out
+        self._thread_of: dict[int, int] = {}  # call id -> executor thread id
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
@@ -107,9 +117,10 @@ class Pipeline:
         in (``expose_errors``, or ``--dev``); otherwise the client gets ``what`` and the exception type,
         and the detail is logged under the request's id by the adapter."""
         detailed = f"{what}: {_cause(exc)}"
+        name = _type_name(exc)
         if self._expose_errors:
-            return InferenceError(detailed, cause=type(exc).__name__)
-        return InferenceError(f"{what} ({type(exc).__name__})", cause=type(exc).__name__, detail=detailed)
+            return InferenceError(detailed, cause=name)
+        return InferenceError(f"{what} ({name})", cause=name, detail=detailed)
 
     def check_parameters(self, parameters: dict[str, Any] | None) -> None:
         if parameters and not self.takes_parameters:
@@ -207,15 +218,38 @@ class Pipeline:
                 )
                 return [gone for _ in calls]
             self._running += 1
+            if self._cancel is not None:
+                ident = threading.get_ident()
+                self._calls_of[ident] = {id(call) for call in calls}
+                self._thread_of.update((id(call), ident) for call in calls)
         try:
             return self._run_group(calls)
         finally:
             with self._lock:
+                if self._cancel is not None:
+                    self._calls_of.pop(threading.get_ident(), None)
+                    for call in calls:
+                        self._thread_of.pop(id(call), None)
                 self._running -= 1
                 last = self._retired and self._running == 0 and not self._unloaded
                 self._unloaded = self._unloaded or last
             if last:
                 self._unload()
+
+    def abandon(self, call: PipelineCall) -> None:
+        """The executor answered ``call`` with a timeout. When no request of its model call is waiting
+        any more, a model process running it is stopped (a thread cannot be)."""
+        if self._cancel is None:
+            return
+        with self._lock:
+            ident = self._thread_of.pop(id(call), None)
+            waiting = self._calls_of.get(ident) if ident is not None else None
+            if ident is None or waiting is None:
+                return
+            waiting.discard(id(call))
+            if waiting:
+                return
+        self._cancel(ident)
 
     def _run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
         outcomes: list[list[Any] | InferdError] = [[] for _ in calls]
@@ -237,6 +271,11 @@ class Pipeline:
             chunk_owners = owners[start : start + size]
             try:
                 outputs = self.model.predict(chunk, parameters)
+            except InferdError as exc:  # inferd's own words (e.g. the model process exited)
+                logger.error("model %s:%s failed: %s", self.name, self.version, exc.message)
+                for owner in set(chunk_owners):
+                    outcomes[owner] = exc
+                continue
             except Exception as exc:
                 logger.exception("model %s:%s failed", self.name, self.version)
                 error = self._failure(f"model {self.name}:{self.version} failed", exc)

@@ -14,6 +14,7 @@ from inferd.core.model_spec import HOOKS, ModelSpec
 from inferd.core.pipeline import Pipeline
 from inferd.core.runtime import ModuleResolver, Runtime, RuntimeContext, RuntimeOptions
 from inferd.core.tensors import resolve_declarations
+from inferd.metrics import ModelProcessRestart
 from inferd.runtimes.catalog import RuntimeCatalog
 from inferd.runtimes.loader import VersionModules
 
@@ -63,11 +64,22 @@ def runtime_options(cls: type[Runtime], spec: ModelSpec, where: Path) -> Runtime
 class PipelineFactory:
     """Builds a version's pipeline: resolves and loads its runtime, imports its hooks."""
 
-    def __init__(self, *, catalog: RuntimeCatalog | None = None, expose_errors: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: RuntimeCatalog | None = None,
+        expose_errors: bool = False,
+        process_slots: Callable[[ModelSpec], int] | None = None,
+        on_restart: Callable[[str, ModelProcessRestart], None] | None = None,
+    ) -> None:
         """``expose_errors``: show every model's exception text to clients (``--dev``); otherwise only
-        models whose model.yaml says ``expose_errors: true`` do."""
+        models whose model.yaml says ``expose_errors: true`` do. ``process_slots``: how many model
+        processes a version with ``isolation: process`` gets (its executor slots); ``on_restart(device,
+        reason)`` is told when one is replaced."""
         self.catalog = catalog or RuntimeCatalog()
         self.expose_errors = expose_errors
+        self.process_slots = process_slots
+        self.on_restart = on_restart
 
     def check(self, spec: ModelSpec, spec_file: Path) -> None:
         try:
@@ -90,7 +102,11 @@ class PipelineFactory:
         cls = self.catalog.resolve(spec.runtime)
         options = runtime_options(cls, spec, where)
         try:
-            runtime = cls(RuntimeContext(name, version, version_dir, spec, options, modules))
+            runtime: Runtime
+            if spec.isolation == "process":
+                runtime = self._process_runtime(RuntimeContext(name, version, version_dir, spec, options))
+            else:
+                runtime = cls(RuntimeContext(name, version, version_dir, spec, options, modules))
             runtime.load()
         except InferdError as exc:
             if repr(spec.runtime) not in exc.message:
@@ -102,6 +118,16 @@ class PipelineFactory:
                 f"runtime {spec.runtime!r}: loading {where.parent} failed: {type(exc).__name__}: {exc}"
             ) from exc
         return runtime
+
+    def _process_runtime(self, context: RuntimeContext) -> Runtime:
+        from inferd.runtimes.isolation import ProcessRuntime
+
+        device, on_restart = context.spec.device, self.on_restart
+        return ProcessRuntime(
+            context,
+            slots=self.process_slots(context.spec) if self.process_slots is not None else 1,
+            on_restart=(lambda reason: on_restart(device, reason)) if on_restart is not None else None,
+        )
 
     def __call__(self, name: str, version: str, version_dir: Path, spec: ModelSpec) -> Pipeline:
         modules = VersionModules(version_dir, f"{name}_{version}")

@@ -1,0 +1,105 @@
+"""``isolation: process``: the model call runs in child processes that can be killed and replaced.
+
+One in-process server (real model processes) for the module: a call past its deadline is answered 504
+and its process is stopped and replaced; a process that crashes fails only its call; max_memory_mb
+turns an oversized allocation into a clear error; arrays travel through shared memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from inferd_http_testkit import FIXTURES, PREDICT_KEY, InProcessAPI, assert_error, in_process_api
+from prometheus_client.parser import text_string_to_metric_families
+
+from inferd.runtimes.isolation import pack, unpack
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessAPI]:
+    with in_process_api(models=FIXTURES / "isolation_models", devices="cpu=2") as instance:
+        yield instance
+
+
+def predict(api: InProcessAPI, model: str, item: Any) -> Any:
+    return api.post(f"/v1/models/{model}/predict", json={"input": item}, key=PREDICT_KEY)
+
+
+def restarts(api: InProcessAPI, reason: str) -> float:
+    for family in text_string_to_metric_families(api.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "executor_restarts_total" and sample.labels == {
+                "device": "cpu",
+                "reason": reason,
+            }:
+                return sample.value
+    raise AssertionError("executor_restarts_total has no series for cpu")
+
+
+def until_ok(api: InProcessAPI, model: str, item: Any) -> Any:
+    """The version keeps serving: a call succeeds once the replacement process has loaded the model."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        response = predict(api, model, item)
+        # 504/500 while the replacement loads; anything else is an answer to report now.
+        if response.status_code not in (500, 504) or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response.json()["output"]
+
+
+def test_a_call_past_its_deadline_is_answered_at_once_and_its_process_replaced(api: InProcessAPI) -> None:
+    first = until_ok(api, "stuck", {"sleep_s": 0})
+    before = restarts(api, "timeout")
+    # Both slots stuck for far longer than the deadline: each call gets its 504, neither holds its slot.
+    responses = api.gather(
+        *(
+            api.arequest("POST", "/v1/models/stuck/predict", json={"input": {"sleep_s": 60}}, key=PREDICT_KEY)
+            for _ in range(2)
+        )
+    )
+    for response in responses:
+        assert_error(response, 504, "timeout")
+    assert until_ok(api, "stuck", {"sleep_s": 0}) != first  # a fresh process answers
+    assert restarts(api, "timeout") >= before + 1
+
+
+def test_a_crashing_model_process_fails_only_its_call(api: InProcessAPI) -> None:
+    until_ok(api, "crashy", "warm")
+    before = restarts(api, "exited")
+    body = assert_error(predict(api, "crashy", "segv"), 500, "inference_error")
+    assert "the model process was killed by SIGSEGV" in body["error"]["message"]
+    until_ok(api, "crashy", "after")
+    body = assert_error(predict(api, "crashy", "exit"), 500, "inference_error")
+    assert "the model process exited with status 3" in body["error"]["message"]
+    assert until_ok(api, "crashy", "again")["item"] == "again"
+    assert restarts(api, "exited") == before + 2
+    # An exception in the model is an ordinary model failure: no process is replaced.
+    body = assert_error(predict(api, "crashy", "raise"), 500, "inference_error")
+    assert "ValueError" in body["error"]["message"]
+    assert restarts(api, "exited") == before + 2
+
+
+def test_max_memory_mb_fails_the_call_with_a_clear_message(api: InProcessAPI) -> None:
+    assert until_ok(api, "hog", {"mb": 10}) == 10 * 1024 * 1024
+    body = assert_error(predict(api, "hog", {"mb": 4000}), 500, "inference_error")
+    assert "max_memory_mb (1500 MiB)" in body["error"]["message"]
+    assert until_ok(api, "hog", {"mb": 1}) == 1024 * 1024
+    assert restarts(api, "memory") >= 1
+
+
+def test_arrays_cross_through_shared_memory_intact() -> None:
+    array = np.arange(512 * 1024, dtype=np.float32).reshape(512, 1024)  # 2 MiB
+    data, described = pack([array, {"small": np.ones(3)}])
+    assert len(data) < 4096  # the 2 MiB went out of band, not into the pickle
+    assert any(isinstance(item, tuple) for item in described)
+    back = unpack(data, described)
+    np.testing.assert_array_equal(back[0], array)
+    np.testing.assert_array_equal(back[1]["small"], np.ones(3))
