@@ -568,8 +568,7 @@ class DeviceExecutor:
         for lane in list(self._listed):
             if lane.queued_requests <= 0:
                 # Only skipped (dropped or abandoned) works are left: forget them.
-                for tenant in lane.active:
-                    tenant.works.clear()
+                lane.tenants.clear()
                 lane.active.clear()
                 lane.listed = False
                 self._listed.remove(lane)
@@ -653,7 +652,13 @@ class DeviceExecutor:
             lane.vtime = account.vpass
             account.vpass += work.size / account.share.weight
             taken[account.name] = taken.get(account.name, 0) + 1
-        lane.active = [tenant for tenant in lane.active if tenant.works]
+        kept: list[_Tenant] = []
+        for tenant in lane.active:
+            if tenant.works:
+                kept.append(tenant)
+            else:  # queues are keyed by request parameters too: do not keep one per value forever
+                del lane.tenants[(tenant.account.name, tenant.group)]
+        lane.active = kept
         for name, count in taken.items():
             self._tenant_running[name] = self._tenant_running.get(name, 0) + count
         charged = 0.0

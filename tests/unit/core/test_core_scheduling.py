@@ -400,3 +400,30 @@ def test_without_max_delay_a_lone_request_runs_at_once(fake_metrics: Any) -> Non
 
     asyncio.run(main())
     assert model.calls == [(100.0, ["alone"])]
+
+
+def test_queues_of_finished_parameter_groups_are_not_kept(fake_metrics: Any) -> None:
+    clock = FakeClock()
+    model = Model(clock)
+
+    class Tuned(FakeRuntime):
+        takes_parameters = True
+
+        def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
+            return model.predict(batch)
+
+    async def main() -> int:
+        ex = make(fake_metrics, clock)
+        target = pipeline(Tuned(), max_batch_size=8)
+        try:
+            futures = [
+                ex.submit(target, PipelineCall([i], False, {"p": i}), size=1, timeout_s=60, group=i)
+                for i in range(50)
+            ]
+            await asyncio.gather(*futures)
+            return sum(len(lane.tenants) for lane in ex._lanes.values())
+        finally:
+            ex.close()
+
+    assert asyncio.run(main()) == 0
+    assert len(model.calls) == 50  # different parameters never share a call
