@@ -31,8 +31,10 @@ Targets (each checked once for a correct answer before any load):
 * 1 MiB tensor: inferd's ``echo`` model, FP32 [1, 262144] in and out, as V2 JSON (``data``) and as binary
   (``Inference-Header-Content-Length`` + raw bytes, ``binary_data_output``), with wrk (``-c4``).
 
-Every round runs every target once, in the same order; the table reports per-target medians, and the
-goal lines are ratios of medians from this run:
+Every round runs every target once, in the same order; the table reports per-target medians of
+requests/s and of the server's CPU time per request (user + system of every process in the server's
+process group, over the measured window; far steadier than requests/s on a shared machine), and the goal
+lines are ratios of medians from this run:
 
     grpc:   each inferd config / MLServer's best gRPC     goal >= 2
     rest:   each inferd config / MLServer's best V2 REST  goal >= 2
@@ -96,9 +98,29 @@ class Endpoint:
 class Target:
     group: str  # grpc | rest | tensor
     name: str
-    run: Callable[[argparse.Namespace], tuple[float, str]]  # -> (requests/s, raw output)
+    server: Server
+    run: Callable[[argparse.Namespace], tuple[float, int, str]]  # -> (requests/s, requests, raw output)
     rps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU time per request, all its processes
     outputs: list[str] = field(default_factory=list)
+
+
+def server_cpu_s(server: Server) -> float:
+    """User + system CPU seconds of every live process in the server's process group (its own session)."""
+    assert server.proc is not None
+    group = server.proc.pid
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        if int(fields[2]) == group:  # pgrp
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- request bodies ----------------------------------------------------------------------------------
@@ -187,14 +209,22 @@ _H2_REQUESTS = re.compile(
 )
 
 
-def run_h2load(endpoint: Endpoint, frame_path: Path, args: argparse.Namespace) -> tuple[float, str]:
+def run_h2load(endpoint: Endpoint, frame_path: Path, args: argparse.Namespace) -> tuple[float, int, str]:
+    load = [f"-c{args.connections}", "-m1", "-t1"]
+    # Connections are opened and warmed by a short run first, so the measured window (and the server CPU
+    # time counted for it) holds only the measured requests.
+    _h2load(endpoint, frame_path, args, [*load, "-n", str(20 * args.connections)])
+    output = _h2load(endpoint, frame_path, args, [*load, f"-D{args.duration}"])
+    rps, requests = _H2_RPS.search(output), _H2_REQUESTS.search(output)
+    if not rps or not requests:
+        raise BenchError(f"cannot parse h2load output:\n{output}")
+    return float(rps.group(1)), int(requests.group(3)), output
+
+
+def _h2load(endpoint: Endpoint, frame_path: Path, args: argparse.Namespace, load: list[str]) -> str:
     cmd = [
         args.h2load,
-        f"-c{args.connections}",
-        "-m1",
-        "-t1",
-        f"-D{args.duration}",
-        "--warm-up-time=1",
+        *load,
         "-d",
         str(frame_path),
         "-H",
@@ -206,13 +236,11 @@ def run_h2load(endpoint: Endpoint, frame_path: Path, args: argparse.Namespace) -
         cmd += ["-H", f"authorization: {endpoint.auth}"]
     cmd.append(f"http://{HOST}:{endpoint.grpc_port}{GRPC_PATH}")
     output = _run(cmd, args)
-    rps, requests = _H2_RPS.search(output), _H2_REQUESTS.search(output)
-    if not rps or not requests:
-        raise BenchError(f"cannot parse h2load output:\n{output}")
-    if int(requests.group(4)) or int(requests.group(5)):
-        raise BenchError(f"h2load against {endpoint.name} saw failed requests:\n{output}")
+    requests = _H2_REQUESTS.search(output)
+    if not requests or int(requests.group(4)) or int(requests.group(5)):
+        raise BenchError(f"h2load against {endpoint.name} failed or saw failed requests:\n{output}")
     endpoint.server.check_alive()
-    return float(rps.group(1)), output
+    return output
 
 
 def run_wrk(
@@ -224,7 +252,7 @@ def run_wrk(
     server: Server,
     *,
     duration: int | None = None,
-) -> tuple[float, str]:
+) -> tuple[float, int, str]:
     env = dict(os.environ)
     extra = {
         name: value
@@ -248,7 +276,7 @@ def run_wrk(
     if stats.non_2xx or any(stats.socket_errors.values()):
         raise BenchError(f"wrk against {url} saw errors:\n{output}")
     server.check_alive()
-    return stats.rps, output
+    return stats.rps, stats.requests, output
 
 
 def _run(
@@ -340,7 +368,9 @@ def build_targets(endpoints: list[Endpoint], workdir: Path, args: argparse.Names
     targets: list[Target] = []
     for endpoint in endpoints:
         check_grpc(endpoint)
-        targets.append(Target("grpc", endpoint.name, lambda a, e=endpoint: run_h2load(e, frame_path, a)))
+        targets.append(
+            Target("grpc", endpoint.name, endpoint.server, lambda a, e=endpoint: run_h2load(e, frame_path, a))
+        )
     if not args.skip_rest:
         for endpoint in endpoints:
             url = f"{endpoint.server.base_url}/v2/models/iris/versions/2/infer"
@@ -358,6 +388,7 @@ def build_targets(endpoints: list[Endpoint], workdir: Path, args: argparse.Names
                 Target(
                     "rest",
                     endpoint.name,
+                    endpoint.server,
                     lambda a, u=url, h=headers, e=endpoint: run_wrk(
                         u, rest_path, h, a.connections, a, e.server
                     ),
@@ -398,6 +429,7 @@ def build_targets(endpoints: list[Endpoint], workdir: Path, args: argparse.Names
                 Target(
                     "tensor",
                     name,
+                    inferd.server,
                     # JSON manages a few requests per second: at least 10 s for a usable count.
                     lambda a, p=path, h=headers: run_wrk(
                         url, p, h, a.tensor_connections, a, inferd.server, duration=max(a.duration, 10)
@@ -409,22 +441,32 @@ def build_targets(endpoints: list[Endpoint], workdir: Path, args: argparse.Names
 
 def report(targets: list[Target]) -> tuple[list[dict[str, Any]], list[str]]:
     rows = [
-        {"group": t.group, "target": t.name, "median_rps": statistics.median(t.rps), "rounds_rps": t.rps}
+        {
+            "group": t.group,
+            "target": t.name,
+            "median_rps": statistics.median(t.rps),
+            "median_cpu_us_per_request": statistics.median(t.cpu_us),
+            "rounds_rps": t.rps,
+            "rounds_cpu_us_per_request": t.cpu_us,
+        }
         for t in targets
     ]
     median = {(row["group"], row["target"]): row["median_rps"] for row in rows}
+    cpu = {(row["group"], row["target"]): row["median_cpu_us_per_request"] for row in rows}
     lines = []
     for group in ("grpc", "rest"):
-        ours = {name: rps for (g, name), rps in median.items() if g == group and name.startswith("inferd")}
-        theirs = {
-            name: rps for (g, name), rps in median.items() if g == group and name.startswith("mlserver")
-        }
+        ours = [name for (g, name) in median if g == group and name.startswith("inferd")]
+        theirs = [name for (g, name) in median if g == group and name.startswith("mlserver")]
         if not ours or not theirs:
             continue
-        best_name, best = max(theirs.items(), key=lambda kv: kv[1])
-        for name, rps in ours.items():
+        best = max(theirs, key=lambda name: median[(group, name)])
+        cheapest = min(theirs, key=lambda name: cpu[(group, name)])
+        for name in ours:
+            ratio = median[(group, name)] / median[(group, best)]
+            capacity = cpu[(group, cheapest)] / cpu[(group, name)]
             lines.append(
-                f"{group}: {name} / {best_name} (MLServer's best) = {rps / best:.2f} (goal >= {GOALS[group]:g})"
+                f"{group}: {name} / {best} (MLServer's best) = {ratio:.2f} (goal >= {GOALS[group]:g}); "
+                f"server CPU per request, {cheapest} / {name} = {capacity:.2f}"
             )
     if ("tensor", "json") in median:
         ratio = median[("tensor", "binary")] / median[("tensor", "json")]
@@ -468,9 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_index in range(args.rounds):
             for target in targets:
                 print(f"round {round_index + 1}/{args.rounds}: {target.group} {target.name}", flush=True)
-                rps, output = target.run(args)
-                print(f"  -> {rps:.1f} req/s", flush=True)
+                cpu_before = server_cpu_s(target.server)
+                rps, requests, output = target.run(args)
+                cpu_us = (server_cpu_s(target.server) - cpu_before) / max(requests, 1) * 1e6
+                print(f"  -> {rps:.1f} req/s, server CPU {cpu_us:.0f} us/request", flush=True)
                 target.rps.append(rps)
+                target.cpu_us.append(cpu_us)
                 target.outputs.append(output)
         rows, lines = report(targets)
     except BenchError as exc:
@@ -482,10 +527,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for endpoint in endpoints:
             endpoint.server.stop()
-    print(f"\n{'group':<8}{'target':<14}{'median req/s':>14}   rounds")
+    print(f"\n{'group':<8}{'target':<20}{'median req/s':>14}{'CPU us/req':>12}   rounds (req/s)")
     for row in rows:
         rounds = ", ".join(f"{value:.0f}" for value in row["rounds_rps"])
-        print(f"{row['group']:<8}{row['target']:<14}{row['median_rps']:>14.1f}   {rounds}")
+        print(
+            f"{row['group']:<8}{row['target']:<20}{row['median_rps']:>14.1f}"
+            f"{row['median_cpu_us_per_request']:>12.0f}   {rounds}"
+        )
     print()
     for line in lines:
         print(line)
