@@ -45,6 +45,9 @@ class ModelVersion:
     pipeline: Pipeline | None = None
     load_lock: asyncio.Lock | None = None
     fingerprint: tuple[int, int] = (0, 0)  # (newest mtime, file count) of the folder: changed → reload
+    # Replaced or removed by a reload, or the server stopping: a load still running then (a lazy first
+    # use) unloads what it loaded instead of keeping it for good.
+    retired: bool = False
 
     @functools.cached_property
     def lane_policy(self) -> LanePolicy:
@@ -249,8 +252,7 @@ class ModelRegistry:
         ]
         self.models, self.problems = plan.models, plan.problems
         for version in replaced:
-            if version.pipeline is not None:
-                version.pipeline.retire()
+            self._retire(version)
             if f"{version.name}:{version.version}" in removed:
                 version.state = "removed"
                 if self._on_state_change is not None:
@@ -260,8 +262,13 @@ class ModelRegistry:
         """Shutdown: unload every loaded version (each once the calls running on it have returned)."""
         for entry in self.models.values():
             for version in entry.versions.values():
-                if version.pipeline is not None:
-                    version.pipeline.retire()
+                self._retire(version)
+
+    @staticmethod
+    def _retire(version: ModelVersion) -> None:
+        version.retired = True
+        if version.pipeline is not None:
+            version.pipeline.retire()
 
     @staticmethod
     def _problem(path: str, message: str) -> RepositoryProblem:
@@ -271,7 +278,12 @@ class ModelRegistry:
     def load_version(self, version: ModelVersion) -> None:
         """Blocking: import code and artifacts. Records failures instead of raising."""
         try:
-            version.pipeline = self._loader(version.name, version.version, version.path, version.spec)
+            pipeline = self._loader(version.name, version.version, version.path, version.spec)
+            version.pipeline = pipeline
+            if version.retired:
+                # Retired while it loaded: the request that asked for it gets a "retry" answer.
+                pipeline.retire()
+                return
         except InferdError as exc:
             version.state, version.error = "failed", exc.message
         except Exception as exc:  # user code at import or load(): report, keep serving the others

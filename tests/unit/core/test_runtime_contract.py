@@ -254,6 +254,20 @@ def test_reload_unloads_changed_and_removed_versions_and_shutdown_the_rest(
     assert len(plugin.EVENTS) == 2
 
 
+def test_a_lazy_load_that_finishes_after_its_version_was_replaced_unloads_again(
+    plugin: Any, repo: Path, make_version: Callable[..., Path]
+) -> None:
+    make_version(repo, "lazy", "1", scale_spec("load_at_start: false\n"))
+    registry = scanned(repo)
+    old = registry.models["lazy"].versions["1"]  # a request resolved it; its first load is under way
+    touch_later(repo / "lazy" / "1" / "model.yaml")
+    registry.apply_reload(registry.plan_reload())
+    registry.load_version(old)  # the load that was running finishes now
+    assert plugin.EVENTS == [("load", "lazy", "1"), ("unload", "lazy", "1")]
+    assert isinstance(run(old.pipeline, [1]), ModelNotReadyError)
+    assert registry.models["lazy"].versions["1"] is not old
+
+
 def test_engine_close_unloads_every_loaded_version(
     plugin: Any, repo: Path, make_version: Callable[..., Path]
 ) -> None:
