@@ -153,6 +153,7 @@ def main() -> None:
                     "--store",
                     pg.url,
                     "--no-worker",
+                    "--no-grpc",
                 ],
                 "serve.log",
             )

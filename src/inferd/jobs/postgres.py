@@ -44,9 +44,21 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 2.0  # LISTEN comes back within this of the database
 PROBE_INTERVAL_S = 0.25  # while the database is away: how often to try it
-# What a lost server looks like: refused or dropped connections, an admin shutdown, no pooled
-# connection in time. Anything else (a bad statement, a constraint) is not an outage.
-_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# SQLSTATEs of a server going away: admin and crash shutdown, "cannot connect now" (starting up).
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """What a lost server looks like: refused or dropped connections (no SQLSTATE, or class 08), a
+    shutdown, no pooled connection in time. A deadlock, a cancelled statement or a bad one is not an
+    outage, and does not make the store drop its pool."""
+    if isinstance(exc, psycopg.InterfaceError | PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _SHUTDOWN_STATES
+
 
 # Lower case only: the schema also goes into the search_path startup option, where unquoted names
 # are folded to lower case, so anything else could name a different schema there than in DDL.
@@ -273,8 +285,10 @@ class PostgresConnector:
                 return rows, cur.rowcount
         except psycopg.errors.UniqueViolation as exc:
             raise ConflictError(f"the job store refused a duplicate: {exc}") from exc
-        except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            if is_unreachable(exc):
+                raise self._unavailable(exc) from exc
+            raise
 
     async def fetch(self, query: Query, params: Params) -> list[Row]:
         return (await self._cursor_rows(query, _encode_all(params)))[0]

@@ -9,14 +9,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from inferd.core.errors import InvalidInputError, StoreUnavailableError
 from inferd.core.tenancy import key_digest
 from inferd.jobs.connector import Query
 from inferd.jobs.memory import MemoryConnector
 from inferd.jobs.models import Job, JobError, JobStatus
-from inferd.jobs.postgres import postgres_store
+from inferd.jobs.postgres import is_unreachable, postgres_store
 from inferd.jobs.postgres_sql import QUERIES as POSTGRES_QUERIES
 from inferd.jobs.sqlite import SQLiteConnector
 from inferd.jobs.sqlite_sql import QUERIES as SQLITE_QUERIES
@@ -840,3 +842,24 @@ async def test_cancel_without_a_tenant_reaches_any_tenants_job(store: JobStore, 
     await store.insert(job)
     assert (await store.cancel(job.id, tenant="tenant-a", now=NOW)).outcome == "not_found"
     assert (await store.cancel(job.id, tenant=None, now=NOW)).outcome == "cancelled"
+
+
+def test_postgres_outage_errors_are_told_from_statement_errors() -> None:
+    for lost in (
+        psycopg.OperationalError("connection refused"),  # no SQLSTATE: the client lost the server
+        psycopg.errors.AdminShutdown(),
+        psycopg.errors.CannotConnectNow(),
+        psycopg.errors.ConnectionFailure(),
+        psycopg.InterfaceError("the connection is closed"),
+        PoolTimeout("no connection in time"),
+        PoolClosed("closed"),
+    ):
+        assert is_unreachable(lost), lost
+    for statement in (
+        psycopg.errors.DeadlockDetected(),
+        psycopg.errors.QueryCanceled(),
+        psycopg.errors.UniqueViolation(),
+        psycopg.errors.UntranslatableCharacter(),
+        ValueError("x"),
+    ):
+        assert not is_unreachable(statement), statement
