@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import disable_created_metrics
 
@@ -41,6 +41,9 @@ from inferd.jobs.urls import open_store
 from inferd.jobs.worker import JobWorker
 from inferd.metrics import InferdMetrics, MetricsExposition, RestartReason, UnknownModelLabels
 from inferd.runtimes.factory import PipelineFactory
+
+if TYPE_CHECKING:
+    from inferd.tracing import Tracing, TracingASGI
 
 logger = logging.getLogger("inferd")
 
@@ -194,20 +197,42 @@ class Engine:
     executors: dict[str, DeviceExecutor]
     prediction: PredictionService
     dataplane: DataPlane
+    tracing: Tracing | None = None
 
     def close(self) -> None:
         for executor in self.executors.values():
             executor.close()
         self.registry.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
-def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> Engine:
+def build_tracing(settings: Settings) -> Tracing | None:
+    """OpenTelemetry when tracing is on (OTEL_* variables, or INFERD_TRACING=true); None otherwise."""
+    if not settings.tracing:
+        return None
+    try:
+        from inferd.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT or INFERD_TRACING) but OpenTelemetry is not installed "
+            f"({exc.name}): pip install 'inferd[otel]', or set INFERD_TRACING=false"
+        ) from exc
+    return Tracing()
+
+
+def build_engine(
+    settings: Settings, *, share: ProcessShare | None = None, tracing: Tracing | None = None
+) -> Engine:
+    """``tracing``: a tracer of the caller's (tests pass one with an in-memory exporter); by default the
+    one the settings ask for."""
     if settings.models is None:
         raise ConfigError("no model repository given: pass --models DIR or set INFERD_MODELS")
     devices = settings.device_threads
     # The seed's metrics are exactly the series it names: no ``*_created`` samples (a process-wide switch
     # of prometheus_client, flipped only here in the composition root).
     disable_created_metrics()
+    tracing = tracing if tracing is not None else build_tracing(settings)
     metrics = InferdMetrics(devices=devices)
     if share is not None and share.restart_reason is not None:
         # The replacement counts the restart: the supervisor writes no metrics, and a dead process's
@@ -258,9 +283,10 @@ def build_engine(settings: Settings, *, share: ProcessShare | None = None) -> En
         unknown_labels=UnknownModelLabels(
             share.part(settings.unknown_model_labels) if share else settings.unknown_model_labels
         ),
+        tracer=tracing,
     )
     dataplane = DataPlane(registry=registry, prediction=prediction)
-    return Engine(settings, metrics, registry, executors, prediction, dataplane)
+    return Engine(settings, metrics, registry, executors, prediction, dataplane, tracing)
 
 
 def build_job_runtime(
@@ -281,6 +307,7 @@ def build_job_runtime(
         retry_base_s=settings.job_retry_base_s,
         max_result_bytes=settings.job_max_result_bytes,
         repository=repository,
+        tracer=engine.tracing,
     )
     worker = (
         JobWorker(
@@ -348,7 +375,7 @@ def build_app(
     share: ProcessShare | None = None,
     serve_grpc: bool = False,
     reload_on_sighup: bool = False,
-) -> InferdASGI:
+) -> InferdASGI | TracingASGI:
     """The ASGI app for ``inferd serve`` (one of N processes with ``share``); tests build one per test
     with their own settings. ``serve_grpc``: its lifespan also serves V2 gRPC on ``settings.grpc_port``,
     on the same event loop (with ``share``, every process on the same port: SO_REUSEPORT)."""
@@ -418,7 +445,7 @@ def build_app(
         V2Routes(dataplane=dataplane, max_body_bytes=settings.max_body_bytes).routes(),
         KeyRoutes(store=jobs.store).routes(),
     ]
-    return create_http_app(
+    asgi = create_http_app(
         groups=groups,
         gatekeeper=gatekeeper,
         access_log=access_log,
@@ -426,3 +453,4 @@ def build_app(
         lifespan=lifespan,
         max_json_depth=settings.max_json_depth,
     )
+    return engine.tracing.asgi(asgi) if engine.tracing is not None else asgi

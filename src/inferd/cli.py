@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,17 +17,19 @@ from inferd.cli_common import (
     DEFAULT_URL,
     ConfigOption,
     KeyOption,
+    LogLevelOption,
     UrlOption,
+    call_api,
     configure_process,
     err_console,
     fail,
-    request,
     settings_from,
 )
 from inferd.cli_jobs import jobs_app, migrate, worker
 from inferd.cli_keys import keys_app
 from inferd.core.errors import ConfigError, InferdError
 
+logger = logging.getLogger("inferd")
 app = typer.Typer(help="inferd: a self-hosted, multi-tenant ML inference server.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -59,6 +62,7 @@ def serve(
     ] = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="V2 gRPC port (default 8001).")] = None,
     no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Do not serve V2 gRPC.")] = False,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Serve the models of a repository over HTTP and V2 gRPC."""
     from inferd.bootstrap import build_keyring, require_keys
@@ -73,6 +77,7 @@ def serve(
         "store": store,
         "workers": workers,
         "grpc_port": grpc_port,
+        "log_level": log_level,
     }
     if no_grpc:
         flags["grpc"] = False
@@ -81,12 +86,11 @@ def serve(
     if no_worker:
         flags["worker"] = False
     settings = settings_from(flags, config)
-    configure_process(settings.log_level)
+    configure_process(settings.log_level, tracing=settings.tracing)
     if settings.dev:
-        err_console.print(
-            "[bold yellow]WARNING: development mode.[/] Anyone on this machine can call the server with the key "
-            "'dev' (all scopes). Never use --dev in production: configure INFERD_API_KEYS instead.",
-            highlight=False,
+        logger.warning(
+            "development mode: anyone on this machine can call the server with the key 'dev' (all scopes). "
+            "Never use --dev in production: configure INFERD_API_KEYS instead."
         )
     try:
         # Reach and migrate the job store before serving: an unreachable store is one clear line here,
@@ -134,7 +138,7 @@ def models_list(
         for problem in registry.problems:
             err_console.print(f"[red]problem:[/] {problem.message}", highlight=False)
     else:
-        data = request("GET", url, key, "/v1/models")
+        data = {"models": call_api(url, key, lambda client: client.models())}
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -157,7 +161,7 @@ def models_list(
 @models_app.command("reload")
 def models_reload(url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
     """Make a running server rescan its model repository (needs an admin key)."""
-    summary = request("POST", url, key, "/v1/admin/models/reload")
+    summary = call_api(url, key, lambda client: client.reload_models())
     for field in ("added", "reloaded", "removed", "failed", "problems"):
         if summary[field]:
             Console().print(f"{field}: {', '.join(summary[field])}", highlight=False)
@@ -178,10 +182,9 @@ def predict(
         item = json.loads(text)
     except json.JSONDecodeError as exc:
         fail(f"--input is not valid JSON: {exc}")
-    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/predict"
-    body = request("POST", url, key, path, json={"input": item})
-    print(json.dumps(body["output"]))
-    err_console.print(f"model {body['model']} version {body['version']}", style="dim", highlight=False)
+    result = call_api(url, key, lambda client: client.predict(name, item, version=version))
+    print(json.dumps(result.output))
+    err_console.print(f"model {result.model} version {result.version}", style="dim", highlight=False)
 
 
 def main() -> None:

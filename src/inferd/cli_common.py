@@ -1,29 +1,36 @@
-"""What the CLI commands share: options, settings loading, process setup, the HTTP client."""
+"""What the CLI commands share: options, settings loading, process setup, calling the API."""
 
 from __future__ import annotations
 
-import json
-import logging
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 
+from inferd.client import DEFAULT_URL as DEFAULT_URL  # the CLI's --url default is the client's
+from inferd.client import Client, ClientError
 from inferd.core.errors import ConfigError
 from inferd.core.settings import Settings, load_settings
 
+T = TypeVar("T")
 err_console = Console(stderr=True)
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="INFERD_URL", help="Server base URL.")]
 KeyOption = Annotated[str | None, typer.Option("--key", envvar="INFERD_API_KEY", help="API key.")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config file.", exists=True)]
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level", help="debug, info (default), warning, error or critical; logs are JSON lines."
+    ),
+]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -33,49 +40,36 @@ def settings_from(flags: dict[str, Any], config: Path | None) -> Settings:
         return load_settings(flags=flags, config_file=config, environ=os.environ)
     except ConfigError as exc:
         fail(exc.message)
-        raise  # unreachable; fail() exits
 
 
-def configure_process(level: str) -> None:
-    """Process-wide setup, done only by the entry points: logging, and no ``*_created`` series (the seed's
-    metrics are exactly the counters, gauges and histogram buckets it names)."""
+def configure_process(level: str, *, tracing: bool = False) -> None:
+    """Process-wide setup, done only by the entry points: JSON logging, and no ``*_created`` series (the
+    seed's metrics are exactly the counters, gauges and histogram buckets it names)."""
     from prometheus_client import disable_created_metrics
 
+    from inferd.logs import configure_logging
+
     disable_created_metrics()
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    context = []
+    if tracing:
+        with contextlib.suppress(ImportError):  # a missing extra is reported when the tracer is built
+            from inferd.tracing import log_context
+
+            context.append(log_context)
+    configure_logging(level, context=context)
 
 
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+def call_api(url: str, key: str | None, action: Callable[[Client], T]) -> T:
+    """Run ``action`` with a client of the server at ``url``; API and connection errors become one
+    line on stderr (code, message, request id) and exit status 1."""
+    with Client(url, api_key=key) as client, api_errors():
+        return action(client)
+    raise AssertionError("unreachable: api_errors() exits on every error")
 
 
-def _check(response: httpx.Response) -> Any:
+@contextlib.contextmanager
+def api_errors() -> Iterator[None]:
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            fail(f"{response.status_code} {body['error'].get('code')}: {body['error'].get('message')}", 1)
-        fail(f"{response.status_code}: {response.text[:500]}", 1)
-    return body
-
-
-def request(method: str, url: str, key: str | None, path: str, **kwargs: Any) -> Any:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=90) as client:
-            return _check(client.request(method, path, **kwargs))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}", 1)
+        yield
+    except ClientError as exc:
+        fail(str(exc), 1)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import uuid
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
-import orjson
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,17 +27,19 @@ from inferd.cli_common import (
     DEFAULT_URL,
     ConfigOption,
     KeyOption,
+    LogLevelOption,
     UrlOption,
+    api_errors,
+    call_api,
     configure_process,
     fail,
-    request,
     settings_from,
 )
+from inferd.client import APIError, AsyncClient, Job
 from inferd.core.errors import ConfigError, InferdError
 
+logger = logging.getLogger("inferd.worker")
 jobs_app = typer.Typer(help="Submit and inspect durable async jobs.", no_args_is_help=True)
-TERMINAL = {"succeeded", "failed", "cancelled"}
-SUBMIT_ATTEMPTS = 6
 BULK_LINES = 1000  # jobs per bulk request: large enough to amortize a request, small enough to retry
 
 
@@ -46,19 +48,26 @@ def worker(
     store: Annotated[str | None, typer.Option("--store", help="Job store URL.")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Jobs run at once.")] = None,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="Serve /metrics on this port.")
+        int | None, typer.Option("--metrics-port", help="Serve /metrics, /livez and /readyz on this port.")
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Bind address for /metrics.")
+        str, typer.Option("--metrics-host", help="Bind address of the metrics port.")
     ] = "127.0.0.1",
     config: ConfigOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Run a standalone job worker (any number of them, on any machines sharing the store)."""
     settings = settings_from(
-        {"models": models, "store": store, "worker_concurrency": concurrency, "metrics_port": metrics_port},
+        {
+            "models": models,
+            "store": store,
+            "worker_concurrency": concurrency,
+            "metrics_port": metrics_port,
+            "log_level": log_level,
+        },
         config,
     )
-    configure_process(settings.log_level)
+    configure_process(settings.log_level, tracing=settings.tracing)
     try:
         asyncio.run(_run_worker(settings, metrics_host))
     except InferdError as exc:
@@ -66,10 +75,10 @@ def worker(
 
 
 async def _run_worker(settings: Any, metrics_host: str) -> None:
-    from prometheus_client import start_http_server
-
     from inferd.bootstrap import build_engine, build_job_runtime, reload_on
     from inferd.jobs.urls import redact
+    from inferd.metrics import MetricsExposition
+    from inferd.worker_http import WorkerEndpoints
 
     engine = build_engine(settings)
     runtime = build_job_runtime(settings, engine, run_worker=True)
@@ -77,33 +86,44 @@ async def _run_worker(settings: Any, metrics_host: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = None
+
+    # The models the worker needs and its job store, as serve's /readyz checks them.
+    plane = engine.dataplane.with_readiness_checks([runtime.readiness])
+
+    async def readiness() -> list[str]:
+        if stop.is_set():
+            return ["draining: stopped claiming jobs after a stop signal"]
+        return (await plane.server_readiness()).reasons
+
+    endpoints = None
     if settings.metrics_port is not None:
-        server, _ = start_http_server(
-            settings.metrics_port, addr=metrics_host, registry=engine.metrics.registry
-        )
+        exposition = MetricsExposition(metrics=engine.metrics)
+        endpoints = WorkerEndpoints(exposition=exposition, readiness=readiness)
+        await endpoints.start(metrics_host, settings.metrics_port)
     try:
         await runtime.start()
     except Exception as exc:  # unreachable or misconfigured store: say so without a traceback
         engine.close()
+        if endpoints is not None:
+            await endpoints.close()
         if isinstance(exc, InferdError):
             raise
         raise ConfigError(
             f"cannot open the job store {redact(settings.store)}: {type(exc).__name__}: {exc}"
         ) from exc
     reload_on(signal.SIGHUP, runtime.repository)
-    Console(stderr=True).print(
-        f"inferd worker {runtime.worker.worker_id if runtime.worker else ''} running "
-        f"(concurrency {settings.worker_concurrency})",
-        highlight=False,
+    logger.info(
+        "inferd worker %s running (concurrency %d)",
+        runtime.worker.worker_id if runtime.worker else "",
+        settings.worker_concurrency,
     )
     try:
         await stop.wait()
     finally:
         await runtime.stop()
         engine.close()
-        if server is not None:
-            server.shutdown()
+        if endpoints is not None:
+            await endpoints.close()
 
 
 def migrate(
@@ -160,101 +180,55 @@ def jobs_submit(
     """Submit one job per input line (or batches of --batch-size), optionally wait and collect outputs."""
     items = _read_jsonl(file)
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    try:
+    with api_errors():
         asyncio.run(
             _submit_and_wait(
+                AsyncClient(url, api_key=key, max_connections=concurrency),
                 name,
                 version,
                 chunks,
                 batch_size > 1,
                 wait or output is not None,
                 output,
-                concurrency,
-                url,
-                key,
             )
         )
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}", 1)
 
 
 async def _submit_and_wait(
+    client: AsyncClient,
     name: str,
     version: str | None,
     chunks: list[list[Any]],
     batch: bool,
     wait: bool,
     output: Path | None,
-    concurrency: int,
-    url: str,
-    key: str | None,
 ) -> None:
-    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/jobs/bulk"
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    limits = httpx.Limits(max_connections=concurrency)
     console = Console(stderr=True)
-    job_ids: list[str | None] = [None] * len(chunks)
-    jobs: dict[str, dict[str, Any]] = {}
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90, limits=limits) as client:
-        run_id = uuid.uuid4().hex  # one Idempotency-Key per request and run: a retried POST never duplicates
-
-        def reject(index: int, error: dict[str, Any]) -> None:
-            jobs[f"rejected-{index}"] = {"status": "failed", "error": error}
-            job_ids[index] = f"rejected-{index}"
+    # The outcome of each chunk: its job, or the API's refusal of that chunk alone.
+    outcomes: list[Job | APIError | None] = [None] * len(chunks)
+    run_id = uuid.uuid4().hex  # one Idempotency-Key per request and run: a retried POST never duplicates
+    async with client:
 
         async def submit(first: int) -> None:
             indexes = range(first, min(first + BULK_LINES, len(chunks)))
-            lines = b"".join(
-                orjson.dumps({"inputs": chunks[i]} if batch else {"input": chunks[i][0]}) + b"\n"
-                for i in indexes
-            )
-            request_headers = {
-                "Idempotency-Key": f"cli-{run_id}-{first}",
-                "Content-Type": "application/x-ndjson",
-            }
-            response: httpx.Response | None = None
-            for attempt in range(SUBMIT_ATTEMPTS):
-                try:
-                    async with gate:
-                        response = await client.post(path, content=lines, headers=request_headers)
-                except httpx.TransportError:
-                    if attempt == SUBMIT_ATTEMPTS - 1:
-                        raise
-                    await asyncio.sleep(min(2**attempt, 10))
-                    continue
-                if response.status_code not in (429, 503) or attempt == SUBMIT_ATTEMPTS - 1:
-                    break
-                # Rate limited or overloaded: wait as the server asks, then send the same request again.
-                await asyncio.sleep(float(response.headers.get("retry-after", 1)))
-            assert response is not None
-            if response.status_code != 200:
-                error = (
-                    response.json().get("error", {})
-                    if response.headers.get("content-type", "").startswith("application/json")
-                    else {}
+            bodies = [{"inputs": chunks[i]} if batch else {"input": chunks[i][0]} for i in indexes]
+            try:
+                results: list[Job | APIError] = await client.submit_jobs(
+                    name, bodies, version=version, idempotency_key=f"cli-{run_id}-{first}"
                 )
-                for index in indexes:
-                    reject(
-                        index, error or {"code": str(response.status_code), "message": response.text[:200]}
-                    )
-                return
-            for index, line in zip(indexes, response.content.splitlines(), strict=True):
-                outcome = orjson.loads(line)
-                if "error" in outcome and "id" not in outcome:
-                    reject(index, outcome["error"])
-                else:
-                    job_ids[index] = outcome["id"]
-                    jobs[outcome["id"]] = outcome
+            except APIError as exc:  # the whole request was refused: every line of it
+                results = [exc] * len(indexes)
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
 
         await asyncio.gather(*(submit(first) for first in range(0, len(chunks), BULK_LINES)))
-        submitted = sum(1 for j in job_ids if j and not j.startswith("rejected-"))
+        submitted = sum(1 for outcome in outcomes if isinstance(outcome, Job))
         console.print(
             f"submitted {submitted} job(s) to {name}; {len(chunks) - submitted} rejected", highlight=False
         )
         if not wait:
-            for job_id in job_ids:
-                print(job_id)
+            for outcome in outcomes:
+                print(outcome.id if isinstance(outcome, Job) else f"rejected: {outcome}")
             return
 
         columns = (
@@ -267,44 +241,38 @@ async def _submit_and_wait(
         )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("jobs", total=len(chunks), done=0, failed=0)
+            counts = {"done": 0, "failed": 0}
 
-            async def follow(job_id: str) -> None:
-                while jobs[job_id]["status"] not in TERMINAL:
-                    async with gate:
-                        response = await client.get(f"/v1/jobs/{job_id}", params={"wait": 30})
-                    if response.status_code == 200:
-                        jobs[job_id] = response.json()
-                    else:
-                        await asyncio.sleep(1)
-                finished = [j for j in jobs.values() if j["status"] in TERMINAL]
+            def finished(succeeded: bool) -> None:
+                counts["done" if succeeded else "failed"] += 1
                 progress.update(
-                    task,
-                    completed=len(finished),
-                    done=sum(1 for j in finished if j["status"] == "succeeded"),
-                    failed=sum(1 for j in finished if j["status"] != "succeeded"),
+                    task, completed=sum(counts.values()), done=counts["done"], failed=counts["failed"]
                 )
 
-            await asyncio.gather(*(follow(job_id) for job_id in job_ids if job_id))
+            async def follow(index: int) -> None:
+                outcome = outcomes[index]
+                if isinstance(outcome, Job):
+                    outcome = outcomes[index] = await client.wait_job(outcome.id)
+                finished(isinstance(outcome, Job) and outcome.status == "succeeded")
+
+            await asyncio.gather(*(follow(i) for i in range(len(chunks))))
 
     failed = 0
     lines: list[str] = []
-    for index, job_id in enumerate(job_ids):
-        job: dict[str, Any] = (
-            jobs[job_id]
-            if job_id
-            else {"status": "failed", "error": {"code": "unknown", "message": "not submitted"}}
-        )
+    for index, outcome in enumerate(outcomes):
         for position in range(len(chunks[index])):
-            if job["status"] == "succeeded":
-                value = job["outputs"][position] if batch else job["output"]
+            if isinstance(outcome, Job) and outcome.status == "succeeded":
+                value = outcome.outputs[position] if batch and outcome.outputs is not None else outcome.output
                 lines.append(json.dumps({"output": value}))
+                continue
+            failed += 1
+            if isinstance(outcome, APIError):
+                error = {"code": outcome.code, "message": outcome.message}
+            elif isinstance(outcome, Job):
+                error = outcome.error or {"code": outcome.status, "message": outcome.status}
             else:
-                failed += 1
-                lines.append(
-                    json.dumps(
-                        {"error": job.get("error") or {"code": job["status"], "message": job["status"]}}
-                    )
-                )
+                error = {"code": "unknown", "message": "not submitted"}
+            lines.append(json.dumps({"error": error}))
     if output is not None:
         output.write_text("\n".join(lines) + "\n")
         console.print(f"wrote {len(lines)} line(s) to {output}", highlight=False)
@@ -323,7 +291,8 @@ def jobs_get(
     key: KeyOption = None,
 ) -> None:
     """Print one job as JSON."""
-    print(json.dumps(request("GET", url, key, f"/v1/jobs/{job_id}", params={"wait": wait}), indent=2))
+    job = call_api(url, key, lambda client: client.get_job(job_id, wait_s=wait))
+    print(json.dumps(job.raw, indent=2))
 
 
 @jobs_app.command("cancel")
@@ -333,7 +302,7 @@ def jobs_cancel(
     key: KeyOption = None,
 ) -> None:
     """Cancel a pending or running job."""
-    print(json.dumps(request("POST", url, key, f"/v1/jobs/{job_id}/cancel"), indent=2))
+    print(json.dumps(call_api(url, key, lambda client: client.cancel_job(job_id)).raw, indent=2))
 
 
 @jobs_app.command("list")
@@ -348,25 +317,23 @@ def jobs_list(
     key: KeyOption = None,
 ) -> None:
     """List your tenant's jobs, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    if model:
-        params["model"] = model
-    data = request("GET", url, key, "/v1/jobs", params=params)
+    jobs = call_api(
+        url,
+        key,
+        lambda client: list(islice(client.list_jobs(status=status, model=model, page_size=limit), limit)),
+    )
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({"jobs": [job.raw for job in jobs]}, indent=2))
         return
     table = Table("id", "status", "model", "version", "attempts", "created_at", "error")
-    for job in data["jobs"]:
-        error = job.get("error") or {}
+    for job in jobs:
         table.add_row(
-            job["id"],
-            job["status"],
-            job["model"],
-            job["version"],
-            str(job["attempts"]),
-            job["created_at"],
-            error.get("code", ""),
+            job.id,
+            job.status,
+            job.model,
+            job.version,
+            str(job.attempts),
+            job.created_at or "",
+            (job.error or {}).get("code", ""),
         )
     Console().print(table)

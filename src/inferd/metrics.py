@@ -17,7 +17,7 @@ import gzip
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class ModelProcessRestart(StrEnum):
 
 
 class InferdMetrics:
-    def __init__(self, *, devices: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, *, devices: Mapping[str, int], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -96,6 +96,13 @@ class InferdMetrics:
             multiprocess_mode="livemostrecent",
         )
         # Beyond the seed.
+        self.executor_threads = Gauge(
+            "executor_threads",
+            "Threads of the device's executor: executor_inflight at this value means every thread is busy.",
+            ["device"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.executor_queued = Gauge(
             "executor_queued",
             "Requests waiting for a thread of the device.",
@@ -164,7 +171,8 @@ class InferdMetrics:
         # MetricsExposition replaces them with the live processes' figures.
         ProcessCollector(registry=r)
         GCCollector(registry=r)
-        for device in devices:
+        for device, threads in devices.items():
+            self.executor_threads.labels(device).set(threads)
             self.executor_inflight.labels(device)
             self.executor_timeouts.labels(device)
             self.executor_queued.labels(device)

@@ -90,7 +90,8 @@ def run_server(
         port=settings.port,
         loop="uvloop",
         access_log=False,
-        log_level=settings.log_level.lower(),
+        log_config=None,  # its loggers propagate to the process's JSON handler (inferd.logs)
+        log_level=settings.log_level.value,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
         **server_options(connection_limits(settings)),
@@ -353,7 +354,7 @@ def child_main() -> None:
         metrics_dir=Path(raw["metrics_dir"]),
         restart_reason=RestartReason(raw["restart_reason"]) if raw["restart_reason"] else None,
     )
-    configure_process(settings.log_level)
+    configure_process(settings.log_level, tracing=settings.tracing)
     listener = socket.socket(fileno=document["listen_fd"])
     try:
         status = run_server(settings, share=share, sockets=[listener], ready_fd=document["ready_fd"])

@@ -21,13 +21,15 @@ PROM_DIR = Path("deploy") / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"
 ALERTS_TEST = PROM_DIR / "alerts_test.yml"
 PROMETHEUS_CONFIG = PROM_DIR / "prometheus.yml"
+COMPOSE_PROMETHEUS_CONFIG = PROM_DIR / "prometheus-compose.yml"
 
 # alert name -> regex that the alert's expression must match (threshold comparison at the end).
 EXPECTED_ALERTS: dict[str, str] = {
     "InferdHighErrorRate": r">\s*0\.05\s*$",
     "InferdHighP99Latency": r"histogram_quantile\(\s*0\.99\b.*>\s*2\s*$",
-    "InferdTimeoutSpike": r"rate\(executor_timeouts_total\[5m\]\)\s*>\s*0\s*$",
-    "InferdQueueDepthGrowing": r"job_queue_depth\s*>\s*100\s*$",
+    "InferdTimeoutSpike": r"sum by \(device\) \(rate\(executor_timeouts_total\[5m\]\)\)\s*>\s*0\s*$",
+    # One series per model version however many processes export the store's count.
+    "InferdQueueDepthGrowing": r"max by \(model, version\) \(job_queue_depth\)\s*>\s*100\s*$",
 }
 
 
@@ -75,6 +77,12 @@ def test_promtool_unit_tests() -> None:
 
 def test_promtool_check_example_config() -> None:
     proc = _run_promtool("check", "config", str(PROMETHEUS_CONFIG))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_check_compose_config() -> None:
+    # Its scrape targets are compose's service names, resolved only inside compose: syntax and rules.
+    proc = _run_promtool("check", "config", str(COMPOSE_PROMETHEUS_CONFIG))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError, ModelNotReadyError
 from inferd.core.runtime import Batch, Runtime
 from inferd.core.tensors import TensorDeclarations, TensorRows, check_declared, outputs_to_tensors
+from inferd.core.tracing import StageTimings
 
 logger = logging.getLogger("inferd.pipeline")
 
@@ -34,6 +36,7 @@ class PipelineCall:
     items: Sequence[Any]
     indexed: bool
     parameters: dict[str, Any] | None = None
+    timings: StageTimings | None = None  # only when tracing is on
 
 
 def _type_name(exc: BaseException) -> str:
@@ -131,6 +134,12 @@ class Pipeline:
 
     def prepare(self, item: Any, where: str, *, schema: bool = True) -> Any:
         """Schema, preprocessor, validator for one item; raises InvalidInputError or InferenceError."""
+        item = self.preprocess(item, where, schema=schema)
+        self.validate(item, where)
+        return item
+
+    def preprocess(self, item: Any, where: str, *, schema: bool = True) -> Any:
+        """Schema and preprocessor for one item."""
         if schema and self._schema_check is not None:
             try:
                 problem = self._schema_check(item)
@@ -147,6 +156,9 @@ class Pipeline:
             except Exception as exc:
                 logger.exception("preprocessor of %s:%s failed", self.name, self.version)
                 raise self._failure(f"{where}preprocessor failed", exc) from exc
+        return item
+
+    def validate(self, item: Any, where: str) -> None:
         if self._validator is not None:
             try:
                 self._validator(item)
@@ -155,7 +167,6 @@ class Pipeline:
             except Exception as exc:
                 logger.exception("validator of %s:%s failed", self.name, self.version)
                 raise self._failure(f"{where}validator failed", exc) from exc
-        return item
 
     def prepare_call(self, call: PipelineCall) -> Batch:
         items: Any = call.items
@@ -164,13 +175,15 @@ class Pipeline:
             check_declared(items.tensors, self.tensors.inputs, model=repr(self))
             # Tensors were checked against the declared inputs; input_schema describes /v1 JSON items.
             if self._has_hooks:
-                prepared = self._prepare_items(items.items(), call.indexed, schema=False)
+                prepared = self._prepare_items(
+                    items.items(), call.indexed, schema=False, timings=call.timings
+                )
             else:
                 prepared = items.batch()
         elif not self._needs_preparation:
             prepared = items if isinstance(items, np.ndarray) else list(items)
         else:
-            prepared = self._prepare_items(items, call.indexed, schema=True)
+            prepared = self._prepare_items(items, call.indexed, schema=True, timings=call.timings)
         if self._check_batch is None:
             return prepared
         try:
@@ -183,10 +196,28 @@ class Pipeline:
             logger.exception("input check of %s:%s failed", self.name, self.version)
             raise self._failure("input check failed", exc) from exc
 
-    def _prepare_items(self, items: Sequence[Any], indexed: bool, *, schema: bool) -> list[Any]:
+    def _prepare_items(
+        self, items: Sequence[Any], indexed: bool, *, schema: bool, timings: StageTimings | None = None
+    ) -> list[Any]:
+        if timings is not None:
+            return self._prepare_traced(items, indexed, schema, timings)
         if indexed:
             return [self.prepare(item, f"inputs[{i}] ", schema=schema) for i, item in enumerate(items)]
         return [self.prepare(item, "input ", schema=schema) for item in items]
+
+    def _prepare_traced(
+        self, items: Sequence[Any], indexed: bool, schema: bool, timings: StageTimings
+    ) -> list[Any]:
+        """All items through schema and preprocessor, then all through the validator, so each stage is one
+        span. (A request with several bad items may have another one of them reported than untraced.)"""
+        wheres = [f"inputs[{i}] " for i in range(len(items))] if indexed else ["input "] * len(items)
+        prepared = [
+            self.preprocess(item, where, schema=schema) for item, where in zip(items, wheres, strict=True)
+        ]
+        timings.preprocessed = time.perf_counter_ns()
+        for item, where in zip(prepared, wheres, strict=True):
+            self.validate(item, where)
+        return prepared
 
     def retire(self) -> None:
         """Take no new model calls; unload the runtime now, or when the calls running now return."""
@@ -255,6 +286,11 @@ class Pipeline:
         outcomes: list[list[Any] | InferdError] = [[] for _ in calls]
         parts: list[Batch] = []
         owners: list[int] = []
+        timed = [call.timings for call in calls if call.timings is not None]
+        if timed:
+            started = time.perf_counter_ns()
+            for timings in timed:
+                timings.started = timings.preprocessed = started
         for index, call in enumerate(calls):
             try:
                 prepared = self.prepare_call(call)
@@ -263,6 +299,10 @@ class Pipeline:
                 continue
             parts.append(prepared)
             owners.extend([index] * len(prepared))
+        if timed:
+            validated = time.perf_counter_ns()
+            for timings in timed:
+                timings.validated = validated
         flat = _join(parts)
         parameters = calls[0].parameters if calls else None
         size = self.max_batch_size
@@ -298,6 +338,10 @@ class Pipeline:
                 result = outcomes[owner]
                 if isinstance(result, list):
                     result.append(output)
+        if timed:
+            predicted = time.perf_counter_ns()
+            for timings in timed:
+                timings.predicted = predicted
         if self._postprocessor is not None:
             for index, result in enumerate(outcomes):
                 if isinstance(result, list):
@@ -313,4 +357,8 @@ class Pipeline:
                     outcomes[index] = outputs_to_tensors(result, self.tensors.outputs)
                 except InferdError as exc:
                     outcomes[index] = exc
+        if timed:
+            finished = time.perf_counter_ns()
+            for timings in timed:
+                timings.finished = finished
         return outcomes

@@ -18,6 +18,7 @@ from inferd.core.errors import InferdError, InvalidInputError, ModelNotFoundErro
 from inferd.core.executor import DeviceExecutor
 from inferd.core.pipeline import PipelineCall
 from inferd.core.registry import ModelRegistry, ModelVersion
+from inferd.core.tracing import RequestTracer, StageTimings
 
 
 # The metrics this service records, as protocols: core owns them, ``inferd.metrics`` implements them
@@ -76,11 +77,13 @@ class PredictionService:
         executors: Mapping[str, DeviceExecutor],
         metrics: InferenceMetrics,
         unknown_labels: UnknownLabels,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.registry = registry
         self.executors = executors
         self._metrics = metrics
         self._unknown = unknown_labels
+        self._tracer = tracer
 
     def resolve(self, model: str, version: str | None, *, tenant: str) -> ModelVersion:
         """Resolve through routing; an unknown (model, version) is counted as a failed request."""
@@ -110,6 +113,8 @@ class PredictionService:
         requests.inc()
         started = time.perf_counter()
         executed = False
+        error: str | None = None
+        timings = StageTimings(submitted=time.perf_counter_ns()) if self._tracer is not None else None
         try:
             pipeline = target.pipeline
             if pipeline is None:
@@ -123,7 +128,7 @@ class PredictionService:
             group = parameters_key(parameters)
             future = executor.submit(
                 pipeline,
-                PipelineCall(inputs, indexed, parameters or None),
+                PipelineCall(inputs, indexed, parameters or None, timings),
                 size=len(inputs),
                 timeout_s=limit,
                 group=group,
@@ -134,13 +139,25 @@ class PredictionService:
             executed = True
             outputs: list[Any] = await future
         except InferdError as exc:
+            error = exc.code
             if executed:
                 latency.observe(time.perf_counter() - started)
             self._metrics.error_child(name, resolved_version, exc.code, tenant).inc()
             raise
         except asyncio.CancelledError:
             # The client went away; the call still ran (or runs) to completion on the executor.
+            error = "cancelled"
             latency.observe(time.perf_counter() - started)
             raise
+        finally:
+            if executed and timings is not None and self._tracer is not None:
+                self._tracer.record(
+                    model=name,
+                    version=resolved_version,
+                    tenant=tenant,
+                    items=len(inputs),
+                    timings=timings,
+                    error=error,
+                )
         latency.observe(time.perf_counter() - started)
         return Prediction(name, resolved_version, outputs)

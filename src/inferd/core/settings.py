@@ -10,6 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ ENV_PREFIX = "INFERD_"
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
 
 
 def parse_rate(text: str) -> float:
@@ -121,7 +130,9 @@ class Settings(BaseModel):
     strict_readiness: bool = False
     unknown_model_labels: int = Field(default=100, ge=0)
     access_log: str = "-"
-    log_level: str = "info"
+    log_level: LogLevel = LogLevel.INFO
+    # OpenTelemetry (pip install 'inferd[otel]'); unset: on when the OTEL_* variables name an OTLP endpoint.
+    tracing: bool = False
     # jobs
     store: str = "sqlite:///.inferd/inferd.db"
     worker: bool = True
@@ -138,6 +149,11 @@ class Settings(BaseModel):
     # V2 gRPC (inference.GRPCInferenceService) beside HTTP, in the same process; grpc=false turns it off.
     grpc: bool = True
     grpc_port: int = Field(default=8001, ge=0, le=65535)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("devices")
     @classmethod
@@ -183,6 +199,18 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def otel_requested(environ: Mapping[str, str]) -> bool:
+    """The standard OpenTelemetry variables ask for traces: an OTLP endpoint, SDK not disabled, exporter
+    not ``none``."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
 def load_settings(
     *,
     flags: Mapping[str, Any] | None = None,
@@ -204,6 +232,7 @@ def load_settings(
         merged.update(data)
     merged.update(_env_values(environ or {}))
     merged.update({key: value for key, value in (flags or {}).items() if value is not None})
+    merged.setdefault("tracing", otel_requested(environ or {}))
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

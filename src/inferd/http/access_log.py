@@ -42,6 +42,8 @@ class AccessLog:
             if value is not None and len(value) > MAX_FIELD_CHARS:
                 record[field] = value[:MAX_FIELD_CHARS] + "..."
         record["time"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record["level"] = "info"  # the fields every log line of the process has (inferd.logs)
+        record["logger"] = "inferd.access"
         line = orjson.dumps(record).decode() + "\n"
         with self._lock:
             self._buffer.append(line)

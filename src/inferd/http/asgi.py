@@ -31,6 +31,7 @@ from inferd.http.errors import error_body, error_headers, error_status, v2_error
 from inferd.http.gatekeeper import Gatekeeper
 from inferd.http.routes import Call, ErrorStyle, RouteTable, parse_query
 from inferd.http.wire import Receive, RequestInfo, Scope, Send, header, send_response
+from inferd.logs import REQUEST_ID
 
 logger = logging.getLogger("inferd.http")
 
@@ -92,6 +93,7 @@ class InferdASGI:
             # (and a GIL release) per request, which os.urandom would cost.
             request_id = f"{self._id_prefix}{next(self._id_counter):012x}"
         info = RequestInfo(request_id)
+        REQUEST_ID.set(request_id)  # for log lines written while serving it (inferd.logs)
         state = scope.setdefault("state", {})
         state["inferd"] = info
         path: str = scope["path"]

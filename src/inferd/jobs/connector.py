@@ -117,6 +117,7 @@ def job_row(job: Job) -> Row:
         "request_hash": job.request_hash,
         "parameters": job.parameters,
         "priority": int(job.priority),
+        "trace_context": job.trace_context,
     }
 
 
@@ -146,4 +147,5 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         request_hash=row["request_hash"],
         parameters=row["parameters"],
         priority=row["priority"],
+        trace_context=row["trace_context"],
     )

@@ -69,6 +69,7 @@ JOB_COLUMN_KINDS: dict[str, Kind] = {
     "request_hash": Kind.TEXT,
     "parameters": Kind.JSON,
     "priority": Kind.INTEGER,
+    "trace_context": Kind.TEXT,
 }
 JOB_COLUMNS: tuple[str, ...] = tuple(JOB_COLUMN_KINDS)
 
@@ -190,6 +191,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(8, "add job trace context", ("ALTER TABLE jobs ADD COLUMN trace_context TEXT",)),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -272,6 +274,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(8, "add job trace context", ("ALTER TABLE jobs ADD COLUMN trace_context text",)),
 )
 
 # First key of the two-int advisory lock ("infd"); the second is hashtext(schema), so stores in

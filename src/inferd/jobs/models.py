@@ -61,3 +61,4 @@ class Job:
     request_hash: str | None = None
     parameters: dict[str, Any] | None = None  # passed to the model's predict with every attempt
     priority: int = 0  # higher first among the tenant's pending jobs
+    trace_context: str | None = None  # W3C traceparent of the submitting request (tracing on)

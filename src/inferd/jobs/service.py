@@ -12,9 +12,10 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,6 +60,23 @@ class JobSubmission:
     fingerprint: str | None = None
 
 
+class JobTracer(Protocol):
+    """Carries a trace from the request that submits a job to the worker that runs it (inferd.tracing)."""
+
+    def current_traceparent(self) -> str | None: ...
+
+    def job_span(
+        self,
+        *,
+        job_id: str,
+        model: str,
+        version: str,
+        attempt: int,
+        traceparent: str | None,
+        queued_since: datetime | None,
+    ) -> AbstractContextManager[Any]: ...
+
+
 class JobService:
     def __init__(
         self,
@@ -71,9 +89,11 @@ class JobService:
         max_result_bytes: int = 10 * 1024 * 1024,
         clock: Callable[[], datetime] = utcnow,
         repository: RepositorySync | None = None,
+        tracer: JobTracer | None = None,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
+        self._tracer = tracer
         self._metrics = metrics
         self._default_max_attempts = default_max_attempts
         self._retry_base_s = retry_base_s
@@ -125,6 +145,7 @@ class JobService:
             request_hash=fingerprint,
             parameters=parameters or None,
             priority=priority,
+            trace_context=self._tracer.current_traceparent() if self._tracer is not None else None,
         )
         try:
             if idempotency_key is None:
@@ -157,6 +178,7 @@ class JobService:
         outcomes: list[Job | InferdError] = []
         pending: list[tuple[int, Job, str | None]] = []
         now = self._clock()
+        traceparent = self._tracer.current_traceparent() if self._tracer is not None else None
         for submission in submissions:
             if isinstance(submission, InferdError):
                 outcomes.append(submission)
@@ -188,6 +210,7 @@ class JobService:
                 request_hash=submission.fingerprint,
                 parameters=submission.parameters or None,
                 priority=submission.priority,
+                trace_context=traceparent,
             )
             pending.append((len(outcomes), job, submission.fingerprint))
             outcomes.append(job)
@@ -290,7 +313,21 @@ class JobService:
         return await self.store.renew_leases(job_ids, worker_id=worker_id, lease_s=lease_s, now=self._clock())
 
     async def run(self, job: Job, *, worker_id: str) -> Job | None:
-        """Execute one attempt through the data plane and record the outcome."""
+        """Execute one attempt through the data plane and record the outcome (in a span of the submitting
+        request's trace when tracing is on)."""
+        if self._tracer is None:
+            return await self._run(job, worker_id=worker_id)
+        with self._tracer.job_span(
+            job_id=job.id,
+            model=job.model,
+            version=job.version,
+            attempt=job.attempts,
+            traceparent=job.trace_context,
+            queued_since=job.run_after,
+        ):
+            return await self._run(job, worker_id=worker_id)
+
+    async def _run(self, job: Job, *, worker_id: str) -> Job | None:
         if self._repository is not None and not self._repository.knows(job.model, job.version):
             # Submitted through a process that reloaded before this one: catch up instead of failing.
             await self._repository.catch_up()

@@ -1,0 +1,104 @@
+"""The HTTP port of ``inferd worker``: ``/metrics``, ``/livez`` and ``/readyz``, each on its own path.
+
+A worker has no API, but orchestrators need a liveness and a readiness probe for it and Prometheus a
+scrape target. This is a minimal HTTP/1.1 responder on the worker's event loop (one request per
+connection), so a readiness check can ask the job store the same way ``inferd serve``'s /readyz does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from inferd.metrics import MetricsExposition
+
+logger = logging.getLogger("inferd.worker")
+
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+_JSON = {"Content-Type": "application/json"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    400: "Bad Request",
+    503: "Service Unavailable",
+}
+_HEADER_TIMEOUT_S = 5.0
+
+
+class WorkerEndpoints:
+    def __init__(self, *, exposition: MetricsExposition, readiness: ReadinessCheck) -> None:
+        self._exposition = exposition
+        self._readiness = readiness
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEADER_TIMEOUT_S)
+            status, headers, body = await self._respond(head)
+            method = head.split(b" ", 1)[0]
+            fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n{fields}"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            if method != b"HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass  # a client that went away or never sent a request: nothing to answer
+        except Exception:
+            logger.exception("worker HTTP endpoint failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _respond(self, head: bytes) -> tuple[int, dict[str, str], bytes]:
+        request_line, _, header_block = head.partition(b"\r\n")
+        parts = request_line.split(b" ")
+        if len(parts) != 3:
+            return 400, _JSON, b'{"status": "bad request"}'
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return 405, _JSON, b'{"status": "method not allowed"}'
+        if target == b"/metrics":
+            headers = _headers(header_block)
+            body, response_headers = await asyncio.to_thread(
+                self._exposition.render, headers.get("accept"), headers.get("accept-encoding")
+            )
+            return 200, response_headers, body
+        if target == b"/livez":
+            return 200, _JSON, b'{"status": "ok"}'
+        if target == b"/readyz":
+            reasons = await self._readiness()
+            if reasons:
+                return 503, _JSON, json.dumps({"status": "not_ready", "reasons": reasons}).encode()
+            return 200, _JSON, b'{"status": "ready"}'
+        return 404, _JSON, b'{"status": "not found", "paths": ["/metrics", "/livez", "/readyz"]}'
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    headers = {}
+    for line in block.decode("latin-1").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return headers
