@@ -9,7 +9,7 @@ import orjson
 
 from inferd.core.errors import InferdError, InvalidInputError
 from inferd.http.predict import parse_inputs, parse_json_object, parse_parameters, parse_timeout
-from inferd.http.routes import Body, Call, Reply, Route
+from inferd.http.routes import Body, Call, HeaderParam, Reply, Route
 from inferd.http.schemas import (
     JobBulkLine,
     JobDocument,
@@ -193,7 +193,10 @@ class JobRoutes:
     def routes(self) -> list[Route]:
         submit = Body(JobSubmitRequest, self.parse_submit)
         idempotency = {
-            "Idempotency-Key": "The same key and body from the same tenant return the same job (1-200 chars)."
+            "Idempotency-Key": HeaderParam(
+                "The same key and body from the same tenant return the same job.",
+                {"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+            )
         }
         routes = [
             Route(
@@ -226,7 +229,12 @@ class JobRoutes:
                 body=Body(JobBulkLine, None, content_types=(BULK_MEDIA_TYPE, "application/json")),
                 response_content_type=BULK_MEDIA_TYPE,
                 errors=(*JOB_ERRORS, 413),
-                headers={"Idempotency-Key": "Keys every line without its own idempotency_key as KEY:LINE."},
+                headers={
+                    "Idempotency-Key": HeaderParam(
+                        "Keys every line without its own idempotency_key as KEY:LINE.",
+                        {"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                    )
+                },
                 description=(
                     f"Each line is one job body (as for a single job) plus an optional `idempotency_key`; at "
                     f"most {MAX_BULK_JOBS} lines. The answer has one line per input line, in order: the job, "

@@ -102,14 +102,14 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
             if "description" in prop:
                 parameter["description"] = prop["description"]
             parameters.append(parameter)
-    for name, description in route.headers.items():
+    for name, header in route.headers.items():
         parameters.append(
             {
                 "name": name,
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string"},
-                "description": description,
+                "schema": {"type": "string", **header.schema},
+                "description": header.description,
             }
         )
     return parameters

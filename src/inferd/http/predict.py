@@ -11,17 +11,18 @@ from inferd.core import json_limits
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import InferenceError, InvalidInputError, quote
 from inferd.http.routes import Body, Call, Reply, Route
-from inferd.http.schemas import BatchPredictRequest, BatchPredictResponse, PredictRequest, PredictResponse
+from inferd.http.schemas import (
+    MIN_CLIENT_TIMEOUT_S,
+    BatchPredictRequest,
+    BatchPredictResponse,
+    PredictRequest,
+    PredictResponse,
+)
 
 _SINGLE_FIELDS = frozenset({"input", "timeout_s", "parameters"})
 _BATCH_FIELDS = frozenset({"inputs", "timeout_s", "parameters"})
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PREDICT_ERRORS = (401, 403, 404, 413, 422, 429, 500, 503, 504)
-
-
-# A client's deadline shorter than this cannot be met by any model behind an HTTP server; refusing it
-# keeps a silly deadline (1e-9) from reaching the executor at all.
-MIN_CLIENT_TIMEOUT_S = 0.01
 
 
 def parse_timeout(data: dict[str, Any]) -> float | None:

@@ -118,6 +118,14 @@ class Body:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderParam:
+    """A request header a route reads: its description and JSON Schema constraints beyond ``string``."""
+
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     method: str
     path: str
@@ -134,7 +142,7 @@ class Route:
     errors: tuple[int, ...] = ()
     error_style: ErrorStyle = ErrorStyle.NATIVE
     description: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)  # request header name → description
+    headers: Mapping[str, HeaderParam] = field(default_factory=dict)  # request header name → its doc
     in_schema: bool = True
 
     @property

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from inferd.jobs.migrations import PRIORITY_MAX, PRIORITY_MIN
 from inferd.jobs.models import JobStatus
 from inferd.jobs.service import MAX_WAIT_S
+from inferd.jobs.store import CURSOR_PATTERN
+
+# A client's deadline shorter than this cannot be met by any model behind an HTTP server; refusing it
+# keeps a silly deadline (1e-9) from reaching the executor at all.
+MIN_CLIENT_TIMEOUT_S = 0.01
 
 IRIS_ROW: list[JsonValue] = [5.1, 3.5, 1.4, 0.2]
 IRIS_ROW_2: list[JsonValue] = [6.7, 3.0, 5.2, 2.3]
@@ -24,7 +29,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"input": IRIS_ROW}})
 
     input: Any = Field(description="One input item, as the model's input_schema describes it.")
-    timeout_s: float | None = Field(default=None, gt=0, description="Shortens the model's timeout_s.")
+    timeout_s: float | None = Field(
+        default=None, ge=MIN_CLIENT_TIMEOUT_S, description="Shortens the model's timeout_s."
+    )
     parameters: dict[str, Any] | None = Field(
         default=None,
         description="Passed to the model's predict(batch, parameters); refused (422) by models without.",
@@ -37,7 +44,9 @@ class BatchPredictRequest(BaseModel):
     )
 
     inputs: list[Any] = Field(min_length=1, description="Input items; answered in the same order.")
-    timeout_s: float | None = Field(default=None, gt=0, description="Shortens the model's timeout_s.")
+    timeout_s: float | None = Field(
+        default=None, ge=MIN_CLIENT_TIMEOUT_S, description="Shortens the model's timeout_s."
+    )
     parameters: dict[str, Any] | None = None
 
 
@@ -70,7 +79,7 @@ class JobSubmitRequest(BaseModel):
         default=None, min_length=1, description="Input items (the job answers with `outputs`, in order)."
     )
     max_attempts: int | None = Field(default=None, ge=1, le=20)
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, ge=MIN_CLIENT_TIMEOUT_S)
     parameters: dict[str, Any] | None = None
     priority: int | None = Field(
         default=None,
@@ -124,7 +133,17 @@ class JobListQuery(BaseModel):
     status: JobStatus | None = None
     model: str | None = None
     limit: int = Field(default=50, ge=1, le=1000)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    cursor: str | None = Field(
+        default=None,
+        pattern=f"^$|{CURSOR_PATTERN}",  # empty: the first page, as no cursor is
+        description="`next_cursor` of the previous page.",
+    )
+
+    @field_validator("cursor", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # `cursor=` (a client filling the template with nothing) is the first page, as no cursor is.
+        return None if value == "" else value
 
 
 class ModelVersionInfo(BaseModel):

@@ -16,7 +16,7 @@ from inferd.core.dataplane import DataPlane
 from inferd.core.errors import InvalidInputError
 from inferd.core.tensors import Datatype, TensorSpec, select_outputs
 from inferd.http.compression import MIN_COMPRESS_BYTES, accepted_encoding, compress, decompress
-from inferd.http.routes import Body, Call, ErrorStyle, Reply, Route
+from inferd.http.routes import Body, Call, ErrorStyle, HeaderParam, Reply, Route
 from inferd.http.v2_codec import encode_infer_response, parse_infer_request
 
 EXTENSIONS = ["binary_tensor_data", "parameters"]
@@ -26,7 +26,7 @@ INFER_ERRORS = (401, 403, 404, 413, 422, 429, 500, 503, 504)
 class V2InputTensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(min_length=1)
     datatype: Datatype
     shape: list[int]
     parameters: dict[str, Any] | None = Field(
@@ -38,7 +38,7 @@ class V2InputTensor(BaseModel):
 class V2RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(min_length=1)
     parameters: dict[str, Any] | None = Field(
         default=None, description="`binary_data`: true to receive this output as binary data."
     )
@@ -230,12 +230,15 @@ class V2Routes:
             parse_infer_request,
             content_types=("application/json", "application/octet-stream"),
         )
-        infer_headers = {
-            "Inference-Header-Content-Length": "Binary tensor data extension: the JSON header's length; "
-            "the inputs' raw data follows it",
-            "Content-Encoding": "gzip or deflate (the body limit applies to the decompressed size)",
-            "Accept-Encoding": "gzip or deflate: the response is compressed",
-        }
+        # Content-Encoding and Inference-Header-Content-Length describe the body's bytes (compressed;
+        # where its JSON header ends), which no parameter schema can tie to the body: described in words.
+        infer_headers = {"Accept-Encoding": HeaderParam("gzip or deflate: the response is compressed")}
+        infer_description = (
+            "The body may be compressed (`Content-Encoding: gzip` or `deflate`; the body limit applies to "
+            "the decompressed size). Binary tensor data extension: send `Content-Type: "
+            "application/octet-stream` and `Inference-Header-Content-Length: <length of the JSON header>`, "
+            "the JSON header, then the inputs' raw data."
+        )
         for prefix, how in (
             ("/v2/models/{name}", "the version routing chooses"),
             ("/v2/models/{name}/versions/{version}", "a pinned version"),
@@ -276,6 +279,7 @@ class V2Routes:
                     errors=INFER_ERRORS,
                     error_style=v2,
                     headers=infer_headers,
+                    description=infer_description,
                 ),
             ]
         return routes

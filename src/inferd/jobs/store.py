@@ -8,17 +8,15 @@ results for cancelled or re-leased jobs are refused instead of overwriting newer
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import enum
-import json
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inferd.core.errors import ConflictError, InvalidInputError
+from inferd.core.errors import ConflictError, InvalidInputError, quote
 from inferd.core.tenancy import PREFIX_SHOWN, ApiKey, check_tenant, key_digest, new_key, parse_scopes
 from inferd.jobs.connector import Connector, Query, Row, job_from_row, job_row
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
@@ -63,23 +61,26 @@ def _has_nul(text: str | None) -> bool:
     return text is not None and "\x00" in text
 
 
+# A page cursor is the (created_at, id) of the last job returned: microseconds since the epoch and the
+# job's id (a UUID). Every string of this shape is a position in the keyset order, so the API's schema
+# can say exactly which cursors it accepts (a pattern), and the server accepts every one of them.
+CURSOR_PATTERN = r"^[0-9]{1,16}_[0-9A-Za-z_-]{1,64}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def encode_cursor(created_at: datetime, job_id: str) -> str:
-    """The list_jobs page cursor: the (created_at, id) of the last job returned, opaque to clients."""
-    raw = json.dumps([created_at.isoformat(timespec="microseconds"), job_id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    """The list_jobs page cursor of the last job returned; opaque to clients."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{job_id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; InvalidInputError for anything it did not produce."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
-        when = datetime.fromisoformat(created)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"invalid page cursor {cursor!r}") from exc
-    if not isinstance(job_id, str) or _has_nul(job_id) or when.tzinfo is None:
-        raise InvalidInputError(f"invalid page cursor {cursor!r}")
-    return when, job_id
+    """Inverse of :func:`encode_cursor`; InvalidInputError for anything not of its shape."""
+    if not _CURSOR.fullmatch(cursor):
+        raise InvalidInputError(f"invalid page cursor {quote(cursor)}: send the next_cursor of a page")
+    micros, _, job_id = cursor.partition("_")
+    return _EPOCH + timedelta(microseconds=int(micros)), job_id
 
 
 def _key_from_row(row: Row) -> ApiKey:
