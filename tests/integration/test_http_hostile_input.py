@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 
@@ -205,3 +206,27 @@ def test_a_trailing_slash_is_a_clear_404_never_a_redirect(api: InProcessAPI, key
 def test_the_root_points_to_the_docs(api: InProcessAPI) -> None:
     response = api.get("/")
     assert "GET /docs lists the routes" in assert_error(response, 404, "not_found")["error"]["message"]
+
+
+@pytest.mark.parametrize("how", ["gzip", "binary"])
+def test_deep_nesting_is_refused_inside_v2_bodies(api: InProcessAPI, how: str) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    header = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": {"p": '
+        + deep
+        + b"}}"
+    )
+    if how == "gzip":
+        body, headers = (
+            gzip.compress(header),
+            {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+    else:
+        body = header + b"\x00" * 4
+        headers = {
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        }
+    response = api.post("/v2/models/ok/infer", key=PREDICT_KEY, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert "nested more than 64 levels" in response.json()["error"]

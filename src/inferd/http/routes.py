@@ -85,8 +85,13 @@ class Call:
         body = await read_body(self.scope, self.receive, limit or self._max_body)
         declared = self.route.body
         if declared is not None and "application/json" in declared.content_types:
-            json_limits.check_body(body, max_depth=self._max_json_depth)
+            self.check_json(body)
         return body
+
+    def check_json(self, body: bytes) -> None:
+        """``core.json_limits`` on JSON a handler unwrapped itself (a decompressed body, the JSON part of
+        a binary-extension body)."""
+        json_limits.check_body(body, max_depth=self._max_json_depth)
 
     async def parsed_body(self) -> Any:
         """The body through the route's declared parser (the one the OpenAPI schema describes)."""

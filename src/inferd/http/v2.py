@@ -165,7 +165,10 @@ class V2Routes:
         encoding = call.header(b"content-encoding")
         if encoding is not None:
             body = decompress(body, encoding.decode("latin-1"), self._max_body_bytes)
-        request = parse_infer_request(body, _header_length(call.header(b"inference-header-content-length")))
+        header_length = _header_length(call.header(b"inference-header-content-length"))
+        if encoding is not None or header_length is not None:
+            call.check_json(body if header_length is None else body[:header_length])
+        request = parse_infer_request(body, header_length)
         prediction = await self._dataplane.infer_tensors(
             tenant=call.tenant,
             model=name,
