@@ -230,3 +230,16 @@ def test_deep_nesting_is_refused_inside_v2_bodies(api: InProcessAPI, how: str) -
     response = api.post("/v2/models/ok/infer", key=PREDICT_KEY, content=body, headers=headers)
     assert response.status_code == 422, response.text
     assert "nested more than 64 levels" in response.json()["error"]
+
+
+def test_a_json_bulk_body_is_refused_as_a_whole(api: InProcessAPI) -> None:
+    headers = {"Content-Type": "application/json"}
+    for body in (b"[null, null]", b'{"input": 1, "bogus": true}', b'{\n  "input": "no"\n'):
+        response = api.post("/v1/models/ok/jobs/bulk", key=JOBS_KEY, content=body, headers=headers)
+        assert_error(response, 422, "invalid_input")
+    # A pretty-printed object spans lines and is still one job.
+    response = api.post(
+        "/v1/models/ok/jobs/bulk", key=JOBS_KEY, content=b'{\n  "input": 1\n}\n', headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert json.loads(response.text)["status"] == "pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from inferd.http.schemas import (
     JobWaitQuery,
 )
 from inferd.jobs.migrations import PRIORITY_MAX, PRIORITY_MIN
+from inferd.jobs.models import Job
 from inferd.jobs.service import JobService, JobSubmission, job_document, request_fingerprint
 
 _SUBMIT_FIELDS = frozenset({"input", "inputs", "max_attempts", "timeout_s", "parameters", "priority"})
@@ -146,6 +148,17 @@ class JobRoutes:
         key = raw_key.decode("latin-1") if raw_key is not None else None
         check_idempotency_key(key)
         text = (await call.body(MAX_BULK_BYTES)).rstrip(b"\r\n")  # the final newline ends the last line
+        content_type = call.header(b"content-type") or b""
+        if content_type.split(b";")[0].strip().lower() == b"application/json":
+            # One JSON document (it may span lines): the one line of the body, and as the request's
+            # whole body, what is wrong with it is the request's error (422), as on the single-job route.
+            submission = self._bulk_line(text, 1, name, version, key)
+            outcomes = await self._service.create_jobs(
+                tenant=call.tenant, model=name, version=version, submissions=[submission]
+            )
+            if isinstance(outcomes[0], InferdError):
+                raise outcomes[0]
+            return self._bulk_reply(outcomes)
         lines = text.split(b"\n") if text else []
         if not lines:
             raise InvalidInputError(f"send one job per line, e.g. {_SUBMIT_EXAMPLE}")
@@ -162,6 +175,10 @@ class JobRoutes:
         outcomes = await self._service.create_jobs(
             tenant=call.tenant, model=name, version=version, submissions=submissions
         )
+        return self._bulk_reply(outcomes)
+
+    @staticmethod
+    def _bulk_reply(outcomes: Sequence[Job | InferdError]) -> Reply:
         body = b"".join(
             orjson.dumps(
                 {"error": {"code": outcome.code, "message": outcome.message}}

@@ -7,7 +7,7 @@ Query models are the parsers themselves (validated per request off the hot path)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -75,8 +75,9 @@ class JobSubmitRequest(BaseModel):
     )
 
     input: Any = Field(default=None, description="One input item (the job answers with `output`).")
-    inputs: list[Any] | SkipJsonSchema[None] = Field(
-        default=None, min_length=1, description="Input items (the job answers with `outputs`, in order)."
+    # The length bound on the list itself: on the optional field it came out as `minLength` of an array.
+    inputs: Annotated[list[Any], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        default=None, description="Input items (the job answers with `outputs`, in order)."
     )
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     timeout_s: float | None = Field(default=None, ge=MIN_CLIENT_TIMEOUT_S)
