@@ -31,8 +31,16 @@ LogLevelOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line per error, however narrow the terminal (rich broke messages mid-sentence).
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def require_key(key: str | None) -> str:
+    """The API key every server command needs, or an error in the CLI's terms."""
+    if not key:
+        fail("no API key: pass --key KEY or set INFERD_API_KEY (with --dev servers the key is 'dev')")
+    return key
 
 
 def settings_from(flags: dict[str, Any], config: Path | None) -> Settings:
@@ -62,7 +70,7 @@ def configure_process(level: str, *, tracing: bool = False) -> None:
 def call_api(url: str, key: str | None, action: Callable[[Client], T]) -> T:
     """Run ``action`` with a client of the server at ``url``; API and connection errors become one
     line on stderr (code, message, request id) and exit status 1."""
-    with Client(url, api_key=key) as client, api_errors():
+    with Client(url, api_key=require_key(key)) as client, api_errors():
         return action(client)
     raise AssertionError("unreachable: api_errors() exits on every error")
 

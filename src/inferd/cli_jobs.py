@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from inferd.cli_common import (
     DEFAULT_URL,
@@ -33,6 +33,7 @@ from inferd.cli_common import (
     call_api,
     configure_process,
     fail,
+    require_key,
     settings_from,
 )
 from inferd.client import APIError, AsyncClient, Job
@@ -183,7 +184,7 @@ def jobs_submit(
     with api_errors():
         asyncio.run(
             _submit_and_wait(
-                AsyncClient(url, api_key=key, max_connections=concurrency),
+                AsyncClient(url, api_key=require_key(key), max_connections=concurrency),
                 name,
                 version,
                 chunks,
@@ -325,7 +326,16 @@ def jobs_list(
     if as_json:
         print(json.dumps({"jobs": [job.raw for job in jobs]}, indent=2))
         return
-    table = Table("id", "status", "model", "version", "attempts", "created_at", "error")
+    # Ids are what users copy into `jobs get` and `jobs cancel`: never cut, even in 80 columns.
+    table = Table(
+        Column("id", no_wrap=True, min_width=36),
+        "status",
+        "model",
+        "version",
+        "attempts",
+        "created_at",
+        "error",
+    )
     for job in jobs:
         table.add_row(
             job.id,
