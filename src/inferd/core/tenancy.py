@@ -47,7 +47,8 @@ def key_digest(key: str) -> str:
 
 KEY_PREFIX = "ik_"  # run-time keys start with it, so a leaked one is easy to search for
 PREFIX_SHOWN = 10  # characters of a key kept in clear to recognise it: "ik_" and 7 random ones
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_TENANT_RE = re.compile(TENANT_PATTERN)
 
 
 def new_key() -> str:

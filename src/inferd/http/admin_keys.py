@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from inferd.core.errors import InvalidInputError, KeyNotFoundError
-from inferd.core.tenancy import SCOPES, ApiKey
+from inferd.core.tenancy import SCOPES, TENANT_PATTERN, ApiKey
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.jobs.models import utcnow
 from inferd.jobs.store import JobStore
@@ -22,8 +22,12 @@ class KeyCreateRequest(BaseModel):
         json_schema_extra={"example": {"tenant": "acme", "scopes": ["predict", "jobs"]}},
     )
 
-    tenant: str = Field(description="1-100 letters, digits, '.', '_' or '-'.")
-    scopes: list[str] = Field(min_length=1, description=f"Some of {sorted(SCOPES)}.")
+    tenant: str = Field(pattern=TENANT_PATTERN, description="1-100 letters, digits, '.', '_' or '-'.")
+    scopes: list[str] = Field(
+        min_length=1,
+        description=f"Some of {sorted(SCOPES)}.",
+        json_schema_extra={"items": {"type": "string", "enum": list[JsonValue](sorted(SCOPES))}},
+    )
     expires_at: AwareDatetime | None = Field(
         default=None, description="RFC 3339; the key stops working then."
     )
