@@ -7,8 +7,10 @@
   client's number. Such integers are refused as ``invalid_input``: inferd never changes a number.
 
 Both checks are nearly free on the hot path: a body with fewer brackets than the limit cannot be nested
-deeper than it, and a body without a run of 19 digits holds no integer outside 64 bits (-2**63 - 1
-has 19 digits). Only bodies that pass those cheap tests are looked at closely.
+deeper than it, and a body without a run of 19 digits that starts a number holds no integer outside
+64 bits (-2**63 - 1 has 19 digits). Digits right after '.', 'e', 'E' or '+' belong to a float's
+fraction or exponent, so FP32/FP64 tensors printed with 17 digits do not count. Only bodies that fail
+those cheap tests are looked at closely.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ DEFAULT_MAX_DEPTH = 64
 MAX_MAX_DEPTH = 200
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
-# Digits become "0", everything else "."; then a run of 19 digits is a substring search (a regex search
-# cost more than parsing the body).
-_DIGITS_ONLY = bytes(48 if 48 <= byte <= 57 else 46 for byte in range(256))
+# Digits become "0"; the bytes that can precede a float's fraction or exponent digits ('.', 'e', 'E',
+# '+') become "f"; everything else " ". A JSON number starts at the body's start or after whitespace,
+# '[', ',', ':' or '-', all " ", so an integer of 19+ digits shows as " " + 19 "0" (or 19 "0" first):
+# a substring search (a regex search cost more than parsing the body). A float's integer part, an
+# exponent after '-', or digits in a string may match too; the close look below lets them pass.
+_NUMBER_CLASSES = bytes(48 if 48 <= byte <= 57 else 102 if byte in b".eE+" else 32 for byte in range(256))
 _NINETEEN_DIGITS = b"0" * 19
+_INTEGER_START = b" " + _NINETEEN_DIGITS
 
 
 def check_body(body: bytes, *, max_depth: int) -> None:
@@ -42,7 +48,8 @@ def check_body(body: bytes, *, max_depth: int) -> None:
             return
         if _depth_exceeds(body, max_depth):
             raise _too_deep(max_depth)
-    if _NINETEEN_DIGITS in body.translate(_DIGITS_ONLY):
+    classes = body.translate(_NUMBER_CLASSES)
+    if _INTEGER_START in classes or classes.startswith(_NINETEEN_DIGITS):
         _check_integers(body)
 
 
@@ -92,9 +99,9 @@ def _exact_int(text: str) -> int:
 
 
 def _check_integers(body: bytes) -> None:
-    # The run of digits may sit inside a string; only the standard library's parser, which keeps
-    # integers exact, tells. It is reached only for bodies holding 19 digits in a row, and their
-    # nesting is already bounded, so its recursion is too.
+    # The run of digits may sit inside a string or a float; only the standard library's parser, which
+    # keeps integers exact, tells. It is reached only for bodies where a run of 19 digits may start a
+    # number, and their nesting is already bounded, so its recursion is too.
     try:
         json.loads(body, parse_int=_exact_int)
     except (ValueError, RecursionError):
