@@ -80,6 +80,21 @@ def test_array_batches_need_no_per_row_conversion(load_runtime: LoadRuntime, dty
         assert model.predict(array, None) == LABELS
 
 
+def test_sklearn_skips_its_finiteness_check_only_for_finite_input(load_runtime: LoadRuntime) -> None:
+    import sklearn
+
+    model = sklearn_iris(load_runtime)
+    seen: list[bool] = []
+    method = model._method
+    model._method = lambda array: seen.append(sklearn.get_config()["assume_finite"]) or method(array)
+    assert model.predict(np.asarray(ROWS, dtype=np.float32), None) == LABELS
+    assert model.predict(ROWS, None) == LABELS
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict([[float("nan"), 1.0, 1.0, 1.0]], None)
+    assert seen == [True, True, False]
+    assert sklearn.get_config()["assume_finite"] is False  # the caller's config is left as it was
+
+
 def test_sklearn_and_onnx_agree(load_runtime: LoadRuntime) -> None:
     rows = GRID
     sklearn_out = sklearn_iris(load_runtime).predict(rows, None)
