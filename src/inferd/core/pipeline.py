@@ -111,6 +111,8 @@ class Pipeline:
         self._cancel: Callable[[int], None] | None = getattr(model, "cancel", None)
         self._calls_of: dict[int, set[int]] = {}  # executor thread id -> ids of its calls not timed out
         self._thread_of: dict[int, int] = {}  # call id -> executor thread id
+        if self._cancel is not None:
+            model.still_wanted = self._still_wanted  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"model {self.name} version {self.version}"
@@ -266,6 +268,11 @@ class Pipeline:
                 self._unloaded = self._unloaded or last
             if last:
                 self._unload()
+
+    def _still_wanted(self) -> bool:
+        """Whether a request of this executor thread's running call still waits for its result."""
+        with self._lock:
+            return bool(self._calls_of.get(threading.get_ident()))
 
     def abandon(self, call: PipelineCall) -> None:
         """The executor answered ``call`` with a timeout. When no request of its model call is waiting

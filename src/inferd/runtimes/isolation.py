@@ -205,6 +205,8 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, context: RuntimeContext, *, slots: int, on_restart: RestartHook | None = None) -> None:
         super().__init__(context)
+        # A fresh interpreter per child: forking the server is not safe (it runs threads), and a fork
+        # server did not start replacements faster here (each child still imports the main module).
         self._mp = multiprocessing.get_context("spawn")
         self._args = (context, context.spec.max_memory_mb)
         self._slots = slots
@@ -214,6 +216,8 @@ class ProcessRuntime(Runtime):
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self.declarations: TensorDeclarations | None = None
+        # Set by the pipeline: whether a request of the calling thread's call still waits.
+        self.still_wanted: Callable[[], bool] = lambda: True
 
     def load(self) -> None:
         self._children = [_Child(self._mp, self._args) for _ in range(self._slots)]
@@ -239,6 +243,11 @@ class ProcessRuntime(Runtime):
             except ConfigError as exc:
                 replacement = self._replace(child, ModelProcessRestart.EXITED)
                 raise InferenceError(exc.message, cause="model process failed to load") from None
+            if not self.still_wanted():
+                # Every request timed out while this call waited for a ready process: do not run it.
+                raise InferenceError(
+                    "the call passed its deadline while it waited for a model process", cause="deadline"
+                )
             data, described = pack((batch if isinstance(batch, np.ndarray) else list(batch), parameters))
             with self._lock:
                 self._busy[ident] = child
@@ -275,7 +284,21 @@ class ProcessRuntime(Runtime):
                 raise InvalidInputError(reply[1])
             raise ModelProcessError(reply[1], reply[2], reply[3])
         finally:
-            self._idle.put(replacement or child)
+            if replacement is None:
+                self._idle.put(child)
+            else:
+                self._when_ready(replacement)
+
+    def _when_ready(self, fresh: _Child) -> None:
+        """Offer a replacement to the executor threads once it has loaded the model, so calls go to
+        the children that are ready meanwhile instead of waiting behind the load."""
+
+        def wait() -> None:
+            with contextlib.suppress(ConfigError):  # a failed load fails its next call, which replaces it
+                fresh.wait_ready()
+            self._idle.put(fresh)
+
+        threading.Thread(target=wait, name="inferd-model-process-load", daemon=True).start()
 
     def _replace(self, child: _Child, reason: ModelProcessRestart) -> _Child:
         """A fresh child (loading now) for the dead one's slot; the dead one is reaped first."""
