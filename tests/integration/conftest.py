@@ -243,15 +243,79 @@ def run_inferd(
 
 
 @dataclass
-class ServerProcess:
+class Proc:
+    """One ``inferd`` process started by a test, its stdout and stderr in one file."""
+
+    name: str
     process: subprocess.Popen[bytes]
-    base_url: str
     output_path: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    def wait_http(self, path: str, *, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Until ``path`` answers 200 (the process must stay alive meanwhile)."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+                try:
+                    response = client.get(path)
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+                else:
+                    if response.status_code == 200:
+                        return
+                    last = f"{response.status_code} {response.text[:300]}"
+                time.sleep(0.05)
+        pytest.fail(f"{self.name} did not answer {path} with 200 in {timeout_s}s ({last}):\n{self.output()}")
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} did not exit within {timeout_s}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            stop_process(self.process)
+
+
+def start_inferd(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``inferd ARGS`` with exactly ``env``, its stdout and stderr into ``output_path``."""
+    with open(output_path, "wb") as output:
+        return subprocess.Popen(
+            inferd_command(*args), env=dict(env), cwd=cwd, stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+@dataclass
+class ServerProcess(Proc):
+    """An ``inferd serve`` from :func:`running_server`, with its access log and HTTP clients."""
+
     access_log: Path
     clients: list[httpx.Client] = field(default_factory=list)
 
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
+    @property
+    def base_url(self) -> str:
+        return self.url
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = bearer(key) if key else {}
@@ -292,21 +356,16 @@ def running_server(
         "INFERD_STORE": f"sqlite:///{workdir / 'jobs.db'}",
         **(env or {}),
     }
-    command = inferd_command(
-        "serve", "--models", str(models), "--host", "127.0.0.1", "--port", str(port), *args
-    )
-    with open(output_path, "wb") as output:
-        process = subprocess.Popen(
-            command, env=server_env(full_env), cwd=workdir, stdout=output, stderr=subprocess.STDOUT
-        )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", output_path, access_log)
+    command = ["serve", "--models", str(models), "--host", "127.0.0.1", "--port", str(port), *args]
+    process = start_inferd(command, env=server_env(full_env), cwd=workdir, output_path=output_path)
+    server = ServerProcess("inferd serve", process, output_path, port, access_log)
     try:
-        _wait_until_serving(server, "/readyz" if wait_ready else "/livez")
+        server.wait_http("/readyz" if wait_ready else "/livez")
         yield server
     finally:
         for client in server.clients:
             client.close()
-        stop_process(process)
+        server.stop()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -317,27 +376,3 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-
-
-def _wait_until_serving(server: ServerProcess, path: str) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    last = "no answer"
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                pytest.fail(
-                    f"inferd serve exited with {server.process.returncode} during start-up:\n{server.output()}"
-                )
-            try:
-                response = client.get(path)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text}"
-            time.sleep(0.05)
-    pytest.fail(
-        f"inferd serve did not answer {path} with 200 in {SERVER_START_TIMEOUT_S}s ({last}):\n"
-        f"{server.output()}"
-    )

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
-from inferd_http_testkit import free_port, inferd_command, server_env
+from inferd_http_testkit import Proc, free_port, server_env, start_inferd
+from inferd_http_testkit import run_inferd as run_inferd_with
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
@@ -192,79 +193,22 @@ async def job_app(tmp_path: Path, *, store: str | None = None, **overrides: Any)
 # -- real processes --------------------------------------------------------------------------------
 
 
+# What every job-test process gets unless a test says otherwise.
+PROCESS_DEFAULTS = {
+    "INFERD_ACCESS_LOG": "off",
+    "INFERD_API_KEYS": API_KEYS,
+    "INFERD_JOB_RETRY_BASE_S": "0.05",
+}
+
+
 def process_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    defaults = {"INFERD_ACCESS_LOG": "off", "INFERD_API_KEYS": API_KEYS, "INFERD_JOB_RETRY_BASE_S": "0.05"}
-    return server_env({**defaults, **(extra or {})})
+    return server_env({**PROCESS_DEFAULTS, **(extra or {})})
 
 
 def run_inferd(
     args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        inferd_command(*args),
-        env=process_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen[bytes]
-    output_path: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
-
-    def wait_http(self, path: str, *, timeout_s: float = 30.0) -> None:
-        """Until ``path`` answers 200 (the process must stay alive meanwhile)."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                response = httpx.get(self.url + path, timeout=2.0)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:300]}"
-            time.sleep(0.05)
-        pytest.fail(f"{self.name} did not answer {path} with 200 in {timeout_s}s ({last}):\n{self.output()}")
-
-    def signal(self, signum: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-
-    def wait_exit(self, timeout_s: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout_s}s:\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+    return run_inferd_with(args, cwd=cwd, env={**PROCESS_DEFAULTS, **(env or {})}, timeout=timeout)
 
 
 class Processes:
@@ -277,14 +221,7 @@ class Processes:
     def _start(self, name: str, args: Sequence[str], port: int, env: Mapping[str, str] | None) -> Proc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         output_path = self.workdir / f"{name}-{len(self.started)}.out"
-        with open(output_path, "wb") as output:
-            process = subprocess.Popen(
-                inferd_command(*args),
-                env=process_env(env),
-                cwd=self.workdir,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        process = start_inferd(args, env=process_env(env), cwd=self.workdir, output_path=output_path)
         proc = Proc(name, process, output_path, port)
         self.started.append(proc)
         return proc
