@@ -6,6 +6,7 @@ HTTP status codes. Adapters (native HTTP, V2 protocol, CLI, job worker) map code
 
 from __future__ import annotations
 
+import enum
 import logging
 
 logger = logging.getLogger("inferd.errors")
@@ -27,10 +28,31 @@ def shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class ErrorCode(enum.StrEnum):
+    """Every error code inferd answers with; each adapter maps them to its statuses in one table."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    MODEL_NOT_FOUND = "model_not_found"
+    JOB_NOT_FOUND = "job_not_found"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INVALID_INPUT = "invalid_input"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    STORE_UNAVAILABLE = "store_unavailable"
+    TIMEOUT = "timeout"
+    INFERENCE_ERROR = "inference_error"
+    CONFLICT = "conflict"
+    CONFIG_ERROR = "config_error"
+
+
 class InferdError(Exception):
     """Root of every error inferd raises on purpose."""
 
-    code: str = "inference_error"
+    code: ErrorCode = ErrorCode.INFERENCE_ERROR
 
     def __init__(self, message: str, *, cause: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
@@ -53,43 +75,43 @@ class InferdError(Exception):
 class ConfigError(InferdError):
     """Settings, keys or a model repository entry are malformed; says which and what to fix."""
 
-    code = "config_error"
+    code = ErrorCode.CONFIG_ERROR
 
 
 class UnauthenticatedError(InferdError):
-    code = "unauthenticated"
+    code = ErrorCode.UNAUTHENTICATED
 
 
 class ForbiddenError(InferdError):
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class ModelNotFoundError(InferdError):
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
 
 
 class ModelNotReadyError(InferdError):
     """The model exists but failed to load (or is not loaded); reported as a pipeline failure."""
 
-    code = "inference_error"
+    code = ErrorCode.INFERENCE_ERROR
 
 
 class InvalidInputError(InferdError):
-    code = "invalid_input"
+    code = ErrorCode.INVALID_INPUT
 
 
 class PayloadTooLargeError(InferdError):
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class RequestTimeoutError(InferdError):
     """The client did not send its request's headers or body in time."""
 
-    code = "request_timeout"
+    code = ErrorCode.REQUEST_TIMEOUT
 
 
 class RateLimitedError(InferdError):
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
@@ -97,7 +119,7 @@ class RateLimitedError(InferdError):
 
 
 class OverloadedError(InferdError):
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, cause: str | None = None) -> None:
         super().__init__(message, cause=cause)
@@ -107,7 +129,7 @@ class OverloadedError(InferdError):
 class StoreUnavailableError(InferdError):
     """The job store cannot be reached or written right now; the client may retry."""
 
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, cause: str | None = None) -> None:
         super().__init__(message, cause=cause)
@@ -115,35 +137,35 @@ class StoreUnavailableError(InferdError):
 
 
 class InferenceTimeoutError(InferdError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 class InferenceError(InferdError):
-    code = "inference_error"
+    code = ErrorCode.INFERENCE_ERROR
 
 
 class JobNotFoundError(InferdError):
-    code = "job_not_found"
+    code = ErrorCode.JOB_NOT_FOUND
 
 
 class ConflictError(InferdError):
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class RouteNotFoundError(InferdError):
     """No route of a front end has this path."""
 
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class KeyNotFoundError(InferdError):
     """No run-time API key with this id (or it was revoked already)."""
 
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class MethodNotAllowedError(InferdError):
-    code = "method_not_allowed"
+    code = ErrorCode.METHOD_NOT_ALLOWED
 
     def __init__(self, message: str, *, allowed: list[str]) -> None:
         super().__init__(message)
@@ -153,7 +175,7 @@ class MethodNotAllowedError(InferdError):
 class MissingExtraError(InferdError):
     """A runtime needs an optional dependency that is not installed."""
 
-    code = "inference_error"
+    code = ErrorCode.INFERENCE_ERROR
 
     def __init__(self, runtime: str, extra: str, module: str) -> None:
         super().__init__(

@@ -17,7 +17,7 @@ import grpc
 
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
-from inferd.core.errors import ConfigError, InferdError, InvalidInputError
+from inferd.core.errors import ConfigError, ErrorCode, InferdError, InvalidInputError
 from inferd.core.tensors import (
     Datatype,
     Tensor,
@@ -33,24 +33,24 @@ from inferd.grpc.messages import SERVICE, ModelInferResponse, service_methods
 logger = logging.getLogger("inferd.grpc")
 
 # Error code (core/errors.py) → gRPC status: the one table of this adapter.
-STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
-    "model_not_found": grpc.StatusCode.NOT_FOUND,
-    "job_not_found": grpc.StatusCode.NOT_FOUND,
-    "invalid_input": grpc.StatusCode.INVALID_ARGUMENT,
-    "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP only (slow clients); one table for all codes
-    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "store_unavailable": grpc.StatusCode.UNAVAILABLE,
-    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "conflict": grpc.StatusCode.ABORTED,
-    "inference_error": grpc.StatusCode.INTERNAL,
-    "config_error": grpc.StatusCode.INTERNAL,
+STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.JOB_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP only (slow clients); one table for all codes
+    ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.CONFLICT: grpc.StatusCode.ABORTED,
+    ErrorCode.INFERENCE_ERROR: grpc.StatusCode.INTERNAL,
+    ErrorCode.CONFIG_ERROR: grpc.StatusCode.INTERNAL,
     # Raised by HTTP routing only; gRPC answers unknown methods itself.
-    "not_found": grpc.StatusCode.UNIMPLEMENTED,
-    "method_not_allowed": grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.METHOD_NOT_ALLOWED: grpc.StatusCode.UNIMPLEMENTED,
 }
 # Trailing metadata key with the seconds to wait before retrying (RESOURCE_EXHAUSTED), as HTTP's Retry-After.
 RETRY_AFTER = "retry-after"

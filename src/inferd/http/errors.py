@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import orjson
 
-from inferd.core.errors import InferdError
+from inferd.core.errors import ErrorCode, InferdError
 
-STATUS_BY_CODE = {
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "model_not_found": 404,
-    "job_not_found": 404,
-    "invalid_input": 422,
-    "payload_too_large": 413,
-    "request_timeout": 408,
-    "rate_limited": 429,
-    "overloaded": 503,
-    "store_unavailable": 503,
-    "timeout": 504,
-    "inference_error": 500,
-    "conflict": 409,
-    "not_found": 404,
-    "method_not_allowed": 405,
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.JOB_NOT_FOUND: 404,
+    ErrorCode.INVALID_INPUT: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.INFERENCE_ERROR: 500,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
 }
 
 
@@ -32,7 +32,7 @@ def error_status(error: InferdError) -> int:
 
 def error_headers(error: InferdError) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = []
-    if error.code == "unauthenticated":
+    if error.code is ErrorCode.UNAUTHENTICATED:
         headers.append((b"www-authenticate", b"Bearer"))
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:
