@@ -18,6 +18,12 @@ from inferd.jobs.worker import JobWorker
 
 logger = logging.getLogger("inferd.jobs")
 
+# The stores report their own failures fast, as errors (PostgreSQL waits at most its answer timeout
+# for a connection, SQLite its busy timeout for a lock), so this bound only catches a store that hangs
+# without failing. It must outlast a healthy store's slow answer on a loaded machine (a commit's fsync
+# on a busy disk, a starved thread): at 2 s a healthy replica was seen to report itself not ready.
+_PING_TIMEOUT_S = 10.0
+
 
 async def _every(interval_s: float, action: Callable[[], Awaitable[Any]], what: str) -> None:
     unavailable = False  # an outage is logged when it starts and when it ends, not every interval
@@ -123,7 +129,7 @@ class JobRuntime:
 
     async def readiness(self) -> list[str]:
         try:
-            if await asyncio.wait_for(self.store.ping(), timeout=2):
+            if await asyncio.wait_for(self.store.ping(), timeout=_PING_TIMEOUT_S):
                 return []
         except Exception as exc:
             return [f"job store does not answer: {type(exc).__name__}: {exc}"]

@@ -300,12 +300,24 @@ def test_killed_worker_jobs_are_recovered_and_finalized_exactly_once(
         proc.wait_http("/readyz" if proc is api else "/metrics")
 
     log = tmp_path / "slowjob.log"
+    release = tmp_path / "release"
     n = 20
-    # The first jobs (claimed first, two per worker) run long enough to be killed mid-job for sure.
+    gated = 4  # as many as both workers run at once: each ends up holding gated jobs only
+    # The gated jobs cannot finish before the test releases them, after the kill: the victim is killed
+    # mid-job for sure, however slowly the machine runs.
     ids = [
-        _submit(api.url, "slowjob", {"input": {"sleep_s": 1.5 if i < 4 else 0.4, "log": str(log), "tag": i}})[
-            "id"
-        ]
+        _submit(
+            api.url,
+            "slowjob",
+            {
+                "input": {
+                    "sleep_s": 0.4,
+                    "log": str(log),
+                    "tag": i,
+                    **({"until": str(release)} if i < gated else {}),
+                }
+            },
+        )["id"]
         for i in range(n)
     ]
 
@@ -316,12 +328,18 @@ def test_killed_worker_jobs_are_recovered_and_finalized_exactly_once(
             ).fetchall()
         return [row[0] for row in rows]
 
-    poll_until("the victim worker runs a job", held_by_victim, timeout_s=30, interval_s=0.02)
+    poll_until(
+        "the victim worker runs a gated job",
+        lambda: set(ids[:gated]) & set(held_by_victim()),
+        timeout_s=30,
+        interval_s=0.02,
+    )
     victim_finished_before_kill = _finished_total(victim.url)
     victim.signal(SIGKILL)
     assert victim.wait_exit(10) == -9
     held = held_by_victim()
-    assert held, "the victim held no job when it was killed"
+    assert set(ids[:gated]) & set(held), "the victim held no gated job when it was killed"
+    release.touch()
 
     def all_terminal() -> bool:
         with pg.connect() as conn:
