@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inferd_http_testkit import ServerProcess, free_port, run_inferd, running_server
+from inferd_http_testkit import SERVER_START_TIMEOUT_S, ServerProcess, free_port, run_inferd, running_server
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpcaio = pytest.importorskip("tritonclient.grpc.aio")
@@ -201,7 +201,7 @@ def test_workers_share_the_grpc_port(tmp_path: Path) -> None:
     with running_server(tmp_path, env=env, models=EXAMPLES, args=["--workers", "2"]) as process:
         # /readyz answered from one process; the other may still be starting. Both must bind the port
         # (a process that could not would fail its start-up instead of logging this line).
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while process.output().count(line) < 2:
             assert time.monotonic() < deadline, process.output()
             time.sleep(0.1)
