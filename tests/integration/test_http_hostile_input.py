@@ -6,7 +6,10 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from inferd_http_testkit import (
     JOBS_KEY,
@@ -174,17 +177,25 @@ def timeout_errors(api: InProcessAPI) -> float:
     )
 
 
-def test_a_client_deadline_expiring_is_not_an_executor_timeout(api: InProcessAPI) -> None:
+def test_a_client_deadline_expiring_is_not_an_executor_timeout(api: InProcessAPI, tmp_path: Path) -> None:
+    def blocked_call(name: str, **body: Any) -> httpx.Response:
+        # The call cannot end before it is released, so only a deadline can answer, whatever the load.
+        gate = tmp_path / name
+        try:
+            return api.post(
+                "/v1/models/sleepy/predict", key=PREDICT_KEY, json={"input": {"until": str(gate)}, **body}
+            )
+        finally:
+            gate.touch()
+
     before_executor, before_errors = executor_timeouts(api), timeout_errors(api)
-    for _ in range(3):
-        response = api.post(
-            "/v1/models/sleepy/predict", key=PREDICT_KEY, json={"input": {"sleep_s": 0.2}, "timeout_s": 0.05}
-        )
+    for i in range(3):
+        response = blocked_call(f"client-{i}", timeout_s=0.05)
         assert "request's timeout_s" in assert_error(response, 504, "timeout")["error"]["message"]
     assert executor_timeouts(api) == before_executor  # the operators' timeout alert stays quiet
     assert timeout_errors(api) == before_errors + 3  # the tenant's own error series shows them
     # The model's own timeout_s (0.3 s) passing is an executor timeout.
-    response = api.post("/v1/models/sleepy/predict", key=PREDICT_KEY, json={"input": {"sleep_s": 0.6}})
+    response = blocked_call("model")
     assert_error(response, 504, "timeout")
     assert executor_timeouts(api) == before_executor + 1
 
