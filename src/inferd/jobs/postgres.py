@@ -97,6 +97,14 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
+def _encode_column(name: str, values: list[Any]) -> list[Any]:
+    # Batched queries take JSON columns as text[] (see postgres_sql._array): plain strings adapt in
+    # C, where a Jsonb wrapper per value goes through Python for each one.
+    if COLUMN_KINDS.get(name) is Kind.JSON:
+        return [None if value is None else _dumps(value).decode() for value in values]
+    return values
+
+
 def _encode_all(params: Params) -> dict[str, Any]:
     return {name: _encode(name, value) for name, value in params.items()}
 
@@ -299,7 +307,7 @@ class PostgresConnector:
     async def fetch_batch(self, query: Query, rows: Sequence[Params], params: Params) -> list[Row]:
         if not rows:
             return []
-        arrays = {name: [_encode(name, row[name]) for row in rows] for name in rows[0]}
+        arrays = {name: _encode_column(name, [row[name] for row in rows]) for name in rows[0]}
         return (await self._cursor_rows(query, {**_encode_all(params), **arrays}))[0]
 
     # -- wake-ups ---------------------------------------------------------------------------------
