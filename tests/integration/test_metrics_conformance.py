@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,10 +85,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         "INFERD_UNKNOWN_MODEL_LABELS": "3",
     }
     with running_server(workdir, env=env, args=["--config", str(config)]) as server:
-        yield run_mix(server)
+        yield run_mix(server, workdir)
 
 
-def run_mix(server: ServerProcess) -> Observed:
+def run_mix(server: ServerProcess, workdir: Path) -> Observed:
     client = server.client()
     startup = scrape(client)  # before any inference request
     statuses: dict[str, list[int]] = {}
@@ -108,8 +109,13 @@ def run_mix(server: ServerProcess) -> Observed:
     # The label budget is 3 distinct unknown (model, version) pairs: nope, ok/9, ghost-1.
     for name in ("ghost-1", "ghost-2", "ghost-3", "ghost-2"):
         call("unknown model", "acme", f"/v1/models/{name}/predict", json={"input": 1})
-    for _ in range(2):
-        call("timeout", "acme", "/v1/models/sleepy/predict", json={"input": {"sleep_s": 0.6}})
+    for i in range(2):
+        # Blocked until released: only the model's 0.3 s deadline can answer, whatever the load.
+        gate = workdir / f"sleepy-gate-{i}"
+        try:
+            call("timeout", "acme", "/v1/models/sleepy/predict", json={"input": {"until": str(gate)}})
+        finally:
+            gate.touch()
     for _ in range(2):
         call("inference error", "beta", "/v1/models/boom/predict", json={"input": 1})
     call("invalid input", "acme", "/v1/models/schema/predict", json={"input": {"x": -1}})
