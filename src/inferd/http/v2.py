@@ -19,7 +19,7 @@ from inferd.http.compression import MIN_COMPRESS_BYTES, accepted_encoding, compr
 from inferd.http.routes import Body, Call, ErrorStyle, HeaderParam, Reply, Route
 from inferd.http.v2_codec import encode_infer_response, parse_infer_request
 
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = ("binary_tensor_data", "parameters")
 INFER_ERRORS = (401, 403, 404, 413, 422, 429, 500, 503, 504)
 
 
