@@ -35,10 +35,12 @@ ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 
 
 def _array(column: str) -> str:
-    """A batched column parameter: JSON travels as text[] (one string per row, made by orjson) and is
-    cast to jsonb[] in SQL; a jsonb[] parameter of per-value adapters cost most of a bulk insert."""
+    """A batched column parameter, sent in binary format (``%(name)b``): psycopg quotes every element
+    of a text-format array with a regular expression in Python: a 1,000-row insert took about 1.5x as
+    long with text-format arrays. JSON travels as text[] (one string per row, made by orjson) and
+    is cast to jsonb[] in SQL, rather than as one Jsonb adapter per value."""
     kind = JOB_COLUMN_KINDS[column]
-    return f"%({column})s::text[]::jsonb[]" if kind is Kind.JSON else f"%({column})s::{PG_TYPES[kind]}[]"
+    return f"%({column})b::text[]::jsonb[]" if kind is Kind.JSON else f"%({column})b::{PG_TYPES[kind]}[]"
 
 
 _UNNEST_JOBS = f"INSERT INTO jobs ({COLS}) SELECT * FROM unnest({', '.join(_array(c) for c in JOB_COLUMNS)})"
@@ -137,8 +139,8 @@ UPDATE jobs j SET
     error_code = CASE WHEN j.cancel_requested THEN NULL ELSE v.error_code END,
     error_message = CASE WHEN j.cancel_requested THEN NULL ELSE v.error_message END,
     lease_owner = NULL, lease_expires_at = NULL
-FROM unnest(%(id)s::text[], %(status)s::text[], %(outputs)s::text[]::jsonb[], %(error_code)s::text[],
-            %(error_message)s::text[], %(worker)s::text[], %(attempt)s::int[])
+FROM unnest(%(id)b::text[], %(status)b::text[], %(outputs)b::text[]::jsonb[], %(error_code)b::text[],
+            %(error_message)b::text[], %(worker)b::text[], %(attempt)b::int[])
      AS v(id, status, outputs, error_code, error_message, worker, attempt)
 WHERE j.id = v.id AND j.status = {{running}} AND j.lease_owner = v.worker AND j.attempts = v.attempt
 RETURNING {_J_COLS}
