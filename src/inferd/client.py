@@ -105,7 +105,7 @@ class Overloaded(APIError):
 
 
 class StoreUnavailable(APIError):
-    code = "store_unavailable"
+    code = core_errors.StoreUnavailableError.code
 
 
 class InferenceTimeout(APIError):

@@ -22,6 +22,7 @@ import orjson
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import (
     ConflictError,
+    ErrorCode,
     InferdError,
     InferenceError,
     InvalidInputError,
@@ -36,7 +37,7 @@ from inferd.metrics import InferdMetrics
 
 logger = logging.getLogger("inferd.jobs")
 
-RETRYABLE = frozenset({"timeout", "inference_error", "overloaded"})
+RETRYABLE = frozenset({ErrorCode.TIMEOUT, ErrorCode.INFERENCE_ERROR, ErrorCode.OVERLOADED})
 MAX_WAIT_S = 60.0
 
 
@@ -357,7 +358,7 @@ class JobService:
                 job, worker_id=worker_id, error=JobError(exc.code, message), retry=exc.code in RETRYABLE
             )
         except TypeError as exc:  # outputs orjson cannot encode
-            error = JobError("inference_error", f"the model's output is not JSON-serializable: {exc}")
+            error = JobError(ErrorCode.INFERENCE_ERROR, f"the model's output is not JSON-serializable: {exc}")
             return await self.fail(job, worker_id=worker_id, error=error, retry=False)
         return await self.complete(job, worker_id=worker_id, outputs=outputs)
 
@@ -366,7 +367,7 @@ class JobService:
         try:
             done = await self._finishes.submit(request)
         except InvalidInputError as exc:  # the store refuses this output (e.g. U+0000 on PostgreSQL)
-            error = JobError("inference_error", f"the model's output cannot be stored: {exc.message}")
+            error = JobError(ErrorCode.INFERENCE_ERROR, f"the model's output cannot be stored: {exc.message}")
             return await self.fail(job, worker_id=worker_id, error=error, retry=False)
         return self._recorded(job, done)
 
