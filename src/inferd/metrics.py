@@ -29,6 +29,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from inferd.core.runtime import ModelProcessRestart
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -40,14 +42,6 @@ class RestartReason(StrEnum):
 
     EXITED = "exited"  # it exited on its own (a crash in native code exits too)
     KILLED = "killed"  # a signal ended it (SIGKILL from the OOM killer or an operator, SIGSEGV)
-
-
-class ModelProcessRestart(StrEnum):
-    """Why a model process (``isolation: process``) was replaced."""
-
-    TIMEOUT = "timeout"  # stopped: every request of its call passed its deadline
-    EXITED = "exited"  # it exited or was killed on its own (crash, os._exit, the OOM killer)
-    MEMORY = "memory"  # its call went over max_memory_mb
 
 
 class InferdMetrics:

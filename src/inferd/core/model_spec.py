@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +17,13 @@ from inferd.core.tensors import TensorSpec
 # A registered runtime name (entry-point group ``inferd.runtimes``) or ``package.module:Class``.
 RUNTIME_REF = re.compile(r"[A-Za-z_][\w-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 HOOKS = ("preprocessor", "validator", "postprocessor")
+
+
+class Isolation(StrEnum):
+    """Where a version's model call runs (``isolation:`` in model.yaml; README, "Timeouts")."""
+
+    THREAD = "thread"  # on the executor's threads, in the server process: cannot be stopped
+    PROCESS = "process"  # in child processes, one per executor slot: stopped and replaced past a deadline
 
 
 class ModelSpec(BaseModel):
@@ -51,9 +59,7 @@ class ModelSpec(BaseModel):
     cpu_fallback: bool = False
     # A model whose exception messages are safe for its clients to read may show them (see README).
     expose_errors: bool = False
-    # Where the model call runs: in the executor's threads, or in child processes that can be killed
-    # (README, "Timeouts").
-    isolation: Literal["thread", "process"] = "thread"
+    isolation: Isolation = Isolation.THREAD
     # isolation: process only: the address-space cap of each model process.
     max_memory_mb: int | None = Field(default=None, ge=16)
     description: str = ""
@@ -67,7 +73,7 @@ class ModelSpec(BaseModel):
             )
         for field_name in HOOKS:
             check_module_ref(field_name, getattr(self, field_name))
-        if self.max_memory_mb is not None and self.isolation != "process":
+        if self.max_memory_mb is not None and self.isolation is not Isolation.PROCESS:
             raise ValueError("max_memory_mb needs isolation: process (a thread shares the server's memory)")
         if self.required and not self.load_at_start:
             raise ValueError("required: true needs load_at_start: true (readiness waits for the load)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeAlias
 
@@ -35,6 +36,15 @@ from inferd.core.tensors import TensorDeclarations
 
 # A batch of items: a list, or an array whose first dimension is the items.
 Batch: TypeAlias = Sequence[Any] | np.ndarray[Any, Any]
+
+
+class ModelProcessRestart(StrEnum):
+    """Why a model process (``isolation: process``) was replaced: what a process-isolated runtime tells
+    the composition root, which counts it (``executor_restarts_total``)."""
+
+    TIMEOUT = "timeout"  # stopped: every request of its call passed its deadline
+    EXITED = "exited"  # it exited or was killed on its own (crash, os._exit, the OOM killer)
+    MEMORY = "memory"  # its call went over max_memory_mb
 
 
 class RuntimeOptions(BaseModel):

@@ -10,11 +10,10 @@ import jsonschema
 from pydantic import ValidationError
 
 from inferd.core.errors import ConfigError, InferdError, shorten
-from inferd.core.model_spec import HOOKS, ModelSpec
+from inferd.core.model_spec import HOOKS, Isolation, ModelSpec
 from inferd.core.pipeline import Pipeline
-from inferd.core.runtime import ModuleResolver, Runtime, RuntimeContext, RuntimeOptions
+from inferd.core.runtime import ModelProcessRestart, ModuleResolver, Runtime, RuntimeContext, RuntimeOptions
 from inferd.core.tensors import resolve_declarations
-from inferd.metrics import ModelProcessRestart
 from inferd.runtimes.catalog import RuntimeCatalog
 from inferd.runtimes.loader import VersionModules
 
@@ -103,7 +102,7 @@ class PipelineFactory:
         options = runtime_options(cls, spec, where)
         try:
             runtime: Runtime
-            if spec.isolation == "process":
+            if spec.isolation is Isolation.PROCESS:
                 runtime = self._process_runtime(RuntimeContext(name, version, version_dir, spec, options))
             else:
                 runtime = cls(RuntimeContext(name, version, version_dir, spec, options, modules))

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from inferd.core.errors import ConfigError, InferdError, InferenceError, InvalidInputError
-from inferd.core.runtime import Batch, InputRejected, Runtime, RuntimeContext
+from inferd.core.model_spec import Isolation
+from inferd.core.runtime import Batch, InputRejected, ModelProcessRestart, Runtime, RuntimeContext
 from inferd.core.tensors import TensorDeclarations
-from inferd.metrics import ModelProcessRestart
 
 SHM_MIN_BYTES = 64 * 1024
 KILL_GRACE_S = 1.0
@@ -110,7 +110,7 @@ def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | 
         from inferd.runtimes.factory import PipelineFactory
 
         # This process is the isolation: the runtime itself loads here, in-process.
-        spec = context.spec.model_copy(update={"isolation": "thread", "max_memory_mb": None})
+        spec = context.spec.model_copy(update={"isolation": Isolation.THREAD, "max_memory_mb": None})
         runtime = PipelineFactory().runtime(context.name, context.version, context.path, spec)
         conn.send(("ready", runtime.takes_parameters, runtime.tensor_declarations()))
     except MemoryError:
