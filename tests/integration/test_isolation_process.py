@@ -2,13 +2,17 @@
 
 One in-process server (real model processes) for the module: a call past its deadline is answered 504
 and its process is stopped and replaced; a process that crashes fails only its call; max_memory_mb
-turns an oversized allocation into a clear error; arrays travel through shared memory.
+turns an oversized allocation into a clear error; arrays travel through shared memory. And the runtime
+alone: a stopped process's slot goes to the spare loaded beforehand.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +20,10 @@ import pytest
 from inferd_http_testkit import FIXTURES, PREDICT_KEY, InProcessAPI, assert_error, in_process_api
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferd.runtimes.isolation import pack, unpack
+from inferd.core.errors import InferenceError
+from inferd.core.model_spec import read_model_spec
+from inferd.runtimes.factory import PipelineFactory
+from inferd.runtimes.isolation import ProcessRuntime, pack, unpack
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +110,44 @@ def test_arrays_cross_through_shared_memory_intact() -> None:
     back = unpack(data, described)
     np.testing.assert_array_equal(back[0], array)
     np.testing.assert_array_equal(back[1]["small"], np.ones(3))
+
+
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+
+
+def test_a_stopped_process_hands_its_slot_to_the_loaded_spare() -> None:
+    version = FIXTURES / "isolation_models" / "stuck" / "1"
+    spec = read_model_spec(version / "model.yaml")
+    runtime = PipelineFactory(process_slots=lambda spec: 1).runtime("stuck", "1", version, spec)
+    assert isinstance(runtime, ProcessRuntime)
+    try:
+        spare = runtime.spare_pid
+        assert spare is not None
+        # Model processes are forks of the version's template, not of the server nor fresh interpreters.
+        assert parent_pid(spare) not in (os.getpid(), 1)
+        stuck = runtime.predict([{"sleep_s": 0}], None)[0]
+        assert stuck != spare
+        failures: list[InferenceError] = []
+
+        def stuck_call() -> None:
+            try:
+                runtime.predict([{"sleep_s": 600}], None)
+            except InferenceError as exc:
+                failures.append(exc)
+
+        caller = threading.Thread(target=stuck_call)
+        caller.start()
+        assert caller.ident is not None
+        while not runtime.cancel(caller.ident):  # until the call is in its process, then stop it
+            time.sleep(0.01)
+        caller.join()
+        assert [failure.cause for failure in failures] == ["deadline"]
+        # predict returned only once the stopped process was gone (its slot was busy until then) ...
+        with pytest.raises(ProcessLookupError):
+            os.kill(stuck, 0)
+        # ... and the next call runs in the spare, loaded before the stop: no interpreter start, no load.
+        assert runtime.predict([{"sleep_s": 0}], None) == [spare]
+    finally:
+        runtime.unload()

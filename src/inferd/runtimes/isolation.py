@@ -1,15 +1,18 @@
 """``isolation: process``: the model call of a version runs in child processes, one per executor slot.
 
-Each child loads the model itself (the parent never does) and answers one call at a time over a pipe.
-Pre- and postprocessor, validator and schema check stay in the server process. Arrays in a call's
-inputs and outputs travel out of band (pickle protocol 5): buffers over ``SHM_MIN_BYTES`` go through one
-shared-memory segment each instead of being copied through the pipe.
+Each version has a *template* process: a fresh interpreter (never a fork of the threaded server) that
+imports inferd and the version's runtime once, then forks every model process of the version; a fork
+loads the model itself (the server never does) and answers one call at a time over a pipe. The version
+keeps one loaded *spare* besides its slots. Pre- and postprocessor, validator and schema check stay in
+the server process. Arrays in a call's inputs and outputs travel out of band (pickle protocol 5): buffers
+over ``SHM_MIN_BYTES`` go through one shared-memory segment each instead of being copied through the pipe.
 
 A child can be stopped while it runs: when every request of a running call has passed its deadline the
 executor asks the pipeline to abandon it, and the child is sent SIGTERM, then SIGKILL after
 ``KILL_GRACE_S``. A child that dies (stopped, crashed, killed by the OOM killer) fails only the call it
-was running and is replaced by a fresh one that loads the model again; the executor slot stays busy until
-the dead child is gone. ``max_memory_mb`` caps a child's address space (RLIMIT_AS).
+was running; once it is gone (the executor slot stays busy until then) the spare takes its slot at once
+and a new spare is forked and loaded in the background, so the next call does not wait for an interpreter
+to start or a model to load. ``max_memory_mb`` caps a child's address space (RLIMIT_AS).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import os
 import pickle
 import queue
 import resource
@@ -24,8 +28,8 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing import resource_tracker
-from multiprocessing.connection import Connection
+from multiprocessing import reduction, resource_tracker
+from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -39,6 +43,8 @@ from inferd.core.tensors import TensorDeclarations
 SHM_MIN_BYTES = 64 * 1024
 KILL_GRACE_S = 1.0
 LOAD_TIMEOUT_S = 300.0
+# How often the template looks whether the server that started it is still there.
+TEMPLATE_POLL_S = 1.0
 
 RestartHook = Callable[[ModelProcessRestart], None]
 
@@ -96,13 +102,12 @@ def discard(described: list[tuple[str, int] | bytes]) -> None:
                 segment.unlink()
 
 
-# -- the child ---------------------------------------------------------------------------------------
+# -- the model process ------------------------------------------------------------------------------
 
 
 def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | None) -> None:
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: go when the server goes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's to handle
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: go when the template goes
     if max_memory_mb is not None:
         limit = max_memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -139,6 +144,66 @@ def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | 
             conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
 
 
+# -- the template: forks model processes ------------------------------------------------------------
+
+
+def _template_main(control: Connection, context: RuntimeContext, max_memory_mb: int | None) -> None:
+    """Import what loading the version needs, then fork a model process for each end of a pipe the
+    server sends; report each one's pid, and its exit status once it is reaped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's to handle
+    server = os.getppid()
+    from inferd.runtimes.factory import PipelineFactory
+
+    PipelineFactory().catalog.resolve(context.spec.runtime)  # imports the runtime's module once, here
+    # SIGCHLD wakes the loop below through this pipe, so exits are reported as they happen.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while os.getppid() == server:
+        readable = wait([control, wake_read], timeout=TEMPLATE_POLL_S)
+        if wake_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+        _report_exits(control)
+        if control not in readable:
+            continue
+        try:
+            control.recv()
+            fd = reduction.recv_handle(control)
+        except (EOFError, OSError):
+            return  # the server closed the pipe: the model processes go with this one (PDEATHSIG)
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_read)
+            os.close(wake_write)
+            control.close()
+            code = 0
+            try:
+                _child_main(Connection(fd), context, max_memory_mb)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)  # never the template's own exit handlers
+        os.close(fd)
+        control.send(("forked", pid))
+
+
+def _report_exits(control: Connection) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        control.send(("exited", pid, os.waitstatus_to_exitcode(status)))
+
+
 # -- the server side ---------------------------------------------------------------------------------
 
 
@@ -151,14 +216,100 @@ class ModelProcessError(Exception):
         self.detail = detail
 
 
-class _Child:
+class TemplateGone(Exception):
+    """The template process exited; a new one is needed to fork model processes."""
+
+
+class _Template:
+    """The server's handle on a template process: fork requests out, pids and exit statuses back."""
+
     def __init__(self, context: Any, args: tuple[Any, ...]) -> None:
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child_conn, *args), daemon=True)
+        self._mp = context
+        self.control, theirs = context.Pipe()
+        # A fresh interpreter: forking the server itself is not safe (it runs threads).
+        self.process = context.Process(
+            target=_template_main, args=(theirs, *args), daemon=True, name="inferd-model-template"
+        )
         self.process.start()
-        child_conn.close()
+        theirs.close()
+        self._fork_lock = threading.Lock()  # one fork request at a time: replies come in order
+        self._forked: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._exits: dict[int, int] = {}  # pid -> exit status (negative: the signal), until taken
+        self.alive = True
+        threading.Thread(target=self._read, name="inferd-model-template-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.control.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "forked":
+                self._forked.put(message[1])
+            else:
+                with self._changed:
+                    self._exits[message[1]] = message[2]
+                    self._changed.notify_all()
+        with self._changed:
+            self.alive = False
+            self._changed.notify_all()
+        self._forked.put(None)
+        with self._fork_lock:
+            self.control.close()
+
+    def fork(self) -> tuple[int, Connection]:
+        """A new model process (loading the model now) and the server's end of its pipe."""
+        ours, theirs = self._mp.Pipe()
+        try:
+            with self._fork_lock:
+                if not self.alive:
+                    raise TemplateGone
+                try:
+                    self.control.send("fork")
+                    reduction.send_handle(self.control, theirs.fileno(), self.process.pid)
+                except OSError:
+                    raise TemplateGone from None
+                try:
+                    pid = self._forked.get(timeout=LOAD_TIMEOUT_S)
+                except queue.Empty:
+                    raise ConfigError(
+                        f"the model template process did not fork within {LOAD_TIMEOUT_S:g}s"
+                    ) from None
+            if pid is None:
+                raise TemplateGone
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, ours
+
+    def exit_status(self, pid: int, timeout: float) -> int | None:
+        """The exit status of model process ``pid`` once reaped (waiting up to ``timeout``); None if it
+        is still running, or its template went first (the process then got SIGTERM: PDEATHSIG)."""
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._exits or not self.alive, timeout)
+            return self._exits.get(pid)
+
+    def forget(self, pid: int) -> None:
+        with self._changed:
+            self._exits.pop(pid, None)
+
+    def close(self) -> None:
+        """Stop the template; the reader sees the pipe close and closes the server's end."""
+        with contextlib.suppress(Exception):
+            self.process.terminate()
+
+
+class _Child:
+    def __init__(self, template: _Template) -> None:
+        self.template = template
+        self.pid, self.conn = template.fork()
         self.ready: tuple[bool, TensorDeclarations | None] | None = None
         self.stopping = False
+        self.reaped = False
+        self.exit_code: int | None = None
 
     def wait_ready(self) -> tuple[bool, TensorDeclarations | None]:
         if self.ready is None:
@@ -170,43 +321,53 @@ class _Child:
             except EOFError:
                 raise ConfigError(f"the model process {self.exit_description()} while loading") from None
             if message[0] != "ready":
-                self.process.join(timeout=5)
+                self.template.exit_status(self.pid, 5)
                 raise ConfigError(f"the model process could not load the model: {message[1]}")
             self.ready = (message[1], message[2])
         return self.ready
 
+    def gone(self) -> bool:
+        return self.template.exit_status(self.pid, 0) is not None or not self.template.alive
+
     def exit_description(self) -> str:
-        self.process.join(timeout=5)
-        code = self.process.exitcode
+        code = self.exit_code if self.reaped else self.template.exit_status(self.pid, 5)
         if code is None:
             return "stopped answering"
         if code < 0:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with status {code}"
 
+    def signal(self, signum: signal.Signals) -> None:
+        if not self.gone():  # once reaped, the pid may be another process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
     def stop(self) -> None:
         """SIGTERM now, SIGKILL after the grace period if it is still there."""
         self.stopping = True
-        with contextlib.suppress(Exception):
-            self.process.terminate()
-        timer = threading.Timer(KILL_GRACE_S, self._kill_if_alive)
+        self.signal(signal.SIGTERM)
+        timer = threading.Timer(KILL_GRACE_S, self.signal, (signal.SIGKILL,))
         timer.daemon = True
         timer.start()
 
-    def _kill_if_alive(self) -> None:
-        if self.process.is_alive():
-            with contextlib.suppress(Exception):
-                self.process.kill()
+    def reap(self) -> None:
+        """Wait until the process is gone (SIGKILL if it outlives the grace period), then forget it."""
+        self.exit_code = self.template.exit_status(self.pid, KILL_GRACE_S + 5)
+        if self.exit_code is None and self.template.alive:
+            self.signal(signal.SIGKILL)
+            self.exit_code = self.template.exit_status(self.pid, 5)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.template.forget(self.pid)
+        self.reaped = True
 
 
 class ProcessRuntime(Runtime):
-    """The version's runtime, loaded in each of ``slots`` child processes; ``predict`` runs in one of
-    them (the one this executor thread takes from the idle ones)."""
+    """The version's runtime, loaded in each of ``slots`` model processes plus a spare; ``predict`` runs
+    in one of them (the one this executor thread takes from the idle ones)."""
 
     def __init__(self, context: RuntimeContext, *, slots: int, on_restart: RestartHook | None = None) -> None:
         super().__init__(context)
-        # A fresh interpreter per child: forking the server is not safe (it runs threads), and a fork
-        # server did not start replacements faster here (each child still imports the main module).
         self._mp = multiprocessing.get_context("spawn")
         self._args = (context, context.spec.max_memory_mb)
         self._slots = slots
@@ -214,24 +375,38 @@ class ProcessRuntime(Runtime):
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._busy: dict[int, _Child] = {}  # executor thread id -> the child running its call
         self._lock = threading.Lock()
-        self._children: list[_Child] = []
+        self._template: _Template | None = None
+        self._children: list[_Child] = []  # those in the slots, idle, busy or loading
+        self._spare: _Child | None = None  # loaded and ready, in no slot
+        self._refilling = False
+        self._closed = False
         self.declarations: TensorDeclarations | None = None
         # Set by the pipeline: whether a request of the calling thread's call still waits.
         self.still_wanted: Callable[[], bool] = lambda: True
 
     def load(self) -> None:
-        self._children = [_Child(self._mp, self._args) for _ in range(self._slots)]
         try:
+            self._template = _Template(self._mp, self._args)
+            self._children = [_Child(self._template) for _ in range(self._slots)]
+            spare = _Child(self._template)
             readies = [child.wait_ready() for child in self._children]
+            spare.wait_ready()
         except BaseException:
             self.unload()
             raise
+        self._spare = spare
         self.takes_parameters, self.declarations = readies[0]
         for child in self._children:
             self._idle.put(child)
 
     def tensor_declarations(self) -> TensorDeclarations | None:
         return self.declarations
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The pid of the loaded spare, None while it is being replaced."""
+        spare = self._spare
+        return spare.pid if spare is not None else None
 
     def predict(self, batch: Batch, parameters: Mapping[str, Any] | None) -> Sequence[Any]:
         child = self._idle.get()
@@ -264,8 +439,8 @@ class ProcessRuntime(Runtime):
                         "the model process was stopped: the call passed its deadline", cause="deadline"
                     ) from None
                 raise InferenceError(
-                    f"the model process {child.exit_description()} during the call; a new one is loading the "
-                    "model",
+                    f"the model process {child.exit_description()} during the call; another one takes its "
+                    "place",
                     cause="model process exited",
                 ) from None
             finally:
@@ -287,11 +462,14 @@ class ProcessRuntime(Runtime):
             if replacement is None:
                 self._idle.put(child)
             else:
-                self._when_ready(replacement)
+                self._offer(replacement)
 
-    def _when_ready(self, fresh: _Child) -> None:
-        """Offer a replacement to the executor threads once it has loaded the model, so calls go to
-        the children that are ready meanwhile instead of waiting behind the load."""
+    def _offer(self, fresh: _Child) -> None:
+        """Offer a replacement to the executor threads once it has loaded the model (the spare at
+        once), so calls go to the children that are ready meanwhile instead of waiting behind a load."""
+        if fresh.ready is not None:
+            self._idle.put(fresh)
+            return
 
         def wait() -> None:
             with contextlib.suppress(ConfigError):  # a failed load fails its next call, which replaces it
@@ -301,24 +479,85 @@ class ProcessRuntime(Runtime):
         threading.Thread(target=wait, name="inferd-model-process-load", daemon=True).start()
 
     def _replace(self, child: _Child, reason: ModelProcessRestart) -> _Child:
-        """A fresh child (loading now) for the dead one's slot; the dead one is reaped first."""
-        child.process.join(timeout=KILL_GRACE_S + 5)
-        with contextlib.suppress(Exception):
-            child.conn.close()
-        fresh = _Child(self._mp, self._args)
+        """The spare (or, if none is ready, a fresh fork) for the dead child's slot, once the dead one
+        is gone; a new spare is forked and loaded in the background."""
+        child.reap()
+        with self._lock:
+            fresh, self._spare = self._spare, None
+        if fresh is None:
+            fresh = self._fork()
         with self._lock:
             self._children = [fresh if c is child else c for c in self._children]
         if self._on_restart is not None:
             self._on_restart(reason)
+        self._refill_spare()
         return fresh
 
-    def cancel(self, ident: int) -> None:
-        """Stop the child running the call of executor thread ``ident`` (every request of it timed out)."""
+    def _fork(self) -> _Child:
+        """A new model process from the template; a template that went is started again first."""
+        with self._lock:
+            template = self._template
+        if template is not None:
+            with contextlib.suppress(TemplateGone):
+                return _Child(template)
+        with self._lock:
+            if self._closed:
+                raise InferenceError("the model version was unloaded", cause="unloaded")
+            current = self._template
+            if current is template:
+                if current is not None:
+                    current.close()
+                current = self._template = _Template(self._mp, self._args)
+        assert current is not None
+        return _Child(current)
+
+    def _refill_spare(self) -> None:
+        with self._lock:
+            if self._refilling or self._closed:
+                return
+            self._refilling = True
+
+        def refill() -> None:
+            try:
+                while True:
+                    with self._lock:
+                        if self._spare is not None or self._closed:
+                            return
+                    spare = self._fork()
+                    try:
+                        spare.wait_ready()
+                    except ConfigError:
+                        return  # the next replacement forks for its slot and tries again
+                    with self._lock:
+                        kept = not self._closed
+                        if kept:
+                            self._spare = spare
+                    if not kept:
+                        spare.stop()
+            except (TemplateGone, InferenceError):
+                return
+            finally:
+                with self._lock:
+                    self._refilling = False
+
+        threading.Thread(target=refill, name="inferd-model-process-spare", daemon=True).start()
+
+    def cancel(self, ident: int) -> bool:
+        """Stop the child running the call of executor thread ``ident`` (every request of it timed out);
+        False when that thread runs no call here."""
         with self._lock:
             child = self._busy.get(ident)
         if child is not None:
             child.stop()
+        return child is not None
 
     def unload(self) -> None:
-        for child in self._children:
+        with self._lock:
+            self._closed = True
+            children = [*self._children, *([self._spare] if self._spare is not None else [])]
+            self._spare = None
+            template = self._template
+        for child in children:
             child.stop()
+        if template is not None:
+            template.close()  # model processes still loading go with it (PDEATHSIG)
