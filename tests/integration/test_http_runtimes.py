@@ -1,17 +1,42 @@
 """Runtimes behind the HTTP API: input of the wrong width is a 422 for predict and for job submission
-(nothing queued), and the torch example answers like the other iris versions."""
+(nothing queued), the torch example answers like the other iris versions, and an onnx model with two
+inputs takes both by name over /v1 and V2 REST."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from inferd_http_testkit import JOBS_KEY, PREDICT_KEY, InProcessAPI, assert_error, in_process_api
+from inferd_http_testkit import JOBS_KEY, MODELS_KEY, PREDICT_KEY, InProcessAPI, assert_error, in_process_api
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def write_two_input_onnx(path: Path) -> None:
+    """``scaled = features * float(scale)``: features FP32 [N, 3], scale INT64 [N, 1]. Different
+    datatypes and widths, so an input fed under the other's name or element type cannot pass."""
+    from onnx import TensorProto, helper, save_model
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["scale"], ["scale_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["features", "scale_f"], ["scaled"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("scale", TensorProto.INT64, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime the onnx extra allows
+    save_model(model, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +54,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessAPI]:
             f"runtime: {runtime}\nartifact: {artifact.name}\nmax_batch_size: 8\n"
         )
     shutil.copytree(EXAMPLES / "iris_torch", repo / "iris_torch")
+    pair = repo / "pair" / "1"
+    pair.mkdir(parents=True)
+    write_two_input_onnx(pair / "model.onnx")
+    (pair / "model.yaml").write_text("runtime: onnx\nartifact: model.onnx\nmax_batch_size: 8\n")
     with in_process_api(models=repo) as instance:
         yield instance
 
@@ -69,3 +98,59 @@ def test_torch_example_predicts_like_the_other_iris_versions(api: InProcessAPI, 
     )
     assert response.status_code == 200, response.text
     assert response.json()["outputs"] == [0, 1, 2]
+
+
+PAIR_ITEMS = [{"features": [1.0, 2.0, 3.0], "scale": [2]}, {"scale": [-1], "features": [0.5, 0.0, 4.0]}]
+PAIR_OUTPUTS = [[2.0, 4.0, 6.0], [-0.5, 0.0, -4.0]]
+
+
+def test_two_input_onnx_takes_one_mapping_per_item_over_v1(api: InProcessAPI) -> None:
+    one = api.post("/v1/models/pair/versions/1/predict", key=PREDICT_KEY, json={"input": PAIR_ITEMS[0]})
+    assert one.status_code == 200, one.text
+    assert one.json()["output"] == PAIR_OUTPUTS[0]
+    batch = api.post("/v1/models/pair/versions/1/predict/batch", key=PREDICT_KEY, json={"inputs": PAIR_ITEMS})
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["outputs"] == PAIR_OUTPUTS
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ({"features": [1.0, 2.0, 3.0]}, "inputs 'features', 'scale' to their rows, got 'features'"),
+        ({"features": [1.0, 2.0, 3.0], "scale": [1], "extra": 1}, "got 'features', 'scale', 'extra'"),
+        ([1.0, 2.0, 3.0], "got a list"),
+        ({"features": [1.0, 2.0], "scale": [1]}, "input 'features' (rows of shape [3], float32)"),
+        ({"features": [1.0, 2.0, 3.0], "scale": ["x"]}, "input 'scale' (rows of shape [1], int64)"),
+    ],
+)
+def test_two_input_onnx_names_what_an_item_lacks(api: InProcessAPI, item: Any, fragment: str) -> None:
+    response = api.post(
+        "/v1/models/pair/versions/1/predict/batch", key=PREDICT_KEY, json={"inputs": [PAIR_ITEMS[0], item]}
+    )
+    body = assert_error(response, 422, "invalid_input")
+    assert fragment in body["error"]["message"], body
+
+
+def test_two_input_onnx_over_v2_rest_feeds_both_tensors_by_name(api: InProcessAPI) -> None:
+    metadata = api.get("/v2/models/pair/versions/1", key=MODELS_KEY)
+    assert metadata.status_code == 200, metadata.text
+    assert metadata.json()["inputs"] == [
+        {"name": "features", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "scale", "datatype": "INT64", "shape": [-1, 1]},
+    ]
+    features = np.asarray([item["features"] for item in PAIR_ITEMS], dtype=np.float32)
+    request = {
+        "inputs": [  # in the other order than the model declares them: names decide, not positions
+            {"name": "scale", "datatype": "INT64", "shape": [2, 1], "data": [2, -1]},
+            {"name": "features", "datatype": "FP32", "shape": [2, 3], "data": features.ravel().tolist()},
+        ]
+    }
+    response = api.post("/v2/models/pair/versions/1/infer", key=PREDICT_KEY, json=request)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["name"] == "scaled" and output["shape"] == [2, 3]
+    assert output["data"] == [value for row in PAIR_OUTPUTS for value in row]
+    missing = api.post(
+        "/v2/models/pair/versions/1/infer", key=PREDICT_KEY, json={"inputs": request["inputs"][1:]}
+    )
+    assert missing.status_code == 422 and "'scale'" in missing.text, missing.text

@@ -18,7 +18,13 @@ import numpy as np
 
 from inferd.core.errors import InferdError, InferenceError, InvalidInputError, ModelNotReadyError
 from inferd.core.runtime import Batch, Runtime
-from inferd.core.tensors import TensorDeclarations, TensorRows, check_declared, outputs_to_tensors
+from inferd.core.tensors import (
+    Columns,
+    TensorDeclarations,
+    TensorRows,
+    check_declared,
+    outputs_to_tensors,
+)
 from inferd.core.tracing import StageTimings
 
 logger = logging.getLogger("inferd.pipeline")
@@ -50,10 +56,13 @@ def _cause(exc: BaseException) -> str:
 
 
 def _join(parts: list[Batch]) -> Batch:
-    """The items of merged calls as one sequence; arrays of rows (tensor requests) stay one array, so
-    the model gets a batch without a Python loop per row."""
+    """The items of merged calls as one sequence; arrays of rows (tensor requests) stay one array, and
+    Columns (several inputs) one array per input, so the model gets a batch without a Python loop per row."""
     if len(parts) == 1:
         return parts[0]
+    columns = Columns.join(parts)
+    if columns is not None:
+        return columns
     arrays: list[np.ndarray[Any, Any]] = []
     for part in parts:
         if isinstance(part, np.ndarray):

@@ -34,7 +34,8 @@ from inferd.core.errors import ConfigError
 from inferd.core.model_spec import ModelSpec
 from inferd.core.tensors import TensorDeclarations
 
-# A batch of items: a list, or an array whose first dimension is the items.
+# A batch of items: a list, an array whose first dimension is the items, or (several named V2 inputs
+# and no hooks) a tensors.Columns, one array per input.
 Batch: TypeAlias = Sequence[Any] | np.ndarray[Any, Any]
 
 
@@ -129,8 +130,10 @@ class Runtime(ABC):
 
     @abstractmethod
     def predict(self, batch: Batch, parameters: Mapping[str, Any] | None) -> Sequence[Any]:
-        """One output per item of ``batch``, same order. ``batch`` is a list of items or an array
-        whose first dimension is the items. ``parameters``: the requests' shared parameters, or None."""
+        """One output per item of ``batch``, same order. ``batch`` is a list of items, an array whose
+        first dimension is the items, or a :class:`~inferd.core.tensors.Columns` (item i is
+        ``{input name: row i}``; ``.arrays`` holds each input whole). ``parameters``: the requests'
+        shared parameters, or None."""
 
     def tensor_declarations(self) -> TensorDeclarations | None:
         """V2 inputs and outputs the loaded artifact tells (called after load()); ``inputs:`` and

@@ -4,8 +4,9 @@ the mapping between request tensors and pipeline items.
 How tensors reach a pipeline: a request whose inputs have N rows (their first dimension) is N items.
 A single input gives each item its row itself (a scalar for shape [N], an array for [N, ...]); several
 inputs give each item a mapping ``{input name: row}``. A model without preprocessor and validator gets
-the whole single input as one numpy array ``[N, ...]`` (a sequence of its rows), with no Python loop
-per row; hooks get plain JSON-like values (``tolist()``), exactly as /v1 items. Outputs go the other
+the whole single input as one numpy array ``[N, ...]`` (a sequence of its rows), and several inputs as
+:class:`Columns` (one array per input), with no Python loop per row; hooks get plain JSON-like values
+(``tolist()``), exactly as /v1 items. Outputs go the other
 way: per-item outputs are stacked into one tensor, mapping outputs into one tensor per key.
 
 Both the V2 REST adapter (JSON ``data`` or the binary extension) and the gRPC adapter
@@ -361,10 +362,10 @@ class TensorRows(Sequence[Any]):
         return {t.name: t.array[index] for t in self.tensors}
 
     def batch(self) -> Sequence[Any]:
-        """For models without hooks: the single input as one array (rows), or one mapping per row."""
+        """For models without hooks: the single input as one array (rows), several as :class:`Columns`."""
         if len(self.tensors) == 1:
             return cast(Sequence[Any], self.tensors[0].array)
-        return [{t.name: t.array[i] for t in self.tensors} for i in range(self._rows)]
+        return Columns({t.name: t.array for t in self.tensors})
 
     def items(self) -> list[Any]:
         """Plain JSON-like items for preprocessors and validators, as /v1 would give them."""
@@ -376,6 +377,49 @@ class TensorRows(Sequence[Any]):
 
 def _plain_rows(array: np.ndarray[Any, Any]) -> list[Any]:
     return list(array.tolist())
+
+
+class Columns(Sequence[dict[str, Any]]):
+    """A batch of items with several named inputs, held as one array per input (first dimension: the
+    items): item i is ``{name: row i}``, so a runtime that feeds inputs by name (onnx) passes each
+    array whole. Merged calls of such batches are joined input by input (:meth:`join`)."""
+
+    __slots__ = ("arrays", "_rows")
+
+    def __init__(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        self.arrays = dict(arrays)
+        self._rows = len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Columns, (self.arrays,))
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Columns: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Columns:
+        if isinstance(index, slice):
+            return Columns({name: array[index] for name, array in self.arrays.items()})
+        return {name: array[index] for name, array in self.arrays.items()}
+
+    @staticmethod
+    def join(parts: Sequence[Any]) -> Columns | None:
+        """Parts that are all Columns of the same inputs, datatypes and row shapes as one Columns;
+        None where they differ (the caller falls back to a list of items)."""
+        first = parts[0] if parts else None
+        if not isinstance(first, Columns):
+            return None
+        for part in parts:
+            if not isinstance(part, Columns) or part.arrays.keys() != first.arrays.keys():
+                return None
+            for name, array in part.arrays.items():
+                want = first.arrays[name]
+                if array.dtype != want.dtype or array.shape[1:] != want.shape[1:]:
+                    return None
+        return Columns({name: np.concatenate([part.arrays[name] for part in parts]) for name in first.arrays})
 
 
 # -- response side ---------------------------------------------------------------------------------

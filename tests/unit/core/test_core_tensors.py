@@ -15,6 +15,7 @@ from inferd.core.errors import InferdError, InferenceError, InvalidInputError
 from inferd.core.pipeline import Pipeline, PipelineCall
 from inferd.core.tensors import (
     NUMPY_DTYPES,
+    Columns,
     Datatype,
     Tensor,
     TensorDeclarations,
@@ -249,7 +250,12 @@ def test_rows_several_inputs_give_one_mapping_per_item() -> None:
     rows = TensorRows([tensor("a", [1, 2], Datatype.INT64), tensor("b", [[0.5], [1.5]], Datatype.FP64)])
     assert rows.items() == [{"a": 1, "b": [0.5]}, {"a": 2, "b": [1.5]}]
     assert rows[0]["b"].tolist() == [0.5]
-    assert [sorted(item) for item in rows.batch()] == [["a", "b"], ["a", "b"]]
+    batch = rows.batch()
+    assert isinstance(batch, Columns) and len(batch) == 2
+    assert batch.arrays["a"] is rows.tensors[0].array and batch.arrays["b"] is rows.tensors[1].array
+    assert [sorted(item) for item in batch] == [["a", "b"], ["a", "b"]]
+    assert batch[1]["b"].tolist() == [1.5]
+    assert batch[1:].arrays["a"].tolist() == [2]
 
 
 @pytest.mark.parametrize(
@@ -345,6 +351,67 @@ def test_tensor_batch_reaches_a_hookless_model_as_one_array_even_when_merged() -
     assert [[encode_json(t) for t in tensors] for tensors in outcomes] == [[[4.0, 4.0, 4.0]], [[8.0, 8.0]]]
     (batch,) = model.batches
     assert isinstance(batch, np.ndarray) and batch.shape == (5, 4) and batch.dtype == np.float32
+
+
+class ItemRecorder(ArrayRecorder):
+    def predict(self, batch: Any, parameters: Any = None) -> list[Any]:
+        self.batches.append(batch)
+        return [len(item) for item in batch]
+
+
+def test_several_input_batches_reach_a_hookless_model_as_columns_joined_input_by_input() -> None:
+    model = ItemRecorder()
+    pipeline = Pipeline(name="m", version="1", model=model, max_batch_size=4)
+    calls = [
+        PipelineCall(
+            TensorRows([tensor("a", [1, 2, 3], Datatype.INT64), tensor("b", [[1.0]] * 3, Datatype.FP32)]),
+            True,
+        ),
+        PipelineCall(
+            TensorRows([tensor("b", [[2.0]] * 2, Datatype.FP32), tensor("a", [4, 5], Datatype.INT64)]), True
+        ),
+    ]
+    run(pipeline, calls)
+    assert [type(b) for b in model.batches] == [Columns, Columns]  # split at max_batch_size: 4 + 1
+    assert [b.arrays["a"].tolist() for b in model.batches] == [[1, 2, 3, 4], [5]]
+    assert [b.arrays["b"].ravel().tolist() for b in model.batches] == [[1.0, 1.0, 1.0, 2.0], [2.0]]
+
+
+def test_columns_of_other_inputs_or_row_shapes_join_as_a_list_of_items() -> None:
+    ints = Columns({"a": np.array([1, 2])})
+    assert Columns.join([ints, Columns({"a": np.array([1.5])})]) is None  # another dtype
+    assert Columns.join([ints, Columns({"a": np.array([[1, 2]])})]) is None  # another row shape
+    assert Columns.join([ints, Columns({"b": np.array([3])})]) is None  # another input
+    assert Columns.join([ints, [{"a": 3}]]) is None
+    model = ItemRecorder()
+    pipeline = Pipeline(name="m", version="1", model=model, max_batch_size=8)
+    run(
+        pipeline,
+        [
+            PipelineCall(
+                TensorRows([tensor("a", [1], Datatype.INT64), tensor("b", [1], Datatype.INT64)]), True
+            ),
+            PipelineCall(
+                TensorRows([tensor("a", [2], Datatype.INT64), tensor("b", [2.5], Datatype.FP64)]), True
+            ),
+        ],
+    )
+    (batch,) = model.batches
+    assert [{k: v.tolist() for k, v in item.items()} for item in batch] == [
+        {"a": 1, "b": 1},
+        {"a": 2, "b": 2.5},
+    ]
+
+
+def test_columns_cross_to_a_model_process_with_their_arrays_out_of_band() -> None:
+    from inferd.runtimes.isolation import SHM_MIN_BYTES, pack, unpack
+
+    big = np.arange(SHM_MIN_BYTES // 8 + 1, dtype=np.int64)
+    data, described = pack(Columns({"a": big, "b": big[:, None] * 0.5}))
+    assert sum(not isinstance(part, bytes) for part in described) == 2  # both arrays in shared memory
+    back = unpack(data, described)
+    assert isinstance(back, Columns) and len(back) == len(big)
+    assert np.array_equal(back.arrays["a"], big) and back.arrays["b"].shape == (len(big), 1)
 
 
 def test_tensor_batches_split_at_max_batch_size_as_array_slices() -> None:
