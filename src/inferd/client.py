@@ -18,10 +18,10 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -216,6 +216,16 @@ class _Call:
     # 429 and 503 mean "refused before doing anything, come back later", except from a probe.
     retry_refusals: bool = True
 
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        return http.build_request(
+            self.method,
+            self.path,
+            json=self.json,
+            content=self.content,
+            params=self.params,
+            headers=self.headers,
+        )
+
 
 def _segment(value: str) -> str:
     """A name or id as one path segment: '/', '?', '#' and the like cannot change the route."""
@@ -301,6 +311,24 @@ def _decode(response: httpx.Response) -> Any:
     return response.json()
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Wait:
+    seconds: float
+
+
+# What the client does next (send a request, or wait before retrying it), written once for both clients:
+# a plan yields steps, is sent each step's outcome (the response, the transport error, or None after a
+# wait) and returns the method's result. Client runs plans blocking, AsyncClient on the event loop.
+_Outcome = httpx.Response | httpx.TransportError | None
+_Plan = Generator[_Call | _Wait, _Outcome, T]
+
+_NOTHING: Any = object()
+_READY = _Call("GET", "/readyz", repeatable=True, retry_refusals=False)
+
+
 class _Base:
     def __init__(
         self,
@@ -330,35 +358,61 @@ class _Base:
         # A connection that never opened sent nothing: always safe to try again.
         return call.repeatable or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
-    def _unreachable(self, exc: httpx.TransportError) -> ConnectionFailed:
-        return ConnectionFailed(f"cannot reach {self.url}: {type(exc).__name__}: {exc}")
+    def _send(self, call: _Call) -> _Plan[httpx.Response]:
+        """``call`` with the retries it allows; the last response (raising ConnectionFailed when the
+        server could not be reached)."""
+        attempt = 0
+        while True:
+            outcome = yield call
+            if isinstance(outcome, httpx.TransportError):
+                delay = self._delay(call, attempt, None) if self._retry_transport(call, outcome) else None
+                if delay is None:
+                    raise ConnectionFailed(
+                        f"cannot reach {self.url}: {type(outcome).__name__}: {outcome}"
+                    ) from outcome
+            else:
+                assert outcome is not None
+                delay = self._delay(call, attempt, outcome)
+                if delay is None:
+                    return outcome
+            yield _Wait(delay)
+            attempt += 1
 
-    # request builders -------------------------------------------------------------------------------
+    def _json(self, call: _Call) -> _Plan[Any]:
+        return _decode((yield from self._send(call)))
 
-    @staticmethod
-    def _predict_call(
+    # the API's operations -----------------------------------------------------------------------------
+
+    def _predict(
+        self,
         model: str,
         input: Any,
         version: str | None,
         parameters: Mapping[str, Any] | None,
         timeout_s: float | None,
-    ) -> _Call:
+    ) -> _Plan[Prediction]:
         body = _body("input", input, parameters=parameters, timeout_s=timeout_s)
-        return _Call("POST", _model_path(model, version, "/predict"), json=body)
+        data = yield from self._json(_Call("POST", _model_path(model, version, "/predict"), json=body))
+        return Prediction(data["model"], data["version"], data["output"], data.get("request_id"))
 
-    @staticmethod
-    def _batch_call(
+    def _predict_batch(
+        self,
         model: str,
         inputs: list[Any],
         version: str | None,
         parameters: Mapping[str, Any] | None,
         timeout_s: float | None,
-    ) -> _Call:
+    ) -> _Plan[BatchPrediction]:
         body = _body("inputs", list(inputs), parameters=parameters, timeout_s=timeout_s)
-        return _Call("POST", _model_path(model, version, "/predict/batch"), json=body)
+        call = _Call("POST", _model_path(model, version, "/predict/batch"), json=body)
+        response = yield from self._send(call)
+        data = _decode(response)
+        return BatchPrediction(
+            data["model"], data["version"], data["outputs"], response.headers.get("x-request-id")
+        )
 
-    @staticmethod
-    def _submit_call(
+    def _submit_job(
+        self,
         model: str,
         input: Any,
         inputs: list[Any] | None,
@@ -368,7 +422,7 @@ class _Base:
         timeout_s: float | None,
         priority: int | None,
         idempotency_key: str | None,
-    ) -> _Call:
+    ) -> _Plan[Job]:
         if (inputs is None) == (input is _NOTHING):
             raise ValueError("pass exactly one of input or inputs")
         key, value = ("inputs", list(inputs)) if inputs is not None else ("input", input)
@@ -381,51 +435,69 @@ class _Base:
             priority=priority,
         )
         headers = {"Idempotency-Key": idempotency_key or f"py-{uuid.uuid4().hex}"}
-        return _Call(
+        call = _Call(
             "POST", _model_path(model, version, "/jobs"), json=body, headers=headers, repeatable=True
         )
+        return Job.from_json((yield from self._json(call)))
 
-    @staticmethod
-    def _bulk_call(
-        model: str, jobs: Sequence[Mapping[str, Any]], version: str | None, idempotency_key: str | None
-    ) -> _Call:
+    def _submit_jobs(
+        self, model: str, jobs: Sequence[Mapping[str, Any]], version: str | None, idempotency_key: str | None
+    ) -> _Plan[list[Job | APIError]]:
         content = b"".join(json.dumps(job, separators=(",", ":")).encode() + b"\n" for job in jobs)
         headers = {
             "Idempotency-Key": idempotency_key or f"py-{uuid.uuid4().hex}",
             "Content-Type": "application/x-ndjson",
         }
         path = _model_path(model, version, "/jobs/bulk")
-        return _Call("POST", path, content=content, headers=headers, repeatable=True)
+        call = _Call("POST", path, content=content, headers=headers, repeatable=True)
+        return _bulk_outcomes((yield from self._send(call)))
 
-    @staticmethod
-    def _get_job_call(job_id: str, wait_s: float | None) -> _Call:
+    def _get_job(self, job_id: str, wait_s: float | None) -> _Plan[Job]:
         params = {"wait": min(wait_s, MAX_WAIT_PER_CALL_S)} if wait_s else None
-        return _Call("GET", f"/v1/jobs/{_segment(job_id)}", params=params, repeatable=True)
+        call = _Call("GET", f"/v1/jobs/{_segment(job_id)}", params=params, repeatable=True)
+        return Job.from_json((yield from self._json(call)))
 
-    @staticmethod
-    def _list_jobs_call(status: str | None, model: str | None, page_size: int, cursor: str | None) -> _Call:
+    def _wait_job(self, job_id: str, timeout_s: float | None) -> _Plan[Job]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = MAX_WAIT_PER_CALL_S if deadline is None else deadline - time.monotonic()
+            job = yield from self._get_job(job_id, max(0.0, min(MAX_WAIT_PER_CALL_S, left)))
+            if job.done:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s}s")
+
+    def _jobs_page(
+        self, status: str | None, model: str | None, page_size: int, cursor: str | None
+    ) -> _Plan[tuple[list[Job], str | None]]:
+        """One page of the tenant's jobs and the cursor of the next (None after the last)."""
         params = {"status": status, "model": model, "limit": page_size, "cursor": cursor}
-        return _Call(
+        call = _Call(
             "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}, repeatable=True
         )
+        page = yield from self._json(call)
+        return [Job.from_json(item) for item in page["jobs"]], page.get("next_cursor") or None
 
-    @staticmethod
-    def _wait_budget(deadline: float | None) -> float:
-        if deadline is None:
-            return MAX_WAIT_PER_CALL_S
-        return max(0.0, min(MAX_WAIT_PER_CALL_S, deadline - time.monotonic()))
+    def _cancel_job(self, job_id: str) -> _Plan[Job]:
+        return Job.from_json((yield from self._json(_Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel"))))
 
+    def _models(self) -> _Plan[list[dict[str, Any]]]:
+        listing = yield from self._json(_Call("GET", "/v1/models", repeatable=True))
+        models: list[dict[str, Any]] = listing["models"]
+        return models
 
-_NOTHING: Any = object()
-_READY = _Call("GET", "/readyz", repeatable=True, retry_refusals=False)
+    def _model(self, name: str) -> _Plan[dict[str, Any]]:
+        entry: dict[str, Any] = yield from self._json(
+            _Call("GET", f"/v1/models/{_segment(name)}", repeatable=True)
+        )
+        return entry
 
+    def _reload_models(self) -> _Plan[dict[str, Any]]:
+        summary: dict[str, Any] = yield from self._json(_Call("POST", "/v1/admin/models/reload"))
+        return summary
 
-def _prediction(data: dict[str, Any]) -> Prediction:
-    return Prediction(data["model"], data["version"], data["output"], data.get("request_id"))
-
-
-def _batch(data: dict[str, Any], response_request_id: str | None) -> BatchPrediction:
-    return BatchPrediction(data["model"], data["version"], data["outputs"], response_request_id)
+    def _ready(self) -> _Plan[bool]:
+        return (yield from self._send(_READY)).status_code == 200
 
 
 class Client(_Base):
@@ -455,31 +527,22 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, call: _Call) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    json=call.json,
-                    content=call.content,
-                    params=call.params,
-                    headers=call.headers,
-                )
-            except httpx.TransportError as exc:
-                delay = self._delay(call, attempt, None) if self._retry_transport(call, exc) else None
-                if delay is None:
-                    raise self._unreachable(exc) from exc
-            else:
-                delay = self._delay(call, attempt, response)
-                if delay is None:
-                    return response
-            time.sleep(delay)
-            attempt += 1
-
-    def _json(self, call: _Call) -> Any:
-        return _decode(self._send(call))
+    def _run(self, plan: _Plan[T]) -> T:
+        outcome: _Outcome = None
+        try:
+            while True:
+                step = plan.send(outcome)
+                if isinstance(step, _Wait):
+                    time.sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    outcome = self._http.send(step.request(self._http))
+                except httpx.TransportError as exc:
+                    outcome = exc
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # API ----------------------------------------------------------------------------------------------
 
@@ -493,7 +556,7 @@ class Client(_Base):
         timeout_s: float | None = None,
     ) -> Prediction:
         """One input item through the model's pipeline (routed version unless ``version`` pins one)."""
-        return _prediction(self._json(self._predict_call(model, input, version, parameters, timeout_s)))
+        return self._run(self._predict(model, input, version, parameters, timeout_s))
 
     def predict_batch(
         self,
@@ -505,8 +568,7 @@ class Client(_Base):
         timeout_s: float | None = None,
     ) -> BatchPrediction:
         """Several input items in one call; outputs in input order."""
-        response = self._send(self._batch_call(model, inputs, version, parameters, timeout_s))
-        return _batch(_decode(response), response.headers.get("x-request-id"))
+        return self._run(self._predict_batch(model, inputs, version, parameters, timeout_s))
 
     def submit_job(
         self,
@@ -523,10 +585,11 @@ class Client(_Base):
     ) -> Job:
         """Queue a durable job (``input`` or ``inputs``). The Idempotency-Key (random unless given) makes
         the retries of a lost or refused submission return the same job."""
-        call = self._submit_call(
-            model, input, inputs, version, parameters, max_attempts, timeout_s, priority, idempotency_key
+        return self._run(
+            self._submit_job(
+                model, input, inputs, version, parameters, max_attempts, timeout_s, priority, idempotency_key
+            )
         )
-        return Job.from_json(self._json(call))
 
     def submit_jobs(
         self,
@@ -540,21 +603,15 @@ class Client(_Base):
         (``{"input": ...}`` or ``{"inputs": [...]}``, optionally ``max_attempts``, ``timeout_s``,
         ``priority``, ``parameters``). One outcome per job, in order: the job, or the error refusing that
         one alone. The request's Idempotency-Key makes a retried request return the same jobs."""
-        return _bulk_outcomes(self._send(self._bulk_call(model, jobs, version, idempotency_key)))
+        return self._run(self._submit_jobs(model, jobs, version, idempotency_key))
 
     def get_job(self, job_id: str, *, wait_s: float | None = None) -> Job:
         """The job; with ``wait_s`` the server holds the answer until it is done or the wait ends (≤ 60 s)."""
-        return Job.from_json(self._json(self._get_job_call(job_id, wait_s)))
+        return self._run(self._get_job(job_id, wait_s))
 
     def wait_job(self, job_id: str, *, timeout_s: float | None = None) -> Job:
         """Long-poll until the job is done; raise ``TimeoutError`` if ``timeout_s`` passes first."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = self.get_job(job_id, wait_s=self._wait_budget(deadline))
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s}s")
+        return self._run(self._wait_job(job_id, timeout_s))
 
     def list_jobs(
         self, *, status: str | None = None, model: str | None = None, page_size: int = 100
@@ -562,31 +619,26 @@ class Client(_Base):
         """Your tenant's jobs, newest first, fetched page by page as you iterate."""
         cursor: str | None = None
         while True:
-            page = self._json(self._list_jobs_call(status, model, page_size, cursor))
-            for item in page["jobs"]:
-                yield Job.from_json(item)
-            cursor = page.get("next_cursor")
-            if not cursor:
+            jobs, cursor = self._run(self._jobs_page(status, model, page_size, cursor))
+            yield from jobs
+            if cursor is None:
                 return
 
     def cancel_job(self, job_id: str) -> Job:
-        return Job.from_json(self._json(_Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel")))
+        return self._run(self._cancel_job(job_id))
 
     def models(self) -> list[dict[str, Any]]:
-        models: list[dict[str, Any]] = self._json(_Call("GET", "/v1/models", repeatable=True))["models"]
-        return models
+        return self._run(self._models())
 
     def model(self, name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = self._json(_Call("GET", f"/v1/models/{_segment(name)}", repeatable=True))
-        return entry
+        return self._run(self._model(name))
 
     def reload_models(self) -> dict[str, Any]:
         """Rescan the server's model repository (admin key); the summary of what changed."""
-        summary: dict[str, Any] = self._json(_Call("POST", "/v1/admin/models/reload"))
-        return summary
+        return self._run(self._reload_models())
 
     def ready(self) -> bool:
-        return self._send(_READY).status_code == 200
+        return self._run(self._ready())
 
 
 class AsyncClient(_Base):
@@ -621,31 +673,24 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, call: _Call) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(
-                    call.method,
-                    call.path,
-                    json=call.json,
-                    content=call.content,
-                    params=call.params,
-                    headers=call.headers,
-                )
-            except httpx.TransportError as exc:
-                delay = self._delay(call, attempt, None) if self._retry_transport(call, exc) else None
-                if delay is None:
-                    raise self._unreachable(exc) from exc
-            else:
-                delay = self._delay(call, attempt, response)
-                if delay is None:
-                    return response
-            await asyncio.sleep(delay)
-            attempt += 1
+    async def _run(self, plan: _Plan[T]) -> T:
+        outcome: _Outcome = None
+        try:
+            while True:
+                step = plan.send(outcome)
+                if isinstance(step, _Wait):
+                    await asyncio.sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    outcome = await self._http.send(step.request(self._http))
+                except httpx.TransportError as exc:
+                    outcome = exc
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
-    async def _json(self, call: _Call) -> Any:
-        return _decode(await self._send(call))
+    # API: as Client's -------------------------------------------------------------------------------
 
     async def predict(
         self,
@@ -656,7 +701,7 @@ class AsyncClient(_Base):
         parameters: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Prediction:
-        return _prediction(await self._json(self._predict_call(model, input, version, parameters, timeout_s)))
+        return await self._run(self._predict(model, input, version, parameters, timeout_s))
 
     async def predict_batch(
         self,
@@ -667,8 +712,7 @@ class AsyncClient(_Base):
         parameters: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> BatchPrediction:
-        response = await self._send(self._batch_call(model, inputs, version, parameters, timeout_s))
-        return _batch(_decode(response), response.headers.get("x-request-id"))
+        return await self._run(self._predict_batch(model, inputs, version, parameters, timeout_s))
 
     async def submit_job(
         self,
@@ -683,10 +727,11 @@ class AsyncClient(_Base):
         priority: int | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        call = self._submit_call(
-            model, input, inputs, version, parameters, max_attempts, timeout_s, priority, idempotency_key
+        return await self._run(
+            self._submit_job(
+                model, input, inputs, version, parameters, max_attempts, timeout_s, priority, idempotency_key
+            )
         )
-        return Job.from_json(await self._json(call))
 
     async def submit_jobs(
         self,
@@ -696,50 +741,36 @@ class AsyncClient(_Base):
         version: str | None = None,
         idempotency_key: str | None = None,
     ) -> list[Job | APIError]:
-        return _bulk_outcomes(await self._send(self._bulk_call(model, jobs, version, idempotency_key)))
+        return await self._run(self._submit_jobs(model, jobs, version, idempotency_key))
 
     async def get_job(self, job_id: str, *, wait_s: float | None = None) -> Job:
-        return Job.from_json(await self._json(self._get_job_call(job_id, wait_s)))
+        return await self._run(self._get_job(job_id, wait_s))
 
     async def wait_job(self, job_id: str, *, timeout_s: float | None = None) -> Job:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = await self.get_job(job_id, wait_s=self._wait_budget(deadline))
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s}s")
+        return await self._run(self._wait_job(job_id, timeout_s))
 
     async def list_jobs(
         self, *, status: str | None = None, model: str | None = None, page_size: int = 100
     ) -> AsyncIterator[Job]:
         cursor: str | None = None
         while True:
-            page = await self._json(self._list_jobs_call(status, model, page_size, cursor))
-            for item in page["jobs"]:
-                yield Job.from_json(item)
-            cursor = page.get("next_cursor")
-            if not cursor:
+            jobs, cursor = await self._run(self._jobs_page(status, model, page_size, cursor))
+            for job in jobs:
+                yield job
+            if cursor is None:
                 return
 
     async def cancel_job(self, job_id: str) -> Job:
-        return Job.from_json(await self._json(_Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel")))
+        return await self._run(self._cancel_job(job_id))
 
     async def models(self) -> list[dict[str, Any]]:
-        models: list[dict[str, Any]] = (await self._json(_Call("GET", "/v1/models", repeatable=True)))[
-            "models"
-        ]
-        return models
+        return await self._run(self._models())
 
     async def model(self, name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = await self._json(
-            _Call("GET", f"/v1/models/{_segment(name)}", repeatable=True)
-        )
-        return entry
+        return await self._run(self._model(name))
 
     async def reload_models(self) -> dict[str, Any]:
-        summary: dict[str, Any] = await self._json(_Call("POST", "/v1/admin/models/reload"))
-        return summary
+        return await self._run(self._reload_models())
 
     async def ready(self) -> bool:
-        return (await self._send(_READY)).status_code == 200
+        return await self._run(self._ready())

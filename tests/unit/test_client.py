@@ -5,6 +5,7 @@ job, long-poll waits, cursor paging. Retry waits are capped at 0 s so nothing sl
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -324,3 +325,25 @@ def test_async_client_raises_typed_errors() -> None:
         asyncio.run(scenario())
     assert len(server.requests) == 2
     assert StoreUnavailable.code == "store_unavailable"
+
+
+def test_async_client_offers_every_client_method_with_the_same_signature() -> None:
+    public = {name for name in vars(Client) if not name.startswith("_")} - {"close"}
+    assert public <= set(vars(AsyncClient)), public - set(vars(AsyncClient))
+    for name in public:
+        sync, asynchronous = (
+            inspect.signature(getattr(cls, name)).parameters for cls in (Client, AsyncClient)
+        )
+        assert sync == asynchronous, name
+
+
+def test_async_client_retries_an_unreachable_server_and_raises_connection_failed() -> None:
+    server = Server(httpx.ConnectError("refused"), httpx.ConnectError("refused"))
+
+    async def scenario() -> None:
+        async with server.async_client(retries=1) as client:
+            await client.get_job("j1")
+
+    with pytest.raises(ConnectionFailed, match="cannot reach"):
+        asyncio.run(scenario())
+    assert len(server.requests) == 2
