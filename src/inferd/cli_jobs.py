@@ -9,7 +9,7 @@ import signal
 import uuid
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 import typer
 from rich.console import Console
@@ -38,10 +38,27 @@ from inferd.cli_common import (
 )
 from inferd.client import APIError, AsyncClient, Job
 from inferd.core.errors import ConfigError, InferdError
+from inferd.jobs.models import JobStatus
 
 logger = logging.getLogger("inferd.worker")
 jobs_app = typer.Typer(help="Submit and inspect durable async jobs.", no_args_is_help=True)
 BULK_LINES = 1000  # jobs per bulk request: large enough to amortize a request, small enough to retry
+
+# What became of one submitted chunk: its job, the API's refusal of it, or None (not submitted).
+Outcome = Job | APIError | None
+
+
+def _succeeded(outcome: Outcome) -> TypeGuard[Job]:
+    return isinstance(outcome, Job) and outcome.status == JobStatus.SUCCEEDED
+
+
+def _error_of(outcome: Outcome) -> dict[str, str]:
+    """Why a chunk did not succeed, as the output file's ``{"error": ...}`` line says it."""
+    if isinstance(outcome, APIError):
+        return {"code": outcome.code, "message": outcome.message}
+    if isinstance(outcome, Job):
+        return outcome.error or {"code": outcome.status, "message": outcome.status}
+    return {"code": "unknown", "message": "not submitted"}
 
 
 def worker(
@@ -205,8 +222,7 @@ async def _submit_and_wait(
     output: Path | None,
 ) -> None:
     console = Console(stderr=True)
-    # The outcome of each chunk: its job, or the API's refusal of that chunk alone.
-    outcomes: list[Job | APIError | None] = [None] * len(chunks)
+    outcomes: list[Outcome] = [None] * len(chunks)
     run_id = uuid.uuid4().hex  # one Idempotency-Key per request and run: a retried POST never duplicates
     async with client:
 
@@ -254,7 +270,7 @@ async def _submit_and_wait(
                 outcome = outcomes[index]
                 if isinstance(outcome, Job):
                     outcome = outcomes[index] = await client.wait_job(outcome.id)
-                finished(isinstance(outcome, Job) and outcome.status == "succeeded")
+                finished(_succeeded(outcome))
 
             await asyncio.gather(*(follow(i) for i in range(len(chunks))))
 
@@ -262,18 +278,12 @@ async def _submit_and_wait(
     lines: list[str] = []
     for index, outcome in enumerate(outcomes):
         for position in range(len(chunks[index])):
-            if isinstance(outcome, Job) and outcome.status == "succeeded":
+            if _succeeded(outcome):
                 value = outcome.outputs[position] if batch and outcome.outputs is not None else outcome.output
                 lines.append(json.dumps({"output": value}))
-                continue
-            failed += 1
-            if isinstance(outcome, APIError):
-                error = {"code": outcome.code, "message": outcome.message}
-            elif isinstance(outcome, Job):
-                error = outcome.error or {"code": outcome.status, "message": outcome.status}
             else:
-                error = {"code": "unknown", "message": "not submitted"}
-            lines.append(json.dumps({"error": error}))
+                failed += 1
+                lines.append(json.dumps({"error": _error_of(outcome)}))
     if output is not None:
         output.write_text("\n".join(lines) + "\n")
         console.print(f"wrote {len(lines)} line(s) to {output}", highlight=False)
@@ -308,9 +318,7 @@ def jobs_cancel(
 
 @jobs_app.command("list")
 def jobs_list(
-    status: Annotated[
-        str | None, typer.Option("--status", help="pending|running|succeeded|failed|cancelled")
-    ] = None,
+    status: Annotated[JobStatus | None, typer.Option("--status", help="Only jobs in this status.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -27,9 +27,9 @@ from urllib.parse import quote
 import httpx
 
 from inferd.core import errors as core_errors
+from inferd.jobs.models import TERMINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_WAIT_PER_CALL_S = 60.0  # the server holds GET /v1/jobs/{id}?wait= at most this long
 RETRYABLE_STATUSES = frozenset({429, 503})
 

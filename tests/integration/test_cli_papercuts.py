@@ -3,6 +3,7 @@ break mid-sentence at the terminal's width, job ids shown whole in an 80-column 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +45,43 @@ def test_jobs_list_shows_whole_ids_in_80_columns(server: ServerProcess, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert job_id in result.stdout, result.stdout
+
+
+def test_jobs_list_filters_by_status_and_names_the_statuses_it_takes(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    client = server.client(JOBS_KEY)
+    job_id = client.post("/v1/models/ok/jobs", json={"input": 2}).json()["id"]  # no worker: stays pending
+    listed = {
+        status: run_inferd(
+            ["jobs", "list", "--json", "--status", status, "--url", server.base_url, "--key", JOBS_KEY],
+            cwd=tmp_path,
+        )
+        for status in ("pending", "succeeded")
+    }
+    assert job_id in listed["pending"].stdout and job_id not in listed["succeeded"].stdout, listed
+    wrong = run_inferd(["jobs", "list", "--status", "done", "--key", JOBS_KEY], cwd=tmp_path)
+    assert wrong.returncode == 2 and "cancelled" in wrong.stderr, wrong.stderr
+
+
+def test_jobs_submit_writes_the_refusal_of_each_line(server: ServerProcess, tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("1\n2\n")
+    result = run_inferd(
+        [
+            "jobs",
+            "submit",
+            "nope",
+            str(source),
+            "--output",
+            str(out),
+            "--url",
+            server.base_url,
+            "--key",
+            JOBS_KEY,
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["error"]["code"] for line in lines] == ["model_not_found", "model_not_found"], lines
