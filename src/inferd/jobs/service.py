@@ -313,11 +313,14 @@ class JobService:
             return 0
         return await self.store.renew_leases(job_ids, worker_id=worker_id, lease_s=lease_s, now=self._clock())
 
-    async def run(self, job: Job, *, worker_id: str) -> Job | None:
+    async def run(
+        self, job: Job, *, worker_id: str, executed: Callable[[], None] | None = None
+    ) -> Job | None:
         """Execute one attempt through the data plane and record the outcome (in a span of the submitting
-        request's trace when tracing is on)."""
+        request's trace when tracing is on). ``executed`` is called once the model is done with the job,
+        before the outcome is written: the worker's slot is free from then on."""
         if self._tracer is None:
-            return await self._run(job, worker_id=worker_id)
+            return await self._run(job, worker_id=worker_id, executed=executed)
         with self._tracer.job_span(
             job_id=job.id,
             model=job.model,
@@ -326,22 +329,26 @@ class JobService:
             traceparent=job.trace_context,
             queued_since=job.run_after,
         ):
-            return await self._run(job, worker_id=worker_id)
+            return await self._run(job, worker_id=worker_id, executed=executed)
 
-    async def _run(self, job: Job, *, worker_id: str) -> Job | None:
+    async def _run(self, job: Job, *, worker_id: str, executed: Callable[[], None] | None) -> Job | None:
         if self._repository is not None and not self._repository.knows(job.model, job.version):
             # Submitted through a process that reloaded before this one: catch up instead of failing.
             await self._repository.catch_up()
         try:
-            prediction = await self.dataplane.infer(
-                tenant=job.tenant,
-                model=job.model,
-                version=job.version,
-                inputs=job.inputs,
-                indexed=job.batch,
-                timeout_s=job.timeout_s,
-                parameters=job.parameters,
-            )
+            try:
+                prediction = await self.dataplane.infer(
+                    tenant=job.tenant,
+                    model=job.model,
+                    version=job.version,
+                    inputs=job.inputs,
+                    indexed=job.batch,
+                    timeout_s=job.timeout_s,
+                    parameters=job.parameters,
+                )
+            finally:
+                if executed is not None:
+                    executed()
             encoded = orjson.dumps(prediction.outputs, option=orjson.OPT_SERIALIZE_NUMPY)
             size = len(encoded)
             if size > self._max_result_bytes:

@@ -3,6 +3,11 @@
 One claiming loop per process: it claims as many jobs as it has free slots in one statement, and
 waits for a store notification (LISTEN/NOTIFY on PostgreSQL, an in-process event on SQLite) or the
 poll interval only when there is nothing to claim.
+
+A slot is free once the model is done with its job, while the outcome is still being written: the
+next claim overlaps that write instead of waiting for it (claim, run and finish of one batch took
+turns, so each worker ran at the pace of two statements plus the model). The job stays held (its
+lease renewed) until its outcome is written, and a worker holds at most ``2 x concurrency`` jobs.
 """
 
 from __future__ import annotations
@@ -41,20 +46,25 @@ class JobWorker:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.worker_id = worker_id or new_worker_id()
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}  # held: executing, or the outcome being written
+        self._executing = 0
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
 
     @property
     def running_jobs(self) -> list[str]:
+        """The jobs this worker holds the lease of."""
         return list(self._running)
+
+    def _free(self) -> int:
+        return min(self.concurrency - self._executing, 2 * self.concurrency - len(self._running))
 
     async def run(self) -> None:
         """Claim and execute until :meth:`stop`; never returns while jobs are held."""
         renewer = asyncio.create_task(self._renew_leases())
         try:
             while not self._stopping.is_set():
-                free = self.concurrency - len(self._running)
+                free = self._free()
                 if free <= 0:
                     await self._wait(self._slot_freed)
                     continue
@@ -78,18 +88,29 @@ class JobWorker:
             renewer.cancel()
 
     def _start(self, job: Job) -> None:
+        self._executing += 1
         task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
         self._running[job.id] = task
 
     async def _execute(self, job: Job) -> None:
+        executing = True
+
+        def executed() -> None:
+            nonlocal executing
+            if executing:
+                executing = False
+                self._executing -= 1
+                self._slot_freed.set()
+
         try:
-            await self.service.run(job, worker_id=self.worker_id)
+            await self.service.run(job, worker_id=self.worker_id, executed=executed)
         except StoreUnavailableError as exc:
             # The lease expires and another attempt runs the job once the store is back.
             logger.warning("job %s: recording the outcome failed: %s", job.id, exc.message)
         except Exception:
             logger.exception("job %s: recording the outcome failed", job.id)
         finally:
+            executed()
             self._running.pop(job.id, None)
             self._slot_freed.set()
 
@@ -98,7 +119,7 @@ class JobWorker:
 
     async def _wait(self, event: asyncio.Event) -> None:
         event.clear()
-        if self.concurrency - len(self._running) > 0:
+        if self._free() > 0:
             return
         await self._until_stopped(event.wait())
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 
 from svc_helpers import Clock, harness
 
-from inferd.jobs.models import JobStatus
+from inferd.jobs.models import Job, JobStatus
+from inferd.jobs.store import FinishRequest, JobStore
 
 
 def _max_overlap(log: Path) -> int:
@@ -35,9 +37,42 @@ def test_worker_runs_at_most_concurrency_jobs_at_once(store_url: str, tmp_path: 
                 assert loop.time() - started < 15, states
                 await asyncio.sleep(0.01)
             assert all(state is JobStatus.SUCCEEDED for state in states)
-            assert peak_held <= 2
+            assert peak_held <= 4  # two executing, two whose outcomes were being written
             assert _max_overlap(log) == 2  # it did use both slots, and never more
             assert log.read_text().count("end ") == 6
+
+    asyncio.run(body())
+
+
+def test_worker_claims_the_next_jobs_while_outcomes_are_written(store_url: str) -> None:
+    """A slot is free once the model is done; the job stays held until its outcome is written, and a
+    worker holds at most twice its concurrency."""
+    writes_may_finish = asyncio.Event()
+
+    def hold_finishes(store: JobStore) -> None:
+        finish_many = store.finish_many
+
+        async def held(requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+            await writes_may_finish.wait()
+            return await finish_many(requests, now=now)
+
+        store.finish_many = held  # type: ignore[method-assign]
+
+    async def body() -> None:
+        async with harness(store_url, patch_store=hold_finishes) as h:
+            jobs = [await h.submit("echo", i) for i in range(6)]
+            worker = h.start_worker(concurrency=2)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while len(worker.running_jobs) < 4:
+                assert loop.time() < deadline, worker.running_jobs
+                await asyncio.sleep(0.01)
+            states = [await h.status(job.id) for job in jobs]
+            assert states.count(JobStatus.RUNNING) == 4 and states.count(JobStatus.PENDING) == 2
+            writes_may_finish.set()
+            for i, job in enumerate(jobs):
+                done = await h.wait_terminal(job.id)
+                assert done.status is JobStatus.SUCCEEDED and done.outputs == [i]
 
     asyncio.run(body())
 
