@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 logger = logging.getLogger("inferd.errors")
 
@@ -26,6 +30,15 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
 def shorten(text: str, limit: int = 300) -> str:
     """A message that may embed client data (a JSON Schema error quotes the offending value), cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validation_problems(exc: ValidationError, *, whole: str, prefix: str = "") -> str:
+    """A pydantic validation error as one line, ``location: message`` per problem (``whole`` names the
+    location when the problem is the value itself)."""
+    return "; ".join(
+        f"{prefix}{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
+        for error in exc.errors()
+    )
 
 
 class ErrorCode(enum.StrEnum):

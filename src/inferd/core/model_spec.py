@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inferd.core.errors import ConfigError
+from inferd.core.errors import ConfigError, validation_problems
 from inferd.core.executor import LanePolicy
 from inferd.core.tensors import TensorSpec
 
@@ -124,7 +124,4 @@ def read_model_spec(path: Path) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'model.yaml'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {validation_problems(exc, whole='model.yaml')}") from exc

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inferd.core.errors import ConfigError
+from inferd.core.errors import ConfigError, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH
 
 ENV_PREFIX = "INFERD_"
@@ -236,7 +236,4 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {validation_problems(exc, whole='settings')}") from exc

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from inferd.core.errors import InvalidInputError, KeyNotFoundError
+from inferd.core.errors import InvalidInputError, KeyNotFoundError, validation_problems
 from inferd.core.tenancy import SCOPES, TENANT_PATTERN, ApiKey
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.jobs.models import utcnow
@@ -73,10 +72,7 @@ def _parse_create(body: bytes) -> KeyCreateRequest:
     try:
         return KeyCreateRequest.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-        )
-        raise InvalidInputError(problems) from None
+        raise InvalidInputError(validation_problems(exc, whole="body")) from None
 
 
 class KeyRoutes:
@@ -89,18 +85,18 @@ class KeyRoutes:
         key, secret = await self._store.create_key(
             tenant=request.tenant, scopes=request.scopes, expires_at=request.expires_at, now=self._clock()
         )
-        return Reply(201, orjson.dumps({**key_document(key), "key": secret}))
+        return Reply.json({**key_document(key), "key": secret}, 201)
 
     async def list_keys(self, call: Call) -> Reply:
         keys = await self._store.list_keys()
-        return Reply(200, orjson.dumps({"keys": [key_document(key) for key in keys]}))
+        return Reply.json({"keys": [key_document(key) for key in keys]})
 
     async def revoke_key(self, call: Call) -> Reply:
         key_id = call.params["key_id"]
         key = await self._store.revoke_key(key_id, now=self._clock())
         if key is None:
             raise KeyNotFoundError(f"no API key {key_id[:100]!r} (or it is revoked already)")
-        return Reply(200, orjson.dumps(key_document(key)))
+        return Reply.json(key_document(key))
 
     def routes(self) -> list[Route]:
         return [

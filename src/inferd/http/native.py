@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from inferd.core.dataplane import DataPlane
 from inferd.http.routes import Call, Reply, Route
 from inferd.http.schemas import ModelInfo, ModelList, Readiness, ReloadSummary, Status
@@ -34,14 +32,14 @@ class NativeRoutes:
         readiness = await self._dataplane.server_readiness()
         if readiness.ready:
             body = {"status": "ready", "problems": readiness.problems, "loaded": readiness.loaded}
-            return Reply(200, orjson.dumps(body))
+            return Reply.json(body)
         body = {
             "status": "not_ready",
             "reasons": readiness.reasons,
             "problems": readiness.problems,
             "loaded": readiness.loaded,
         }
-        return Reply(503, orjson.dumps(body))
+        return Reply.json(body, 503)
 
     async def metrics(self, call: Call) -> Reply:
         accept, encoding = call.header(b"accept"), call.header(b"accept-encoding")
@@ -55,13 +53,13 @@ class NativeRoutes:
 
     async def list_models(self, call: Call) -> Reply:
         models = [entry.describe() for entry in self._dataplane.models()]
-        return Reply(200, orjson.dumps({"models": models}))
+        return Reply.json({"models": models})
 
     async def get_model(self, call: Call) -> Reply:
-        return Reply(200, orjson.dumps(self._dataplane.model(call.params["name"]).describe()))
+        return Reply.json(self._dataplane.model(call.params["name"]).describe())
 
     async def reload_models(self, call: Call) -> Reply:
-        return Reply(200, orjson.dumps(await self._reload_models()))
+        return Reply.json(await self._reload_models())
 
     def routes(self) -> list[Route]:
         return [

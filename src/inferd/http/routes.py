@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from inferd.core import json_limits
-from inferd.core.errors import InvalidInputError
+from inferd.core.errors import InvalidInputError, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.core.tenancy import Principal
 from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
@@ -107,6 +108,10 @@ class Reply:
     headers: list[tuple[bytes, bytes]] | None = None
     content_type: bytes = b"application/json"
 
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Reply:
+        return cls(status, orjson.dumps(value))
+
 
 Handler = Callable[[Call], Awaitable[Reply]]
 
@@ -167,11 +172,7 @@ def parse_query(route: Route, query_string: bytes) -> Any:
     try:
         return route.query.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"query parameter {'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise InvalidInputError(problems) from None
+        raise InvalidInputError(validation_problems(exc, whole="?", prefix="query parameter ")) from None
 
 
 class _Node:
