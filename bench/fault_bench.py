@@ -35,8 +35,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "jobs"))
 
-from jobs_bench import Processes, free_port, inferd_command, wait_ready  # noqa: E402
 from private_pg import PrivatePostgres, unavailable_reason  # noqa: E402
+from servers import Processes, free_port, inferd_command, wait_ready  # noqa: E402
 
 HEADERS = {"Authorization": "Bearer dev"}
 
@@ -157,7 +157,7 @@ def main() -> None:
                 ],
                 "serve.log",
             )
-            wait_ready(url)
+            wait_ready(url + "/readyz")
             procs.start([*inferd_command(), "worker", "--models", models, "--store", pg.url], "worker.log")
             _wait_for_line(workdir / "worker.log", "running")  # models loaded, store open, claiming
 

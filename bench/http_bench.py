@@ -30,7 +30,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,21 +44,19 @@ from typing import Any
 import httpx
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from servers import HOST, BenchError, Server, free_port, inferd_command  # noqa: E402
+from servers import REPO_ROOT as REPO_ROOT  # noqa: E402  (v2_bench.py imports it from here)
+
 LUA_SCRIPT = BENCH_DIR / "post.lua"
 RESULTS_DIR = BENCH_DIR / "results"
 
-HOST = "127.0.0.1"
 GOAL_ECHO_OVER_FLOOR = 0.6
-STOP_GRACE_S = 5.0
 
 ECHO_BODY = '{"input": [1,2,3]}'
 IRIS_BODY = '{"input": [5.1, 3.5, 1.4, 0.2]}'
 DEV_AUTH = "Bearer dev"
-
-
-class BenchError(Exception):
-    """A fatal benchmark error: printed to stderr, the script exits with status 1."""
 
 
 # --------------------------------------------------------------------------- wrk output parsing
@@ -119,110 +116,6 @@ def parse_wrk_output(text: str) -> WrkStats:
         lua_non_2xx=lua_non2xx,
         socket_errors=socket_errors,
     )
-
-
-# --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """A server subprocess in its own process group (so children die with it), logging to a file."""
-
-    def __init__(
-        self,
-        name: str,
-        cmd: Sequence[str],
-        port: int,
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.cmd = list(cmd)
-        self.port = port
-        self.log_path = log_path
-        self.env = dict(env) if env is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        print(f"starting {self.name}: {shlex.join(self.cmd)}  (log: {self.log_path})", flush=True)
-        with self.log_path.open("wb") as log:
-            try:
-                self.proc = subprocess.Popen(
-                    self.cmd,
-                    cwd=REPO_ROOT,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BenchError(f"cannot start {self.name} ({self.cmd[0]}): {exc}") from exc
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise BenchError(f"{self.name} exited (status {code}).\n{self.log_tail()}")
-
-    def wait_ready(self, path: str, timeout_s: float) -> None:
-        url = self.base_url + path
-        deadline = time.monotonic() + timeout_s
-        last = "no response"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                self.check_alive()
-                try:
-                    resp = client.get(url)
-                    if resp.status_code == 200:
-                        print(f"{self.name} ready at {self.base_url}", flush=True)
-                        return
-                    last = f"HTTP {resp.status_code}: {resp.text[:500]}"
-                except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                time.sleep(0.2)
-        raise BenchError(
-            f"{self.name} not ready after {timeout_s:.0f}s (GET {url} -> {last}).\n{self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return f"(no log at {self.log_path})"
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"--- last {lines} lines of {self.log_path} ---\n{tail}"
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after STOP_GRACE_S."""
-        proc = self.proc
-        if proc is None:
-            return
-        self._signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            print(f"{self.name} did not stop in {STOP_GRACE_S:.0f}s, killing it", file=sys.stderr)
-            self._signal_group(proc, signal.SIGKILL)
-            proc.wait()
-        # Reap anything left in the group (e.g. worker children) even if the leader exited.
-        self._signal_group(proc, signal.SIGKILL)
-        self.proc = None
-
-    @staticmethod
-    def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        # start_new_session=True makes the child a process-group leader: pgid == pid.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
 
 
 # --------------------------------------------------------------------------- benchmark runs
@@ -352,7 +245,7 @@ def wrk_version(wrk: str) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def inferd_command(args: argparse.Namespace, port: int) -> list[str]:
+def inferd_serve_command(args: argparse.Namespace, port: int) -> list[str]:
     if args.inferd_cmd:
         if "{port}" not in args.inferd_cmd:
             raise BenchError("--inferd-cmd must contain a {port} placeholder")
@@ -360,11 +253,17 @@ def inferd_command(args: argparse.Namespace, port: int) -> list[str]:
         if cmd and cmd[0] in ("python", "python3"):
             cmd[0] = sys.executable  # same interpreter/venv as this script
         return cmd
-    exe = Path(sys.executable).parent / "inferd"
-    inferd = str(exe) if exe.exists() else shutil.which("inferd")
-    if inferd is None:
-        raise BenchError("the `inferd` command was not found; install the package (pip install -e .)")
-    return [inferd, "serve", "--models", "examples/models", "--dev", "--host", HOST, "--port", str(port)]
+    return [
+        *inferd_command(),
+        "serve",
+        "--models",
+        "examples/models",
+        "--dev",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
 
 
 def floor_command(port: int) -> list[str]:
@@ -435,7 +334,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     inferd_env = dict(os.environ)
     inferd_env["INFERD_ACCESS_LOG"] = str(workdir / "access.log")
     inferd = Server(
-        "inferd", inferd_command(args, inferd_port), inferd_port, workdir / "inferd.log", inferd_env
+        "inferd", inferd_serve_command(args, inferd_port), inferd_port, workdir / "inferd.log", inferd_env
     )
 
     with contextlib.ExitStack() as servers:

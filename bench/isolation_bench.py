@@ -31,18 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_bench import (  # noqa: E402
-    DEV_AUTH,
-    HOST,
-    IRIS_BODY,
-    LUA_SCRIPT,
-    REPO_ROOT,
-    RESULTS_DIR,
-    BenchError,
-    Server,
-    free_port,
-    parse_wrk_output,
-)
+from http_bench import DEV_AUTH, IRIS_BODY, LUA_SCRIPT, RESULTS_DIR, parse_wrk_output  # noqa: E402
+from servers import HOST, REPO_ROOT, BenchError, Server, free_port, inferd_command  # noqa: E402
 
 TENSOR_ELEMENTS = 256 * 1024  # 1 MiB of FP32
 
@@ -155,7 +145,6 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="inferd-isolation-bench-"))
     body_file, header_length = tensor_body(workdir)
-    inferd = str(Path(sys.executable).parent / "inferd")
     results: dict[str, dict[str, Any]] = {}
     try:
         for mode in ("thread", "process"):
@@ -165,7 +154,7 @@ def main() -> int:
             env["INFERD_ACCESS_LOG"] = str(workdir / f"access-{mode}.log")
             env["INFERD_MAX_BODY_BYTES"] = str(4 * 1024 * 1024)  # the 1 MiB tensor plus its header
             command = [
-                inferd,
+                *inferd_command(),
                 "serve",
                 "--models",
                 str(models),

@@ -18,8 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,61 +28,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 PG_DSN = os.environ.get("INFERD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BODY = '{"input": [1, 2, 3]}'
 
+sys.path.insert(0, str(ROOT / "bench"))
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def inferd_command() -> list[str]:
-    script = Path(sys.executable).with_name("inferd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "inferd.cli"]
-
-
-class Processes:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "INFERD_ACCESS_LOG": "off", "INFERD_LOG_LEVEL": "warning", **(extra_env or {})}
-        log = open(self.workdir / log_name, "wb")  # noqa: SIM115 (lives as long as the process)
-        proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.procs.clear()
-
-
-def wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become ready within {timeout_s}s")
+from servers import Processes, free_port, inferd_command, wait_ready  # noqa: E402
 
 
 def run_wrk(url: str, duration: int, connections: int) -> dict[str, Any]:
@@ -136,7 +86,7 @@ def bench_sqlite(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "sqlite-serve.log",
             {"INFERD_WORKER_CONCURRENCY": str(args.worker_concurrency)},
         )
-        wait_ready(url)
+        wait_ready(url + "/readyz")
         conn = sqlite3.connect(db, timeout=30)
 
         def count(status_sql: str) -> int:
@@ -195,7 +145,7 @@ def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 ],
                 f"pg-worker-{index}.log",
             )
-        wait_ready(url)
+        wait_ready(url + "/readyz")
         time.sleep(2)  # workers load models and connect
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
 

@@ -32,7 +32,8 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobs_bench import PG_DSN, ROOT, Processes, bench_pgbench, free_port, inferd_command, wait_ready  # noqa: E402
+from jobs_bench import PG_DSN, ROOT, bench_pgbench  # noqa: E402
+from servers import Processes, free_port, inferd_command, wait_ready  # noqa: E402
 
 KEYS = "ka:A:jobs;kb:B:jobs"
 LINE = b'{"input": [1, 2, 3]}\n'
@@ -80,7 +81,7 @@ class Cluster:
                 f"worker-{index}.log",
                 env,
             )
-        wait_ready(self.url)
+        wait_ready(self.url + "/readyz")
         time.sleep(2)  # workers load the models and connect
         self.db = psycopg.connect(PG_DSN, autocommit=True)
 

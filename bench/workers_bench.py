@@ -30,19 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_bench import (  # noqa: E402
-    DEV_AUTH,
-    ECHO_BODY,
-    HOST,
-    IRIS_BODY,
-    RESULTS_DIR,
-    BenchError,
-    Server,
-    Target,
-    free_port,
-    run_wrk,
-    warm_up,
-)
+from http_bench import DEV_AUTH, ECHO_BODY, IRIS_BODY, RESULTS_DIR, Target, run_wrk, warm_up  # noqa: E402
+from servers import HOST, BenchError, Server, free_port, inferd_command  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -108,7 +97,6 @@ def main() -> int:
     parser.add_argument("--wrk", default="wrk")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
-    inferd = str(Path(sys.executable).parent / "inferd")
     variants: list[tuple[str, list[str], dict[str, str]]] = [("1", [], {})]
     if not args.skip_mmap:
         mmap_dir = workdir / "mmap"
@@ -130,7 +118,7 @@ def main() -> int:
                 port = free_port()
                 env = {**os.environ, "INFERD_ACCESS_LOG": str(workdir / f"access-{name}.log"), **env_extra}
                 env.pop("INFERD_WORKERS", None)
-                command = [inferd, "serve", "--models", "examples/models", "--dev", "--host", HOST]
+                command = [*inferd_command(), "serve", "--models", "examples/models", "--dev", "--host", HOST]
                 server = Server(
                     f"inferd[{name}]",
                     [*command, "--port", str(port), *extra],
