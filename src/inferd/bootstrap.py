@@ -22,7 +22,7 @@ from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
 from inferd.core.settings import Settings, parse_rate
-from inferd.core.tenancy import KeyRing, RateLimiter, RuntimeKeys, TenantLimit
+from inferd.core.tenancy import KeyRing, KeyScope, RateLimiter, RuntimeKeys, TenantLimit
 from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
 from inferd.http.admin_keys import KeyRoutes
@@ -121,8 +121,8 @@ def require_keys(settings: Settings, *, stored_keys: int) -> None:
     if not settings.dev and len(KeyRing.parse(settings.api_keys)) == 0 and stored_keys == 0:
         raise ConfigError(
             "no API keys configured: set INFERD_API_KEYS='KEY:TENANT:SCOPE[,SCOPE...];...' "
-            "(scopes: predict, jobs, models, admin), make one in the store with "
-            "'inferd keys create --tenant T --scopes admin', "
+            f"(scopes: {', '.join(KeyScope)}), make one in the store with "
+            f"'inferd keys create --tenant T --scopes {KeyScope.ADMIN}', "
             "or pass --dev for a loopback-only development server"
         )
 

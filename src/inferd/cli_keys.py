@@ -19,6 +19,7 @@ from rich.table import Table
 from inferd.cli_common import ConfigOption, err_console, fail, settings_from
 from inferd.core.errors import InferdError
 from inferd.core.settings import parse_duration
+from inferd.core.tenancy import KeyScope
 from inferd.jobs.models import utcnow
 from inferd.jobs.store import JobStore
 
@@ -71,7 +72,9 @@ def _expiry(text: str | None, now: datetime) -> datetime | None:
 @keys_app.command("create")
 def create(
     tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for.")],
-    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: predict, jobs, models, admin.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help=f"Comma-separated: {', '.join(KeyScope)} (admin: everything).")
+    ],
     expires: Annotated[
         str | None, typer.Option("--expires", help="A duration (30d, 12h) or an RFC 3339 time.")
     ] = None,

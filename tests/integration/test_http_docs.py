@@ -117,3 +117,21 @@ def test_every_documented_example_works_on_the_bundled_models(
         assert response.status_code < 400, (method, url, response.text)
         tried += 1
     assert tried >= 10
+
+
+def test_scopes_are_documented_from_the_key_scope_enum(document: dict[str, Any]) -> None:
+    from inferd.core.tenancy import KeyScope
+
+    schemas = document["components"]["schemas"]
+    assert schemas["KeyScope"]["enum"] == [scope.value for scope in KeyScope]
+    for model in ("KeyCreateRequest", "KeyInfo"):
+        assert schemas[model]["properties"]["scopes"]["items"] == {"$ref": "#/components/schemas/KeyScope"}
+    needs = {
+        operation["operationId"]: operation["description"]
+        for _, _, operation in operations(document)
+        if "security" in operation
+    }
+    assert needs and all(
+        re.search(r"Needs the `(predict|jobs|models|admin)` scope \(or `admin`\)\.$", text)
+        for text in needs.values()
+    ), needs

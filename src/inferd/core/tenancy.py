@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 import re
@@ -21,7 +22,30 @@ from inferd.core.errors import (
     UnauthenticatedError,
 )
 
-SCOPES = frozenset({"predict", "jobs", "models", "admin"})
+
+class KeyScope(enum.StrEnum):
+    """What an API key may do (admin: everything). The values are the names INFERD_API_KEYS, the keys API,
+    the CLI and the job store use."""
+
+    PREDICT = "predict"
+    JOBS = "jobs"
+    MODELS = "models"
+    ADMIN = "admin"
+
+
+def read_scopes(names: Iterable[str]) -> tuple[frozenset[KeyScope], list[str]]:
+    """The scopes ``names`` name (blank names skipped), and the names that are no scope."""
+    chosen: set[KeyScope] = set()
+    unknown: list[str] = []
+    for name in (name.strip() for name in names):
+        if name:
+            try:
+                chosen.add(KeyScope(name))
+            except ValueError:
+                unknown.append(name)
+    return frozenset(chosen), sorted(unknown)
+
+
 DEV_KEY = "dev"
 DEV_TENANT = "dev"
 
@@ -29,11 +53,11 @@ DEV_TENANT = "dev"
 @dataclass(frozen=True, slots=True)
 class Principal:
     tenant: str
-    scopes: frozenset[str]
+    scopes: frozenset[KeyScope]
 
-    def require(self, scope: str) -> None:
-        if scope not in self.scopes and "admin" not in self.scopes:
-            raise ForbiddenError(f"this API key lacks the {scope!r} scope (tenant {self.tenant!r})")
+    def require(self, scope: KeyScope) -> None:
+        if scope not in self.scopes and KeyScope.ADMIN not in self.scopes:
+            raise ForbiddenError(f"this API key lacks the {str(scope)!r} scope (tenant {self.tenant!r})")
 
 
 def _digest(key: str) -> bytes:
@@ -63,11 +87,11 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
-def parse_scopes(scopes: Iterable[str]) -> frozenset[str]:
-    chosen = frozenset(scope.strip() for scope in scopes if scope.strip())
-    unknown = chosen - SCOPES
+def parse_scopes(names: Iterable[str]) -> frozenset[KeyScope]:
+    chosen, unknown = read_scopes(names)
     if not chosen or unknown:
-        raise InvalidInputError(f"scopes must be some of {sorted(SCOPES)}; got {sorted(chosen) or 'none'}")
+        got = sorted([*map(str, chosen), *unknown]) or "none"
+        raise InvalidInputError(f"scopes must be some of {sorted(map(str, KeyScope))}; got {got}")
     return chosen
 
 
@@ -79,7 +103,7 @@ class ApiKey:
     digest: str
     prefix: str
     tenant: str
-    scopes: frozenset[str]
+    scopes: frozenset[KeyScope]
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -163,11 +187,10 @@ class KeyRing:
             if len(parts) != 3 or not all(p.strip() for p in parts):
                 raise ConfigError(f"INFERD_API_KEYS {shown}: must look like KEY:TENANT:SCOPE[,SCOPE...]")
             key, tenant, scope_text = (p.strip() for p in parts)
-            scopes = frozenset(s.strip() for s in scope_text.split(",") if s.strip())
-            unknown = scopes - SCOPES
+            scopes, unknown = read_scopes(scope_text.split(","))
             if not scopes or unknown:
                 raise ConfigError(
-                    f"INFERD_API_KEYS {shown}: unknown scope(s) {sorted(unknown)}; use {sorted(SCOPES)}"
+                    f"INFERD_API_KEYS {shown}: unknown scope(s) {unknown}; use {sorted(map(str, KeyScope))}"
                 )
             if key in principals:
                 raise ConfigError(f"INFERD_API_KEYS {shown}: the same key appears twice")
@@ -176,7 +199,7 @@ class KeyRing:
 
     @classmethod
     def dev(cls) -> KeyRing:
-        return cls({DEV_KEY: Principal(DEV_TENANT, SCOPES)})
+        return cls({DEV_KEY: Principal(DEV_TENANT, frozenset(KeyScope))})
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:

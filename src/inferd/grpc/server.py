@@ -18,6 +18,7 @@ import grpc
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import ConfigError, ErrorCode, InferdError, InvalidInputError
+from inferd.core.tenancy import KeyScope
 from inferd.core.tensors import (
     Datatype,
     Tensor,
@@ -138,16 +139,16 @@ class InferenceServicer:
     """The six RPCs; each one admits its key through the Gatekeeper (the same as HTTP) when it needs a scope."""
 
     # RPC → scope; None: public (health, as /v2/health/* and /livez).
-    SCOPES: dict[str, str | None] = {
+    SCOPES: dict[str, KeyScope | None] = {
         "ServerLive": None,
         "ServerReady": None,
         "ServerMetadata": None,
-        "ModelReady": "models",
-        "ModelMetadata": "models",
-        "ModelInfer": "predict",
+        "ModelReady": KeyScope.MODELS,
+        "ModelMetadata": KeyScope.MODELS,
+        "ModelInfer": KeyScope.PREDICT,
     }
 
-    def __init__(self, *, plane: DataPlane, admit: Callable[[str | None, str], Awaitable[Any]]) -> None:
+    def __init__(self, *, plane: DataPlane, admit: Callable[[str | None, KeyScope], Awaitable[Any]]) -> None:
         self._plane = plane
         self._admit = admit
         self._methods = service_methods()

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from inferd.core.errors import InvalidInputError, KeyNotFoundError, validation_problems
-from inferd.core.tenancy import SCOPES, TENANT_PATTERN, ApiKey
+from inferd.core.tenancy import TENANT_PATTERN, ApiKey, KeyScope
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.jobs.models import utcnow
 from inferd.jobs.store import JobStore
@@ -22,11 +22,7 @@ class KeyCreateRequest(BaseModel):
     )
 
     tenant: str = Field(pattern=TENANT_PATTERN, description="1-100 letters, digits, '.', '_' or '-'.")
-    scopes: list[str] = Field(
-        min_length=1,
-        description=f"Some of {sorted(SCOPES)}.",
-        json_schema_extra={"items": {"type": "string", "enum": list[JsonValue](sorted(SCOPES))}},
-    )
+    scopes: list[KeyScope] = Field(min_length=1, description="What the key may do; admin: everything.")
     expires_at: AwareDatetime | None = Field(
         default=None, description="RFC 3339; the key stops working then."
     )
@@ -35,7 +31,7 @@ class KeyCreateRequest(BaseModel):
 class KeyInfo(BaseModel):
     id: str
     tenant: str
-    scopes: list[str]
+    scopes: list[KeyScope]
     prefix: str = Field(description="The key's first characters, to recognise it.")
     created_at: str
     expires_at: str | None
@@ -104,7 +100,7 @@ class KeyRoutes:
                 "GET",
                 "/v1/admin/keys",
                 self.list_keys,
-                "admin",
+                KeyScope.ADMIN,
                 "The run-time API keys that are not revoked (INFERD_API_KEYS keys are not listed)",
                 "admin",
                 response=KeyList,
@@ -114,7 +110,7 @@ class KeyRoutes:
                 "POST",
                 "/v1/admin/keys",
                 self.create_key,
-                "admin",
+                KeyScope.ADMIN,
                 "Make an API key; the answer holds the key itself, shown this once",
                 "admin",
                 body=Body(KeyCreateRequest, _parse_create),
@@ -126,7 +122,7 @@ class KeyRoutes:
                 "DELETE",
                 "/v1/admin/keys/{key_id}",
                 self.revoke_key,
-                "admin",
+                KeyScope.ADMIN,
                 "Revoke an API key: every process sharing the store refuses it within about a second",
                 "admin",
                 response=KeyInfo,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferd.core.tenancy import KeyRing, Principal, TenantLimit
+from inferd.core.tenancy import KeyRing, KeyScope, Principal, TenantLimit
 from inferd.http.wire import RequestInfo, api_key_from_headers
 
 
@@ -12,11 +12,13 @@ class Gatekeeper:
         self._rate_limiter = rate_limiter
 
     async def admit(
-        self, headers: list[tuple[bytes, bytes]], scope_name: str, info: RequestInfo
+        self, headers: list[tuple[bytes, bytes]], scope_name: KeyScope, info: RequestInfo
     ) -> Principal:
         return await self.admit_key(api_key_from_headers(headers), scope_name, info)
 
-    async def admit_key(self, key: str | None, scope_name: str, info: RequestInfo | None = None) -> Principal:
+    async def admit_key(
+        self, key: str | None, scope_name: KeyScope, info: RequestInfo | None = None
+    ) -> Principal:
         """The transport-free check (gRPC sends the key as metadata)."""
         principal = self._keyring.authenticate(key)
         if info is not None:

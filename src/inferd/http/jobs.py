@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from inferd.core.errors import InferdError, InvalidInputError
+from inferd.core.tenancy import KeyScope
 from inferd.http.predict import parse_inputs, parse_json_object, parse_parameters, parse_timeout
 from inferd.http.routes import Body, Call, HeaderParam, Reply, Route
 from inferd.http.schemas import (
@@ -81,7 +82,7 @@ def _owner(call: Call) -> str | None:
     Listing stays per tenant for every key."""
     principal = call.principal
     assert principal is not None
-    return None if "admin" in principal.scopes else principal.tenant
+    return None if KeyScope.ADMIN in principal.scopes else principal.tenant
 
 
 class JobRoutes:
@@ -220,7 +221,7 @@ class JobRoutes:
                 "POST",
                 f"{prefix}/jobs",
                 self.submit_job,
-                "jobs",
+                KeyScope.JOBS,
                 f"Submit a durable job on {how}; 202 with Location: /v1/jobs/{{id}}",
                 "jobs",
                 body=submit,
@@ -239,7 +240,7 @@ class JobRoutes:
                 "POST",
                 f"{prefix}/jobs/bulk",
                 self.submit_bulk,
-                "jobs",
+                KeyScope.JOBS,
                 f"Submit many jobs on {how}: JSON Lines, one job per line; one JSON line per line back",
                 "jobs",
                 # A JSON object on one line is a one-line JSON Lines body, so plain JSON is accepted too.
@@ -269,7 +270,7 @@ class JobRoutes:
                 "GET",
                 "/v1/jobs/{job_id}",
                 self.get_job,
-                "jobs",
+                KeyScope.JOBS,
                 "A job of this tenant; ?wait= holds the request until the job is terminal",
                 "jobs",
                 query=JobWaitQuery,
@@ -280,7 +281,7 @@ class JobRoutes:
                 "GET",
                 "/v1/jobs",
                 self.list_jobs,
-                "jobs",
+                KeyScope.JOBS,
                 "This tenant's jobs, newest first, keyset-paged",
                 "jobs",
                 query=JobListQuery,
@@ -291,7 +292,7 @@ class JobRoutes:
                 "POST",
                 "/v1/jobs/{job_id}/cancel",
                 self.cancel_job,
-                "jobs",
+                KeyScope.JOBS,
                 "Cancel a pending or running job; 409 for a finished one",
                 "jobs",
                 response=JobDocument,

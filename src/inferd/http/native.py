@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from inferd.core.dataplane import DataPlane
+from inferd.core.tenancy import KeyScope
 from inferd.http.routes import Call, Reply, Route
 from inferd.http.schemas import ModelInfo, ModelList, Readiness, ReloadSummary, Status
 
@@ -95,7 +96,7 @@ class NativeRoutes:
                 "GET",
                 "/v1/models",
                 self.list_models,
-                "models",
+                KeyScope.MODELS,
                 "The models, their versions and routing",
                 "models",
                 response=ModelList,
@@ -105,7 +106,7 @@ class NativeRoutes:
                 "GET",
                 "/v1/models/{name}",
                 self.get_model,
-                "models",
+                KeyScope.MODELS,
                 "One model",
                 "models",
                 response=ModelInfo,
@@ -115,7 +116,7 @@ class NativeRoutes:
                 "POST",
                 "/v1/admin/models/reload",
                 self.reload_models,
-                "admin",
+                KeyScope.ADMIN,
                 "Rescan the model repository: load new and changed versions, drop removed ones, keep the "
                 "rest serving; requests already running finish on the version they started with",
                 "admin",

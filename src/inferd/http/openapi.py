@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from inferd.core.errors import RouteNotFoundError
+from inferd.core.tenancy import KeyScope
 from inferd.http.errors import STATUS_BY_CODE
 from inferd.http.routes import Call, ErrorStyle, Reply, Route
 from inferd.http.schemas import ErrorResponse, V2ErrorResponse
@@ -126,7 +127,7 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.scope is not None:
         operation["security"] = [{"bearer": []}, {"apiKey": []}]
         operation["description"] = (
-            operation.get("description", "") + f"\n\nNeeds the `{route.scope}` scope (or `admin`)."
+            operation.get("description", "") + f"\n\nNeeds the `{route.scope}` scope (or `{KeyScope.ADMIN}`)."
         ).strip()
     parameters = _parameters(route)
     if parameters:

@@ -10,6 +10,7 @@ import orjson
 from inferd.core import json_limits
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import InferenceError, InvalidInputError, quote
+from inferd.core.tenancy import KeyScope
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.http.schemas import (
     MIN_CLIENT_TIMEOUT_S,
@@ -149,7 +150,7 @@ class PredictRoutes:
                     "POST",
                     f"{prefix}/predict",
                     self.predict,
-                    "predict",
+                    KeyScope.PREDICT,
                     f"Predict one input on {how}",
                     "inference",
                     body=single,
@@ -160,7 +161,7 @@ class PredictRoutes:
                     "POST",
                     f"{prefix}/predict/batch",
                     self.predict_batch,
-                    "predict",
+                    KeyScope.PREDICT,
                     f"Predict a batch of inputs on {how}; outputs in input order",
                     "inference",
                     body=batch,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from inferd.core import json_limits
 from inferd.core.errors import InvalidInputError, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
-from inferd.core.tenancy import Principal
+from inferd.core.tenancy import KeyScope, Principal
 from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
 
 
@@ -140,7 +140,7 @@ class Route:
     method: str
     path: str
     handler: Handler
-    scope: str | None
+    scope: KeyScope | None  # None: public
     summary: str
     tag: str
     body: Body | None = None

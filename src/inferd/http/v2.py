@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import InvalidInputError
+from inferd.core.tenancy import KeyScope
 from inferd.core.tensors import Datatype, TensorSpec, select_outputs
 from inferd.http.compression import MIN_COMPRESS_BYTES, accepted_encoding, compress, decompress
 from inferd.http.routes import Body, Call, ErrorStyle, HeaderParam, Reply, Route
@@ -251,7 +252,7 @@ class V2Routes:
                     "GET",
                     prefix,
                     self.model_metadata,
-                    "models",
+                    KeyScope.MODELS,
                     f"Model metadata ({how})",
                     "v2",
                     response=V2ModelMetadata,
@@ -262,7 +263,7 @@ class V2Routes:
                     "GET",
                     f"{prefix}/ready",
                     self.model_ready,
-                    "models",
+                    KeyScope.MODELS,
                     f"Model readiness ({how}; 200 true, 400 false)",
                     "v2",
                     response=V2ModelReady,
@@ -274,7 +275,7 @@ class V2Routes:
                     "POST",
                     f"{prefix}/infer",
                     self.infer,
-                    "predict",
+                    KeyScope.PREDICT,
                     f"Inference on {how}",
                     "v2",
                     body=infer_body,

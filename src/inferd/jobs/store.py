@@ -89,7 +89,7 @@ def _key_from_row(row: Row) -> ApiKey:
         digest=row["digest"],
         prefix=row["prefix"],
         tenant=row["tenant"],
-        scopes=frozenset(row["scopes"].split(",")),
+        scopes=parse_scopes(row["scopes"].split(",")),
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],

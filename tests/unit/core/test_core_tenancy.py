@@ -15,9 +15,9 @@ from inferd.core.errors import (
 )
 from inferd.core.tenancy import (
     PREFIX_SHOWN,
-    SCOPES,
     ApiKey,
     KeyRing,
+    KeyScope,
     Principal,
     RateLimiter,
     RuntimeKeys,
@@ -81,16 +81,28 @@ def test_unknown_scope_is_named() -> None:
 
 
 def test_scopes_and_admin_implies_all() -> None:
-    user = Principal("acme", frozenset({"predict"}))
-    user.require("predict")
-    for scope in ("jobs", "models", "admin"):
+    user = Principal("acme", frozenset({KeyScope.PREDICT}))
+    user.require(KeyScope.PREDICT)
+    for scope in (KeyScope.JOBS, KeyScope.MODELS, KeyScope.ADMIN):
         with pytest.raises(ForbiddenError) as info:
             user.require(scope)
         assert info.value.code == "forbidden"
-        assert repr(scope) in info.value.message
-    admin = Principal("ops", frozenset({"admin"}))
-    for scope in SCOPES:
+        assert f"lacks the '{scope.value}' scope" in info.value.message
+    admin = Principal("ops", frozenset({KeyScope.ADMIN}))
+    for scope in KeyScope:
         admin.require(scope)
+
+
+def test_scope_wire_names_are_unchanged_and_parse_to_the_enum() -> None:
+    assert [scope.value for scope in KeyScope] == ["predict", "jobs", "models", "admin"]
+    assert parse_scopes([" jobs", "predict", ""]) == {KeyScope.JOBS, KeyScope.PREDICT}
+    assert all(type(scope) is KeyScope for scope in parse_scopes(["jobs", "admin"]))
+    with pytest.raises(
+        InvalidInputError, match=r"some of \['admin', 'jobs', 'models', 'predict'\]; got \['jobs', 'root'\]"
+    ):
+        parse_scopes(["jobs", "root"])
+    ring = KeyRing.parse("k1:acme:predict,jobs")
+    assert all(type(scope) is KeyScope for scope in ring.authenticate("k1").scopes)
 
 
 @pytest.mark.parametrize("key", [None, "", "wrong", SECRET + "x", SECRET[:-1]])
@@ -103,7 +115,7 @@ def test_unknown_or_missing_key_is_unauthenticated(key: str | None) -> None:
 
 def test_dev_ring_and_merge() -> None:
     ring = KeyRing.parse(f"{SECRET}:acme:predict").merged(KeyRing.dev())
-    assert ring.authenticate("dev").scopes == SCOPES
+    assert ring.authenticate("dev").scopes == frozenset(KeyScope)
     assert ring.authenticate(SECRET).tenant == "acme"
     assert len(ring) == 2
 
