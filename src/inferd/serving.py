@@ -129,7 +129,7 @@ class Supervisor:
         self._settings = settings
         self._count = settings.workers
         self._slots = [_Slot(index) for index in range(self._count)]
-        self._metrics_dir = Path(tempfile.mkdtemp(prefix="inferd-metrics-"))
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="inferd-metrics-", dir=_memory_backed_dir()))
         self._listeners: list[socket.socket] = []
 
     def run(self) -> int:
@@ -300,6 +300,14 @@ class Supervisor:
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
+
+
+def _memory_backed_dir() -> str | None:
+    """/dev/shm where it is a writable directory, else the default temporary directory. The metrics
+    files are memory-mapped and written on every request: on a disk-backed /tmp the kernel writes their
+    dirty pages back every few seconds, for values nobody needs after the server stops."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 def _check_free(host: str, port: int) -> int:
