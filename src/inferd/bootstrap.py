@@ -21,8 +21,8 @@ from inferd.core.errors import ConfigError
 from inferd.core.executor import DeviceExecutor, ShedReason, TenantShare
 from inferd.core.prediction import PredictionService
 from inferd.core.registry import ModelRegistry
-from inferd.core.settings import Settings, parse_rate
-from inferd.core.tenancy import KeyRing, KeyScope, RateLimiter, RuntimeKeys, TenantLimit
+from inferd.core.settings import Settings, TenantSettings, parse_rate
+from inferd.core.tenancy import KeyRing, KeyScope, RateLimiter, RuntimeKeys, TenantLimit, TenantWeights
 from inferd.grpc.server import InferenceServicer, start_grpc_server
 from inferd.http.access_log import AccessLog
 from inferd.http.admin_keys import KeyRoutes
@@ -308,6 +308,10 @@ def build_job_runtime(
         max_result_bytes=settings.job_max_result_bytes,
         repository=repository,
         tracer=engine.tracing,
+        tenant_weights=TenantWeights(
+            {tenant: entry.weight for tenant, entry in settings.tenants.items()},
+            default=TenantSettings().weight,
+        ),
     )
     worker = (
         JobWorker(

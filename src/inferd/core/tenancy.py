@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -93,6 +93,21 @@ def parse_scopes(names: Iterable[str]) -> frozenset[KeyScope]:
         got = sorted([*map(str, chosen), *unknown]) or "none"
         raise InvalidInputError(f"scopes must be some of {sorted(map(str, KeyScope))}; got {got}")
     return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class TenantWeights:
+    """Each tenant's ``weight`` (the config file's ``tenants:`` section): its share where tenants
+    contend for a model's threads or for a job claim. A tenant not listed has ``default``."""
+
+    listed: Mapping[str, float] = field(default_factory=dict)
+    default: float = 1.0
+
+    def of(self, tenant: str) -> float:
+        return self.listed.get(tenant, self.default)
+
+
+EQUAL_WEIGHTS = TenantWeights()
 
 
 @dataclass(frozen=True, slots=True)

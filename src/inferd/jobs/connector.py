@@ -34,11 +34,12 @@ class Query(enum.StrEnum):
     LIST_JOBS = "list_jobs"  # tenant, status, model (None: any), limit -> jobs, newest first
     LIST_JOBS_AFTER = "list_jobs_after"  # ... and after_created, after_id: the page after that job
     PENDING_COUNTS = "pending_counts"  # -> model, version, count
-    # now, expires, worker, limit, lost -> the claimed jobs. Expired leases are settled (cancelled, or
-    # failed with ``lost`` as the message when no attempt is left) or re-run in the same transaction.
-    # Pending jobs are taken fairly: each tenant's runnable jobs are ranked by (priority descending,
-    # created_at, id) and the claim takes rank 1 of every tenant, then rank 2, ... (ties between tenants
-    # by created_at, id); expired jobs to re-run come first.
+    # now, expires, worker, limit, lost, weights ({tenant: weight}, a mapping: JSON), default_weight
+    # -> the claimed jobs. Expired leases are settled (cancelled, or failed with ``lost`` as the message
+    # when no attempt is left) or re-run in the same transaction. Pending jobs are taken by weight:
+    # each tenant's runnable jobs are ranked by (priority descending, created_at, id), the job of rank k
+    # has the turn (k - 1) / weight (the tenant's weight, else default_weight; a float8 division), and
+    # the claim takes the lowest turns (ties by created_at, id); expired jobs to re-run come first.
     CLAIM = "claim"
     RENEW_LEASES = "renew_leases"  # ids, worker, expires -> rowcount
     # Batched: id, worker, attempt, status, outputs, error_code, error_message; and now -> jobs.

@@ -201,10 +201,11 @@ class MemoryConnector:
         for row in self.rows.values():
             if row["status"] == PENDING and row["run_after"] <= now and not row["cancel_requested"]:
                 by_tenant.setdefault(row["tenant"], []).append(row)
-        ranked: list[tuple[int, datetime, str, Row]] = [(0, *_order(row), row) for row in rerun]
-        for rows in by_tenant.values():
+        ranked: list[tuple[float, datetime, str, Row]] = [(-1.0, *_order(row), row) for row in rerun]
+        for tenant, rows in by_tenant.items():
+            weight = float(p["weights"].get(tenant, p["default_weight"]))
             rows.sort(key=lambda r: (-r["priority"], *_order(r)))
-            ranked += [(rank, *_order(row), row) for rank, row in enumerate(rows[:limit], start=1)]
+            ranked += [(rank / weight, *_order(row), row) for rank, row in enumerate(rows[:limit])]
         picked = [row for *_, row in sorted(ranked, key=lambda item: item[:3])[:limit]]
         for row in picked:
             row.update(

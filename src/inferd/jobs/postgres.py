@@ -92,7 +92,8 @@ def _dumps(value: Any) -> bytes:
 
 
 def _encode(name: str, value: Any) -> Any:
-    if value is not None and COLUMN_KINDS.get(name) is Kind.JSON:
+    # A mapping parameter (claim weights) travels as JSON too, as in SQLite.
+    if value is not None and (COLUMN_KINDS.get(name) is Kind.JSON or isinstance(value, dict)):
         return Jsonb(value, dumps=_dumps)
     return value
 

@@ -66,7 +66,7 @@ QUERIES: dict[Query, str] = {
     # are locked with SKIP LOCKED so concurrent claimers take disjoint jobs instead of queueing behind
     # each other. The tenants with pending jobs come from a skip scan of the fair claim index (one
     # probe per tenant); each tenant contributes at most ``limit`` candidates in its priority order,
-    # read from the same index; the final pick takes every tenant's first, then second, ... job.
+    # read from the same index; the final pick takes the lowest turns ((rank - 1) / the tenant's weight).
     Query.CLAIM: sql_text(
         f"""
 WITH RECURSIVE tenants AS (
@@ -105,17 +105,18 @@ candidates AS (
     WHERE t.tenant IS NOT NULL
 ),
 runnable AS (
-    SELECT id, created_at,
-        row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) AS rank
-    FROM candidates
+    SELECT c.id, c.created_at,
+        (row_number() OVER (PARTITION BY c.tenant ORDER BY c.priority DESC, c.created_at, c.id) - 1)
+            / coalesce(w.value::double precision, %(default_weight)s::double precision) AS turn
+    FROM candidates c LEFT JOIN jsonb_each_text(%(weights)s::jsonb) w ON w.key = c.tenant
 ),
 picked AS (
     SELECT id FROM (
-        SELECT id, created_at, rank FROM runnable
+        SELECT id, created_at, turn FROM runnable
         UNION ALL
-        SELECT id, created_at, 0 FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
+        SELECT id, created_at, -1 FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
     ) u
-    ORDER BY rank, created_at, id
+    ORDER BY turn, created_at, id
     LIMIT %(limit)s
 )
 UPDATE jobs j SET

@@ -29,6 +29,7 @@ from inferd.core.errors import (
     JobNotFoundError,
     quote,
 )
+from inferd.core.tenancy import EQUAL_WEIGHTS, TenantWeights
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 from inferd.jobs.repository_sync import RepositorySync
@@ -91,8 +92,10 @@ class JobService:
         clock: Callable[[], datetime] = utcnow,
         repository: RepositorySync | None = None,
         tracer: JobTracer | None = None,
+        tenant_weights: TenantWeights = EQUAL_WEIGHTS,
     ) -> None:
         self.store = store
+        self._tenant_weights = tenant_weights
         self.dataplane = dataplane
         self._tracer = tracer
         self._metrics = metrics
@@ -297,9 +300,12 @@ class JobService:
     # -- workers ---------------------------------------------------------------------------------
 
     async def mark_running(self, *, worker_id: str, limit: int, lease_s: float) -> list[Job]:
-        """Claim up to ``limit`` runnable jobs for this worker (each claim is a lease)."""
+        """Claim up to ``limit`` runnable jobs for this worker (each claim is a lease), shared between
+        tenants by their weights."""
         now = self._clock()
-        jobs = await self.store.claim(worker_id=worker_id, limit=limit, lease_s=lease_s, now=now)
+        jobs = await self.store.claim(
+            worker_id=worker_id, limit=limit, lease_s=lease_s, now=now, weights=self._tenant_weights
+        )
         for job in jobs:
             self._adjust_depth(job.model, job.version, -1)
             waited_since = job.run_after if job.attempts > 1 else job.created_at

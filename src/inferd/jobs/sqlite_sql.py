@@ -60,7 +60,11 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
             WHERE id IN (
                 SELECT id FROM (
                     SELECT id, created_at,
-                        row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) AS rank
+                        (row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) - 1)
+                            * 1.0 / coalesce(
+                                (SELECT w.value FROM json_each(:weights) w WHERE w.key = jobs.tenant),
+                                :default_weight
+                            ) AS turn
                     FROM jobs
                     WHERE id IN (
                         SELECT c.id FROM tenants t, jobs c
@@ -72,13 +76,13 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
                         )
                     )
                     UNION ALL
-                    SELECT id, created_at, 0 FROM (
+                    SELECT id, created_at, -1 FROM (
                         SELECT id, created_at FROM jobs
                         WHERE status = {{running}} AND lease_expires_at < :now
                         ORDER BY created_at, id LIMIT :limit
                     )
                 )
-                ORDER BY rank, created_at, id LIMIT :limit
+                ORDER BY turn, created_at, id LIMIT :limit
             )
             RETURNING {COLS}
             """

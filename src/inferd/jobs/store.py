@@ -17,7 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from inferd.core.errors import ConflictError, InvalidInputError, quote
-from inferd.core.tenancy import PREFIX_SHOWN, ApiKey, check_tenant, key_digest, new_key, parse_scopes
+from inferd.core.tenancy import (
+    EQUAL_WEIGHTS,
+    PREFIX_SHOWN,
+    ApiKey,
+    TenantWeights,
+    check_tenant,
+    key_digest,
+    new_key,
+    parse_scopes,
+)
 from inferd.jobs.connector import Connector, Query, Row, job_from_row, job_row
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 
@@ -256,12 +265,25 @@ class JobStore:
 
     # -- worker side ------------------------------------------------------------------------------
 
-    async def claim(self, *, worker_id: str, limit: int, lease_s: float, now: datetime) -> list[Job]:
-        """Atomically take up to ``limit`` runnable jobs, oldest first: pending with run_after <= now,
-        or running with an expired lease (its worker died). Each claimed job becomes running with
-        attempts + 1, lease_owner = worker_id, lease_expires_at = now + lease_s, started_at = now.
-        Concurrent claimers never get the same job (SKIP LOCKED / a single writer). Jobs of dead
-        workers that must not run again (cancel requested, no attempt left) are settled first."""
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        now: datetime,
+        weights: TenantWeights = EQUAL_WEIGHTS,
+    ) -> list[Job]:
+        """Atomically take up to ``limit`` runnable jobs: pending with run_after <= now, or running
+        with an expired lease (its worker died; those come first). Pending jobs are shared between
+        tenants by ``weights``: a tenant's k-th job in its own order (priority, then age) has the turn
+        (k - 1) / weight, and the claim takes the lowest turns (ties: oldest first), so every tenant
+        waiting gets its next job before any gets a second, and a claim of N jobs takes about
+        N x weight / (sum of the weights) from each tenant with enough pending work.
+        Each claimed job becomes running with attempts + 1, lease_owner = worker_id,
+        lease_expires_at = now + lease_s, started_at = now. Concurrent claimers never get the same
+        job (SKIP LOCKED / a single writer). Jobs of dead workers that must not run again (cancel
+        requested, no attempt left) are settled first."""
         if limit < 1:
             return []
         rows = await self._fetch(
@@ -271,6 +293,8 @@ class JobStore:
             worker=worker_id,
             limit=limit,
             lost=LOST_MESSAGE,
+            weights=dict(weights.listed),
+            default_weight=float(weights.default),
         )
         return _oldest_first(_jobs(rows))
 

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from inferd.core.errors import InvalidInputError, StoreUnavailableError
-from inferd.core.tenancy import key_digest
+from inferd.core.tenancy import TenantWeights, key_digest
 from inferd.jobs.connector import Query
 from inferd.jobs.memory import MemoryConnector
 from inferd.jobs.models import Job, JobError, JobStatus
@@ -280,6 +280,49 @@ async def test_claim_is_fair_across_tenants(store: JobStore, make_job: JobFactor
     assert sorted(j.id for j in second) == sorted([backlog[2].id, backlog[3].id, late[2].id])
     rest = await store.claim(worker_id="w1", limit=100, lease_s=LEASE_S, now=NOW)
     assert sorted(j.id for j in rest) == sorted(j.id for j in backlog[4:])
+
+
+async def test_claims_share_by_tenant_weight_over_a_window(store: JobStore, make_job: JobFactory) -> None:
+    # a (weight 3) submitted all its jobs before b and c; c is not listed, so it has the default 2.
+    heavy = [make_job(tenant="tenant-a") for _ in range(60)]
+    light = [make_job(tenant="tenant-b") for _ in range(60)]
+    unlisted = [make_job(tenant="tenant-c") for _ in range(60)]
+    await store.insert_many(heavy + light + unlisted)
+    weights = TenantWeights({"tenant-a": 3.0, "tenant-b": 1.0}, default=2.0)
+
+    claimed: list[Job] = []
+    for _ in range(5):  # a window of 5 claims of 12: 3:1:2 of each claim
+        batch = await store.claim(worker_id="w1", limit=12, lease_s=LEASE_S, now=NOW, weights=weights)
+        shares = [
+            sum(job.tenant == tenant for job in batch) for tenant in ("tenant-a", "tenant-b", "tenant-c")
+        ]
+        assert shares == [6, 2, 4]
+        claimed += batch
+    # 30:10:20 over the window, and each tenant's jobs in its own order.
+    assert sorted(job.id for job in claimed) == sorted(
+        job.id for job in heavy[:30] + light[:10] + unlisted[:20]
+    )
+
+
+async def test_claim_turns_give_every_tenant_its_next_job_first(
+    store: JobStore, make_job: JobFactory
+) -> None:
+    # Turns ((rank - 1) / weight): a 0, 0.5, 1.0, 1.5, ...; b and c 0, 1.0, ... Every tenant's first job
+    # has turn 0, so a claim as large as the number of tenants waiting gives each one job, whatever
+    # the weights; ties go to the oldest job.
+    b_jobs = [make_job(tenant="tenant-b") for _ in range(2)]
+    a_jobs = [make_job(tenant="tenant-a") for _ in range(4)]
+    c_first = make_job(tenant="tenant-c")
+    await store.insert_many([*b_jobs, *a_jobs, c_first])
+    weights = TenantWeights({"tenant-a": 2.0})
+    claimed = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW, weights=weights)
+    assert sorted(j.id for j in claimed) == sorted([b_jobs[0].id, a_jobs[0].id, c_first.id])
+    # Ranks start again at each claim: a's next jobs now have turns 0, 0.5, 1.0 and b's second 0.
+    claimed = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW, weights=weights)
+    assert sorted(j.id for j in claimed) == sorted([a_jobs[1].id, b_jobs[1].id, a_jobs[2].id])
+    # Weights never hold work back: alone, a tenant of any weight gets the whole claim.
+    rest = await store.claim(worker_id="w1", limit=5, lease_s=LEASE_S, now=NOW, weights=weights)
+    assert [j.id for j in rest] == [a_jobs[3].id]
 
 
 async def test_claim_takes_higher_priority_first_within_a_tenant(

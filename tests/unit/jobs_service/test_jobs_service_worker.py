@@ -6,8 +6,10 @@ import asyncio
 from datetime import datetime
 from pathlib import Path
 
-from svc_helpers import Clock, harness
+from svc_helpers import JOB_MODELS, OTHER_TENANT, TENANT, Clock, harness
 
+from inferd.bootstrap import build_engine, build_job_runtime
+from inferd.core.settings import load_settings
 from inferd.jobs.models import Job, JobStatus
 from inferd.jobs.store import FinishRequest, JobStore
 
@@ -158,5 +160,37 @@ def test_worker_picks_up_work_submitted_while_it_idles(store_url: str) -> None:
             for i, job in enumerate(jobs):
                 done = await h.wait_terminal(job.id, timeout_s=10)
                 assert done.status is JobStatus.SUCCEEDED and done.outputs == [2 * i]
+
+    asyncio.run(body())
+
+
+def test_claims_follow_the_tenant_weights_of_the_config(tmp_path: Path) -> None:
+    """The ``tenants:`` section's weights reach the claims of the job runtime bootstrap builds."""
+    settings = load_settings(
+        flags={
+            "models": JOB_MODELS,
+            "access_log": "off",
+            "log_level": "warning",
+            "store": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "tenants": {TENANT: {"weight": 3}},
+        },
+        environ={},
+    )
+
+    async def body() -> None:
+        engine = build_engine(settings)
+        runtime = build_job_runtime(settings, engine, run_worker=False)
+        await runtime.store.open()
+        try:
+            for tenant in (TENANT, OTHER_TENANT):  # the weighted tenant's jobs are the older ones
+                for i in range(8):
+                    await runtime.service.create_job(
+                        tenant=tenant, model="echo", version=None, inputs=[i], batch=False
+                    )
+            claimed = await runtime.service.mark_running(worker_id="w1", limit=8, lease_s=5)
+            assert sum(job.tenant == TENANT for job in claimed) == 6  # 3:1, OTHER_TENANT has the default 1
+        finally:
+            await runtime.store.close()
+            engine.close()
 
     asyncio.run(body())
