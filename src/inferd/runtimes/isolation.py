@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import multiprocessing
 import os
 import pickle
 import queue
 import resource
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing import reduction, resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,10 +117,12 @@ def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | 
     try:
         from inferd.runtimes.factory import PipelineFactory
 
+        before = set(sys.modules)
         # This process is the isolation: the runtime itself loads here, in-process.
         spec = context.spec.model_copy(update={"isolation": Isolation.THREAD, "max_memory_mb": None})
         runtime = PipelineFactory().runtime(context.name, context.version, context.path, spec)
-        conn.send(("ready", runtime.takes_parameters, runtime.tensor_declarations()))
+        imported = _library_modules(set(sys.modules) - before, context.path)
+        conn.send(("ready", runtime.takes_parameters, runtime.tensor_declarations(), imported))
     except MemoryError:
         conn.send(("failed", f"loading the model needs more than max_memory_mb ({max_memory_mb} MiB)"))
         return
@@ -144,12 +149,25 @@ def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | 
             conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
 
 
+def _library_modules(names: set[str], version_dir: Path) -> list[str]:
+    """The installed modules among ``names``: those the template may import ahead of the next load
+    (the version folder's own modules are left to each load)."""
+    found = []
+    for name in sorted(names):
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        if origin is not None and not Path(origin).is_relative_to(version_dir):
+            found.append(name)
+    return found
+
+
 # -- the template: forks model processes ------------------------------------------------------------
 
 
 def _template_main(control: Connection, context: RuntimeContext, max_memory_mb: int | None) -> None:
     """Import what loading the version needs, then fork a model process for each end of a pipe the
-    server sends; report each one's pid, and its exit status once it is reaped."""
+    server sends; report each one's pid, and its exit status once it is reaped. The libraries the first
+    load imported (the server passes their names on) are imported here too, so later forks load the
+    model without importing them again."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's to handle
     server = os.getppid()
     from inferd.runtimes.factory import PipelineFactory
@@ -170,7 +188,10 @@ def _template_main(control: Connection, context: RuntimeContext, max_memory_mb: 
         if control not in readable:
             continue
         try:
-            control.recv()
+            request = control.recv()
+            if request != "fork":
+                _preload(request)
+                continue
             fd = reduction.recv_handle(control)
         except (EOFError, OSError):
             return  # the server closed the pipe: the model processes go with this one (PDEATHSIG)
@@ -191,6 +212,13 @@ def _template_main(control: Connection, context: RuntimeContext, max_memory_mb: 
                 os._exit(code)  # never the template's own exit handlers
         os.close(fd)
         control.send(("forked", pid))
+
+
+def _preload(modules: list[str]) -> None:
+    for name in modules:
+        # One that cannot be imported on its own (it needs its importer's state) is left to each load.
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 def _report_exits(control: Connection) -> None:
@@ -285,6 +313,11 @@ class _Template:
             theirs.close()
         return pid, ours
 
+    def preload(self, modules: list[str]) -> None:
+        """Have the template import ``modules`` before its next fork."""
+        with self._fork_lock, contextlib.suppress(OSError):
+            self.control.send(modules)
+
     def exit_status(self, pid: int, timeout: float) -> int | None:
         """The exit status of model process ``pid`` once reaped (waiting up to ``timeout``); None if it
         is still running, or its template went first (the process then got SIGTERM: PDEATHSIG)."""
@@ -310,6 +343,7 @@ class _Child:
         self.stopping = False
         self.reaped = False
         self.exit_code: int | None = None
+        self.imported: list[str] = []  # the libraries its load imported
 
     def wait_ready(self) -> tuple[bool, TensorDeclarations | None]:
         if self.ready is None:
@@ -324,6 +358,7 @@ class _Child:
                 self.template.exit_status(self.pid, 5)
                 raise ConfigError(f"the model process could not load the model: {message[1]}")
             self.ready = (message[1], message[2])
+            self.imported = message[3]
         return self.ready
 
     def gone(self) -> bool:
@@ -391,6 +426,7 @@ class ProcessRuntime(Runtime):
             spare = _Child(self._template)
             readies = [child.wait_ready() for child in self._children]
             spare.wait_ready()
+            self._template.preload(self._children[0].imported)
         except BaseException:
             self.unload()
             raise
@@ -500,6 +536,7 @@ class ProcessRuntime(Runtime):
         if template is not None:
             with contextlib.suppress(TemplateGone):
                 return _Child(template)
+        preload = next((child.imported for child in self._children if child.imported), [])
         with self._lock:
             if self._closed:
                 raise InferenceError("the model version was unloaded", cause="unloaded")
@@ -508,6 +545,7 @@ class ProcessRuntime(Runtime):
                 if current is not None:
                     current.close()
                 current = self._template = _Template(self._mp, self._args)
+                current.preload(preload)
         assert current is not None
         return _Child(current)
 
