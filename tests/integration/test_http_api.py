@@ -4,6 +4,7 @@ access log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -317,19 +318,38 @@ def test_rate_limited_is_429_with_retry_after_and_not_counted(
     assert requests_total(api) == {("ok", "1", "acme"): 2.0, ("ok", "1", "beta"): 1.0}
 
 
-def test_queue_full_is_503_overloaded_with_retry_after(make_api: Callable[..., InProcessAPI]) -> None:
-    api = make_api(devices="cpu=1,gpu=1", queue_limit=1)
-    responses: list[httpx.Response] = api.gather(
-        *(
-            api.arequest(
-                "POST", "/v1/models/sleepy/predict", key=PREDICT_KEY, json={"input": {"sleep_s": 0.1}}
+def test_queue_full_is_503_overloaded_with_retry_after(
+    make_api: Callable[..., InProcessAPI], tmp_path: Path
+) -> None:
+    """One executor thread, a queue of one, four calls that cannot end before the test releases them:
+    at most two are admitted, the others are refused at once; the admitted ones answer once released."""
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS / "sleepy", repo / "sleepy")
+    spec = repo / "sleepy" / "1" / "model.yaml"
+    spec.write_text(spec.read_text().replace("timeout_s: 0.3", "timeout_s: 60"))  # no deadline in play
+    api = make_api(models=repo, devices="cpu=1", queue_limit=1)
+    gate = tmp_path / "gate"
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        body = {"input": {"until": str(gate)}}
+        calls = [
+            asyncio.ensure_future(
+                api.arequest("POST", "/v1/models/sleepy/predict", key=PREDICT_KEY, json=body)
             )
             for _ in range(4)
-        )
-    )
+        ]
+        answered: set[asyncio.Future[httpx.Response]] = set()
+        while len(answered) < 2:  # what was refused, while the admitted calls wait for the gate
+            done, _ = await asyncio.wait(set(calls) - answered, return_when=asyncio.FIRST_COMPLETED)
+            answered |= done
+        before_release = [call.result() for call in answered]
+        gate.touch()
+        return before_release, list(await asyncio.gather(*calls))
+
+    before_release, responses = api.run(scenario())
+    assert {r.status_code for r in before_release} == {503}, [r.text for r in before_release]
     statuses = sorted(r.status_code for r in responses)
-    assert 503 in statuses, statuses
-    assert statuses[0] == 200, statuses  # the first call runs
+    assert statuses[0] == 200 and set(statuses) == {200, 503}, statuses  # the first call runs
     for response in responses:
         if response.status_code == 503:
             assert_error(response, 503, "overloaded")
