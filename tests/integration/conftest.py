@@ -6,7 +6,8 @@ Two ways to reach the server:
   one event loop for its whole life, because a ``DeviceExecutor`` binds to the loop of its first call;
   tests call it synchronously (``api.post(...)``) or run coroutines on it (``api.run(...)``).
 - a real ``inferd serve`` subprocess on a free loopback port (``running_server``), for what only a real
-  HTTP stack shows: chunked bodies, the access log file, start-up failures, the /metrics text.
+  HTTP stack shows: chunked bodies, the access log file, start-up failures, the /metrics text; and an
+  ``inferd worker`` beside it on the same store (``running_worker``).
 """
 
 from __future__ import annotations
@@ -337,6 +338,11 @@ def v1_batch_outputs(
         return outputs
 
 
+def workdir_store(workdir: Path) -> str:
+    """The job store of the processes started in ``workdir`` (never the default store under the cwd)."""
+    return f"sqlite:///{workdir / 'jobs.db'}"
+
+
 @contextlib.contextmanager
 def running_server(
     workdir: Path,
@@ -355,7 +361,7 @@ def running_server(
     full_env = {
         "INFERD_API_KEYS": API_KEYS,
         "INFERD_ACCESS_LOG": str(access_log),
-        "INFERD_STORE": f"sqlite:///{workdir / 'jobs.db'}",
+        "INFERD_STORE": workdir_store(workdir),
         **(env or {}),
     }
     command = ["serve", "--models", str(models), "--host", "127.0.0.1", "--port", str(port), *args]
@@ -368,6 +374,43 @@ def running_server(
         for client in server.clients:
             client.close()
         server.stop()
+
+
+@contextlib.contextmanager
+def running_worker(
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    models: Path = MODELS,
+) -> Iterator[Proc]:
+    """Start ``inferd worker`` on the job store of :func:`running_server` in the same ``workdir``, its
+    metrics port free on 127.0.0.1; wait for its /readyz 200; terminate it (kill if it hangs) at exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [
+        "worker",
+        "--models",
+        str(models),
+        "--store",
+        workdir_store(workdir),
+        "--metrics-port",
+        str(port),
+        *args,
+    ]
+    output_path = workdir / "worker.out"
+    full_env = server_env({"INFERD_API_KEYS": API_KEYS, **(env or {})})
+    worker = Proc(
+        "inferd worker",
+        start_inferd(command, env=full_env, cwd=workdir, output_path=output_path),
+        output_path,
+        port,
+    )
+    try:
+        worker.wait_http("/readyz")
+        yield worker
+    finally:
+        worker.stop()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

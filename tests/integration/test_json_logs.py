@@ -4,24 +4,12 @@ lines, inferd's own, a model's traceback, the access log; `--log-level` filters 
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from inferd_http_testkit import (
-    API_KEYS,
-    MODELS,
-    PREDICT_KEY,
-    bearer,
-    free_port,
-    inferd_command,
-    running_server,
-    server_env,
-    stop_process,
-)
+from inferd_http_testkit import PREDICT_KEY, bearer, running_server, running_worker
 
 pytestmark = pytest.mark.slow
 
@@ -74,25 +62,8 @@ def test_log_level_warning_drops_info_lines(tmp_path: Path) -> None:
 
 
 def test_worker_writes_only_json_lines(tmp_path: Path) -> None:
-    port = free_port()
-    output = tmp_path / "worker.out"
-    env = server_env({"INFERD_API_KEYS": API_KEYS})
-    command = inferd_command(
-        "worker",
-        "--models",
-        str(MODELS),
-        "--store",
-        f"sqlite:///{tmp_path / 'jobs.db'}",
-        "--metrics-port",
-        str(port),
-    )
-    with open(output, "wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while "running" not in output.read_text() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop_process(process)
-    lines = json_lines(output.read_text())
+    with running_worker(tmp_path) as worker:
+        pass  # stopped gracefully once ready: it has said it is running, and that it stopped
+    assert worker.process.returncode == 0, worker.output()
+    lines = json_lines(worker.output())
     assert any(entry["logger"] == "inferd.worker" and "running" in entry["message"] for entry in lines), lines

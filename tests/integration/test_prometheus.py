@@ -17,13 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from inferd_http_testkit import free_port, inferd_command, server_env, stop_process
+from inferd_http_testkit import Proc, ServerProcess, free_port, running_server, running_worker, stop_process
+from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.client import APIError, Client, Conflict
 
@@ -35,6 +37,8 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "inferd.json"
 MODELS = ROOT / "tests" / "fixtures" / "alert_models"
 KEY = "kp"
 API_KEYS = f"{KEY}:acme:predict,jobs,models"
+# Rule evaluations the quiet phase spans: the longest shortened window (5 s) plus `for:` (2 s), at 1 s.
+QUIET_EVALUATIONS = 7
 SEED_ALERTS = {"InferdHighErrorRate", "InferdHighP99Latency", "InferdTimeoutSpike", "InferdQueueDepthGrowing"}
 # The dashboard's Grafana variables, as Grafana would expand them for "All" on a 1 s scrape interval.
 GRAFANA_VARIABLES = {"$__rate_interval": "5s", "$model": ".*", "$tenant": ".*"}
@@ -101,6 +105,16 @@ class Prometheus:
         alerts: list[dict[str, Any]] = self.api("alerts").json()["data"]["alerts"]
         return alerts
 
+    def rule_evaluations(self) -> float:
+        """How many times Prometheus has evaluated the rule groups so far (its own counter)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "prometheus_rule_group_iterations_total"
+        )
+
     def targets_up(self) -> bool:
         targets = self.api("targets").json()["data"]["activeTargets"]
         return bool(targets) and all(t["health"] == "up" for t in targets)
@@ -137,44 +151,15 @@ def until(
     pytest.fail(f"{what}: not true within {timeout_s}s (last: {last!r})")
 
 
+@dataclass
 class Stack:
     """inferd serve (no in-process worker) + inferd worker on one SQLite store, scraped by Prometheus."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-        store = f"sqlite:///{workdir / 'jobs.db'}"
-        env = server_env({"INFERD_API_KEYS": API_KEYS, "INFERD_ACCESS_LOG": "off", "INFERD_DEVICES": "cpu=8"})
-        api_port, worker_port = free_port(), free_port()
-        common = ["--models", str(MODELS), "--store", store]
-        self.api_url = f"http://127.0.0.1:{api_port}"
-        self.worker_url = f"http://127.0.0.1:{worker_port}"
-        self._start(workdir / "serve.out", env, "serve", *common, "--port", str(api_port), "--no-worker")
-        wait_for(f"{self.api_url}/readyz", self.processes[-1], workdir / "serve.out")
-        # One job at a time, so jobs of 0.5 s keep a queue.
-        self._start(
-            workdir / "worker.out",
-            env,
-            "worker",
-            *common,
-            "--concurrency",
-            "1",
-            "--metrics-port",
-            str(worker_port),
-        )
-        wait_for(f"{self.worker_url}/readyz", self.processes[-1], workdir / "worker.out")
-        self.prometheus = Prometheus(
-            workdir, {"inferd-api": f"127.0.0.1:{api_port}", "inferd-worker": f"127.0.0.1:{worker_port}"}
-        )
-        self.client = Client(self.api_url, api_key=KEY, retries=0)
-        self.pool = ThreadPoolExecutor(max_workers=16)
-
-    def _start(self, output: Path, env: dict[str, str], *args: str) -> None:
-        with open(output, "wb") as out:
-            self.processes.append(
-                subprocess.Popen(
-                    inferd_command(*args), env=env, cwd=output.parent, stdout=out, stderr=subprocess.STDOUT
-                )
-            )
+    api: ServerProcess
+    worker: Proc
+    prometheus: Prometheus
+    client: Client
+    pool: ThreadPoolExecutor
 
     def predict(self, model: str, item: Any, version: str | None = None) -> None:
         try:
@@ -182,21 +167,25 @@ class Stack:
         except APIError:
             pass  # the errors are the point of the bad traffic
 
-    def stop(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
-        self.prometheus.stop()
-        for process in self.processes:
-            stop_process(process)
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    instance = Stack(tmp_path_factory.mktemp("prometheus"))
-    try:
-        yield instance
-    finally:
-        instance.stop()
+    workdir = tmp_path_factory.mktemp("prometheus")
+    env = {"INFERD_API_KEYS": API_KEYS, "INFERD_ACCESS_LOG": "off", "INFERD_DEVICES": "cpu=8"}
+    with contextlib.ExitStack() as started:
+        api = started.enter_context(running_server(workdir, env=env, args=["--no-worker"], models=MODELS))
+        # One job at a time, so the backlog stays a queue.
+        worker = started.enter_context(
+            running_worker(workdir, env=env, args=["--concurrency", "1"], models=MODELS)
+        )
+        prometheus = Prometheus(
+            workdir, {"inferd-api": f"127.0.0.1:{api.port}", "inferd-worker": f"127.0.0.1:{worker.port}"}
+        )
+        started.callback(prometheus.stop)
+        client = started.enter_context(Client(api.base_url, api_key=KEY, retries=0))
+        pool = ThreadPoolExecutor(max_workers=16)
+        started.callback(pool.shutdown, wait=False, cancel_futures=True)
+        yield Stack(api, worker, prometheus, client, pool)
 
 
 def normal_traffic(stack: Stack) -> None:
@@ -205,22 +194,30 @@ def normal_traffic(stack: Stack) -> None:
     stack.client.predict_batch("ok", [1, 2, 3])
 
 
-def test_alerts_stay_quiet_under_normal_traffic_and_each_fires_under_its_fault(stack: Stack) -> None:
+def test_alerts_stay_quiet_under_normal_traffic_and_each_fires_under_its_fault(
+    stack: Stack, tmp_path: Path
+) -> None:
     prometheus = stack.prometheus
     until("both targets are scraped", prometheus.targets_up, 30)
     job = stack.client.submit_job("ok", {"x": 1})
     assert stack.client.wait_job(job.id, timeout_s=30).status == "succeeded"
 
-    # Normal traffic for longer than every shortened window plus its `for:`: nothing pending or firing.
-    quiet_until = time.monotonic() + 7
-    while time.monotonic() < quiet_until:
+    # Normal traffic while Prometheus evaluates the rules more often than every shortened window plus its
+    # `for:` lasts (7 evaluations of 1 s; counted by Prometheus, however late a loaded machine runs
+    # them): nothing pending or firing.
+    quiet_until = prometheus.rule_evaluations() + QUIET_EVALUATIONS
+    while prometheus.rule_evaluations() < quiet_until:
         normal_traffic(stack)
         assert prometheus.alerts() == [], prometheus.alerts()
-        time.sleep(0.25)
+        time.sleep(0.25)  # pacing only: the loop ends on Prometheus' count, not on this
 
-    # Faults: a failing model, calls past their timeout, calls of 2.5 s, and a backlog of >100 jobs.
+    # Faults: a failing model, calls past their timeout, calls of 2.5 s, and a backlog of >100 jobs the
+    # worker cannot work off before the test releases them (each waits for the gate, at most 5 s).
+    gate = tmp_path / "backlog-gate"
     for index in range(130):
-        stack.client.submit_job("sleepy", {"sleep_s": 0.5}, version="2", idempotency_key=f"backlog-{index}")
+        stack.client.submit_job(
+            "sleepy", {"until": str(gate)}, version="2", idempotency_key=f"backlog-{index}"
+        )
     stop_faults = threading.Event()
 
     def drive(action: Callable[[], None], pause_s: float = 0.0) -> None:
@@ -228,6 +225,8 @@ def test_alerts_stay_quiet_under_normal_traffic_and_each_fires_under_its_fault(s
             action()
             stop_faults.wait(pause_s)
 
+    # Sleeps here are lower bounds, never races: 0.4 s always overruns sleepy:1's 0.2 s timeout_s, and a
+    # 2.5 s call is always slower than the 2 s p99 threshold, however loaded the machine.
     faults = [
         (lambda: stack.predict("boom", 1), 0.0),
         (lambda: stack.predict("sleepy", {"sleep_s": 0.4}, version="1"), 0.2),
@@ -246,6 +245,7 @@ def test_alerts_stay_quiet_under_normal_traffic_and_each_fires_under_its_fault(s
         alerts = [a for a in prometheus.alerts() if a["state"] == "firing"]
     finally:
         stop_faults.set()
+        gate.touch()
         for future in futures:
             future.result(timeout=30)
         for pending in list(stack.client.list_jobs(status="pending")):  # the backlog has done its part
