@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -45,6 +46,7 @@ RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 KEYS = "ka:A:predict;kb:B:predict;kc:C:predict;kd:D:predict"
 SLOW_CAPACITY = 8.0  # requests/s: 4 threads / 0.5 s
+H2LOAD = shutil.which("h2load")  # precise open-loop arrivals (nghttp2-client); the batching scenario
 
 SLEEPY = """
 import time
@@ -210,8 +212,12 @@ def ms(seconds: float) -> float:
 
 
 class Server:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, label: str = "inferd", source: Path | None = None) -> None:
+        """``source``: serve the inferd of that source tree (its ``src`` first on PYTHONPATH) instead of
+        this checkout's, e.g. a copy of main, to compare two builds in one run."""
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.label = label
         self.port = free_port()
         repo = workdir / "models"
         write_repository(repo)
@@ -226,6 +232,8 @@ class Server:
             "INFERD_LOG_LEVEL": "warning",
             "INFERD_STORE": f"sqlite:///{workdir / 'jobs.db'}",
         }
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source / "src"), env.get("PYTHONPATH")]))
         self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [
@@ -364,45 +372,92 @@ async def fairness(client: Client, duration: float) -> dict[str, Any]:
     return result
 
 
-async def batching(client: Client, server: Server, duration: float, rounds: int) -> dict[str, Any]:
-    """Closed loop (spin, 4 threads, 8 connections) and open loop (one thread, 100 rps): max_delay vs 0."""
-    closed: dict[str, list[float]] = {"spin0": [], "spin5": []}
-    single: dict[str, list[float]] = {"spin0": [], "spin5": []}
-    for _ in range(rounds):  # interleaved: the machine's noise hits both alike
-        for name in ("spin0", "spin5"):
-            samples = await client.closed_loop(predict(name, {"input": 1}), 8, duration)
-            closed[name].append(count(samples, 200) / duration)
-            samples = await client.closed_loop(predict(name, {"input": 1}), 1, duration / 2)
-            single[name].append(percentile([s.latency for s in samples], 0.5))
-    open_result: dict[str, Any] = {}
-    for name in ("open0", "open30"):
-        calls_before = server.metric("inference_batch_items_count", name)
-        samples = await client.open_loop(predict(name, {"input": 1}), 100, duration)
-        calls = server.metric("inference_batch_items_count", name) - calls_before
-        open_result[name] = {
-            "requests": len(samples),
-            "errors": errors(samples),
-            "calls_per_request": round(calls / len(samples), 3),
-            "p99_ms": ms(percentile([s.latency for s in samples], 0.99)),
+def h2load_open_loop(port: int, target: Target, rate: float, duration: float, workdir: Path) -> list[Sample]:
+    """Open loop from h2load (C, one thread): one new HTTP/1.1 connection per request, created every
+    1/rate s, so arrivals keep their schedule whatever this process or the server is doing."""
+    head, _, body = target.request.partition(b"\r\n\r\n")
+    request_line, *header_lines = head.decode().split("\r\n")
+    path = request_line.split()[1]
+    headers = [
+        line for line in header_lines if line.split(":")[0].lower() in ("authorization", "content-type")
+    ]
+    body_path, log_path = workdir / "h2load-body.json", workdir / "h2load.log"
+    body_path.write_bytes(body)
+    log_path.unlink(missing_ok=True)
+    count = int(rate * duration)
+    command = [H2LOAD, "--h1", "-t1", f"-c{count}", f"-n{count}", "-r1", f"--rate-period={1000 / rate:g}ms"]
+    command += ["-d", str(body_path), "--log-file", str(log_path)]
+    for header in headers:
+        command += ["-H", header]
+    command.append(f"http://{HOST}:{port}{path}")
+    subprocess.run(command, capture_output=True, check=True, timeout=duration + 60)
+    samples = []
+    for line in log_path.read_text().splitlines():
+        started_us, status, elapsed_us = line.split("\t")[:3]
+        samples.append(Sample(int(started_us) / 1e6, max(0, int(status)), int(elapsed_us) / 1e6))
+    return samples
+
+
+async def batching(
+    pairs: list[tuple[Server, Client]], duration: float, rounds: int, workdir: Path
+) -> dict[str, Any]:
+    """Closed loop (spin, 4 threads, 8 connections) and open loop (one thread, 100 rps): max_delay vs 0,
+    on each server (several: builds compared in one run, rounds interleaved)."""
+    closed = {(server.label, name): [] for server, _ in pairs for name in ("spin0", "spin5")}
+    single = {(server.label, name): [] for server, _ in pairs for name in ("spin0", "spin5")}
+    for _ in range(rounds):  # interleaved: the machine's noise hits every target alike
+        for server, client in pairs:
+            for name in ("spin0", "spin5"):
+                samples = await client.closed_loop(predict(name, {"input": 1}), 8, duration)
+                closed[(server.label, name)].append(count(samples, 200) / duration)
+                samples = await client.closed_loop(predict(name, {"input": 1}), 1, duration / 2)
+                single[(server.label, name)].append(percentile([s.latency for s in samples], 0.5))
+    result: dict[str, Any] = {}
+    for server, client in pairs:
+        label = server.label
+        spin0, spin5 = (statistics.median(closed[(label, name)]) for name in ("spin0", "spin5"))
+        generators: dict[str, Any] = {}
+        for generator in ("python", "h2load") if H2LOAD else ("python",):
+            open_result: dict[str, Any] = {}
+            for name in ("open0", "open30"):
+                target = predict(name, {"input": 1})
+                calls_before = server.metric("inference_batch_items_count", name)
+                if generator == "python":
+                    samples = await client.open_loop(target, 100, duration)
+                else:
+                    samples = await asyncio.to_thread(
+                        h2load_open_loop, server.port, target, 100, duration, workdir
+                    )
+                calls = server.metric("inference_batch_items_count", name) - calls_before
+                open_result[name] = {
+                    "requests": len(samples),
+                    "errors": errors(samples),
+                    "calls_per_request": round(calls / max(len(samples), 1), 3),
+                    "p50_ms": ms(percentile([s.latency for s in samples], 0.5)),
+                    "p99_ms": ms(percentile([s.latency for s in samples], 0.99)),
+                }
+            open_result["fewer_calls_factor"] = round(
+                open_result["open0"]["calls_per_request"]
+                / max(open_result["open30"]["calls_per_request"], 1e-9),
+                2,
+            )
+            generators[generator] = open_result
+        result[label] = {
+            "closed_rps": {"spin0": round(spin0, 1), "spin5": round(spin5, 1)},
+            "closed_rps_rounds": {
+                name: [round(v, 1) for v in closed[(label, name)]] for name in ("spin0", "spin5")
+            },
+            "closed_rps_ratio_5ms_over_0": round(spin5 / spin0, 2),
+            "c1_p50_ms": {name: ms(statistics.median(single[(label, name)])) for name in ("spin0", "spin5")},
+            "open": generators,
         }
-    result = {
-        "closed_rps": {name: round(statistics.median(v), 1) for name, v in closed.items()},
-        "closed_rps_ratio_5ms_over_0": round(
-            statistics.median(closed["spin5"]) / statistics.median(closed["spin0"]), 2
-        ),
-        "c1_p50_ms": {name: ms(statistics.median(v)) for name, v in single.items()},
-        "open": open_result,
-        "open_fewer_calls_factor": round(
-            open_result["open0"]["calls_per_request"] / max(open_result["open30"]["calls_per_request"], 1e-9),
-            2,
-        ),
-    }
-    print(f"batching: {result}", flush=True)
+        print(f"batching [{label}]: {result[label]}", flush=True)
     return result
 
 
-async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
-    client = Client(server.port)
+async def run(args: argparse.Namespace, servers: list[Server], workdir: Path) -> dict[str, Any]:
+    pairs = [(server, Client(server.port)) for server in servers]
+    server, client = pairs[0]
     results: dict[str, Any] = {}
     try:
         if args.scenario in ("all", "goodput"):
@@ -412,9 +467,10 @@ async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
         if args.scenario in ("all", "fairness"):
             results["fairness"] = await fairness(client, args.duration)
         if args.scenario in ("all", "batching"):
-            results["batching"] = await batching(client, server, args.duration, args.rounds)
+            results["batching"] = await batching(pairs, args.duration, args.rounds, workdir)
     finally:
-        client.close()
+        for _, each in pairs:
+            each.close()
     return results
 
 
@@ -429,17 +485,32 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds of the closed-loop batching runs"
     )
+    parser.add_argument(
+        "--compare-source",
+        type=Path,
+        help="batching only: also serve the inferd of this source tree (e.g. an export of main), "
+        "rounds interleaved with this checkout's",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="inferd-sched-") as tmp:
-        server = Server(Path(tmp))
+        workdir = Path(tmp)
+        servers = [Server(workdir / "inferd")]
+        if args.compare_source is not None:
+            servers.append(Server(workdir / "compared", "compared", args.compare_source.resolve()))
         try:
-            server.wait_ready()
-            results = asyncio.run(run(args, server))
+            for server in servers:
+                server.wait_ready()
+            results = asyncio.run(run(args, servers, workdir))
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"sched-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"args": {**vars(args), "compare_source": str(args.compare_source)}, "results": results}, indent=2
+        )
+    )
     print(f"results written to {out}")
     return 0
 

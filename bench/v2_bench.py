@@ -300,9 +300,17 @@ def _run(
 # -- servers ---------------------------------------------------------------------------------------------
 
 
-def start_inferd(workdir: Path, args: argparse.Namespace, *, name: str, models: Path) -> Endpoint:
+def start_inferd(
+    workdir: Path, args: argparse.Namespace, *, name: str, models: Path, source: Path | None = None
+) -> Endpoint:
+    """``source``: run the inferd of that source tree (its ``src`` first on PYTHONPATH), e.g. an export
+    of main, to compare two builds in one run."""
     port, grpc_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("INFERD_")}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(source.resolve() / "src"), env.get("PYTHONPATH")])
+        )
     env.update(
         INFERD_ACCESS_LOG=str(workdir / f"{name}-access.log"),
         INFERD_STORE=f"sqlite:///{workdir / f'{name}-jobs.db'}",
@@ -483,6 +491,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensor-connections", type=int, default=4)
     parser.add_argument("--skip-rest", action="store_true", help="no V2 REST iris targets")
     parser.add_argument("--skip-tensor", action="store_true", help="no 1 MiB JSON/binary targets")
+    parser.add_argument(
+        "--skip-batched", action="store_true", help="no inferd-batched (max_delay_ms: 2) server"
+    )
+    parser.add_argument(
+        "--compare-source",
+        type=Path,
+        help="also run the inferd of this source tree with default settings (target inferd-compared), "
+        "e.g. an export of main: before/after in one run",
+    )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     parser.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     parser.add_argument("--inferd", default=shutil.which("inferd") or "inferd")
@@ -500,9 +517,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     endpoints: list[Endpoint] = []
     try:
         endpoints.append(start_inferd(workdir, args, name="inferd", models=REPO_ROOT / "examples" / "models"))
-        endpoints.append(
-            start_inferd(workdir, args, name="inferd-batched", models=batched_repository(workdir))
-        )
+        if not args.skip_batched:
+            endpoints.append(
+                start_inferd(workdir, args, name="inferd-batched", models=batched_repository(workdir))
+            )
+        if args.compare_source is not None:
+            endpoints.append(
+                start_inferd(
+                    workdir,
+                    args,
+                    name="inferd-compared",
+                    models=REPO_ROOT / "examples" / "models",
+                    source=args.compare_source,
+                )
+            )
         endpoints.append(start_mlserver(workdir, 0, args))
         endpoints.append(start_mlserver(workdir, 1, args))
         endpoints.append(start_mlserver(workdir, 0, args, adaptive_batching=True))
@@ -540,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS_DIR.mkdir(exist_ok=True)
     result_path = RESULTS_DIR / f"v2-{time.strftime('%Y%m%d-%H%M%S')}.json"
     result = {
-        "args": vars(args),
+        "args": {**vars(args), "compare_source": str(args.compare_source)},
         "rows": rows,
         "goals": lines,
         "raw": {f"{t.group}/{t.name}": t.outputs for t in targets},

@@ -29,6 +29,14 @@ Scheduling (the README's "Scheduling under load" explains the policy for users):
 - **Adaptive batching**: with ``max_delay_s`` a thread that finds fewer queued items than a preferred
   batch size holds the lane up to that long after the oldest request arrived (never past its latest
   start), then runs whatever it has; with 0 it runs what is queued at once.
+- **Batching while busy** (no delay added): a version whose calls keep their thread on the CPU
+  (thread CPU time at least half the run time, measured on calls that ran alone: Python, scikit-learn,
+  anything holding the GIL) gains nothing from a second call beside a running one: both compete for
+  the GIL. While one of its calls runs and less than a full batch is queued, the queue waits for that
+  call's thread, which takes it as one call when it returns; a second thread joins for a full batch,
+  when the oldest request could not start in time after the running call, or when that call has run
+  twice its estimate (stuck). Calls that wait off the CPU (I/O, sleeps, a model process) still run
+  side by side. This is what merges gRPC calls, which grpc.aio hands to the loop one at a time.
 
 The seam between scheduling and execution is :meth:`DeviceExecutor._execute`: one call, one slot, one
 group of requests of one version; everything around it (queues, admission, accounting) stays here.
@@ -88,6 +96,7 @@ class LanePolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     service_time_s: float = 0.0  # call-time estimate until the first call is measured
     deadline_admission: bool = True
+    batch_while_busy: bool = True  # compute-bound calls: queue behind a running call (see the module doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,17 @@ DEFAULT_SHARE = TenantShare()
 _EWMA_ALPHA = 0.2  # weight of a new call in the mean (TCP's 1/8 adapts too slowly to a load change)
 _EWMA_BETA = 0.25  # weight of a new call in the mean deviation
 _DEVIATIONS = 2.0  # admission plans with mean + 2 deviations: a late start wastes a whole call
+# A version whose calls keep their thread on the CPU for at least this share of their run time (measured
+# on calls that ran alone in the version) is compute-bound: a second call beside it mostly competes for
+# the GIL (or the cores) instead of adding throughput.
+_COMPUTE_BOUND_SHARE = 0.5
+_CPU_ALPHA = 0.2
+# A compute-bound version's queue waits for its running call at most this many call estimates: a call
+# that runs longer is stuck or slowed, and the queue is served beside it.
+_BUSY_WAIT_ESTIMATES = 2.0
+# The idle thread watching for that sleeps at least this long (Python's GIL switch interval): finer
+# timing is not real while a model holds the GIL, and each wake-up takes the GIL from the loop.
+_WATCH_FLOOR_S = 0.005
 
 # A work is staged (submitted this loop iteration), then queued, then started or gone (left unrun).
 _STAGED, _QUEUED, _STARTED, _GONE = 0, 1, 2, 3
@@ -157,6 +177,8 @@ class _Lane:
         "estimate",
         "collecting",
         "cond",
+        "cpu_share",
+        "overlaps",
     )
 
     def __init__(
@@ -185,6 +207,8 @@ class _Lane:
         self.estimate = policy.service_time_s  # mean + deviations: what admission plans with
         self.collecting = False
         self.cond = threading.Condition(lock)
+        self.cpu_share = -1.0  # EWMA of thread CPU time / run time of calls that ran alone; -1: none yet
+        self.overlaps = 0  # calls started beside a running call: a call ran alone if this did not move
 
     def observe(self, elapsed: float) -> None:
         if self.mean == 0.0 and self.dev == 0.0:
@@ -193,6 +217,21 @@ class _Lane:
             self.dev += _EWMA_BETA * (abs(elapsed - self.mean) - self.dev)
             self.mean += _EWMA_ALPHA * (elapsed - self.mean)
         self.estimate = self.mean + _DEVIATIONS * self.dev
+
+    def observe_cpu(self, share: float) -> None:
+        if self.cpu_share < 0.0:
+            self.cpu_share = share
+        else:
+            self.cpu_share += _CPU_ALPHA * (share - self.cpu_share)
+
+    @property
+    def batches_while_busy(self) -> bool:
+        """Whether queued work waits for the running call rather than starting another one beside it."""
+        return (
+            self.max_batch_size > 1
+            and self.policy.batch_while_busy
+            and self.cpu_share >= _COMPUTE_BOUND_SHARE
+        )
 
     def start_in(self, now: float, calls_ahead: int) -> float:
         """Seconds until a call with ``calls_ahead`` calls before it starts: running calls free their
@@ -223,6 +262,7 @@ class _Work:
     # The deadline is the client's own (shorter than the model's timeout_s): its expiry is the
     # client's business, not a slow model, and is not an executor timeout.
     client_deadline: bool = False
+    stopped: bool = False  # timed out, and the target stopped its call (a model process): not a sample
 
 
 @dataclass(slots=True)
@@ -233,6 +273,7 @@ class _Taken:
     left_queue: int
     started: float
     charged: float
+    overlaps: int  # the lane's count when it started; -1: it started beside another call
 
 
 class DeviceExecutor:
@@ -246,6 +287,7 @@ class DeviceExecutor:
         tenants: Mapping[str, TenantShare] | None = None,
         default_share: TenantShare = DEFAULT_SHARE,
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.device = device
@@ -258,6 +300,7 @@ class DeviceExecutor:
             share.max_concurrency is not None for share in self._shares.values()
         )
         self._clock = clock
+        self._cpu_clock = cpu_clock  # the calling thread's CPU time
         self._loop = loop
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -267,6 +310,7 @@ class DeviceExecutor:
         self._vtime = 0.0
         self._tenant_running: dict[str, int] = {}
         self._idle = 0
+        self._watcher = False  # an idle thread waits with a timeout for a held lane's wait to end
         self._closed = False
         self._submitted: list[_Work] = []  # this loop iteration's submissions, handed over in one step
         self._flush_scheduled = False
@@ -404,10 +448,14 @@ class DeviceExecutor:
                 elif lane not in touched:
                     touched.append(lane)
             wake = 0
+            now = self._clock()
             for lane in touched:
                 if lane.collecting:
                     if self._batch_ready(lane):
                         lane.cond.notify()
+                    continue
+                if self._held_until(lane, now) is not None:
+                    wake += not self._watcher  # the running call's thread takes the queue; one watches
                     continue
                 wake += min(self._calls(lane, lane.queued_items), lane.slots - len(lane.running_since))
             wake = min(self._idle, wake)
@@ -509,8 +557,11 @@ class DeviceExecutor:
         if work.future.done():
             return
         abandon = getattr(work.target, "abandon", None)
-        if abandon is not None:  # a model process can be stopped where a thread cannot
-            abandon(work.call)
+        if abandon is not None and abandon(work.call):  # a model process can be stopped, a thread cannot
+            work.stopped = True
+        self._time_out(work)
+
+    def _time_out(self, work: _Work) -> None:
         if work.client_deadline:
             work.future.set_exception(
                 InferenceTimeoutError(
@@ -528,7 +579,11 @@ class DeviceExecutor:
         )
 
     def _deliver(
-        self, works: list[_Work], outcomes: Sequence[Any] | BaseException, dropped: list[_Work]
+        self,
+        works: list[_Work],
+        outcomes: Sequence[Any] | BaseException,
+        dropped: list[_Work],
+        finished: float,
     ) -> None:
         for work in dropped:
             if work.table is not None:
@@ -540,6 +595,11 @@ class DeviceExecutor:
                 work.table.pop(work, None)
                 work.table = None
             if work.future.done():
+                continue
+            if finished > work.deadline:
+                # The call overran the deadline and the loop, stalled, runs this before the sweep that
+                # would have answered it: a timeout all the same, never a late success.
+                self._time_out(work)
                 continue
             if isinstance(outcomes, BaseException):
                 work.future.set_exception(outcomes)
@@ -563,8 +623,44 @@ class DeviceExecutor:
             return True
         return any(tenant.works and self._tenant_ready(tenant.account) for tenant in lane.active)
 
-    def _pick_lane(self) -> _Lane | None:
+    def _oldest(self, lane: _Lane) -> _Work | None:
+        oldest: _Work | None = None
+        for tenant in lane.active:
+            for work in tenant.works:
+                if work.state == _QUEUED:
+                    if oldest is None or work.enqueued < oldest.enqueued:
+                        oldest = work
+                    break
+        return oldest
+
+    def _held_until(self, lane: _Lane, now: float) -> float | None:
+        """Until when a compute-bound lane's queue waits for its running call instead of starting a
+        call beside it; None: it does not wait. The thread that runs the call takes the queue as one
+        call when it returns: batching with no delay added, and no second call fighting the first
+        for the GIL. It waits for no more than a full batch, and only while that call is expected to
+        finish before the oldest request's latest start and has not overrun twice its estimate."""
+        running = lane.running_since
+        if not running or not lane.batches_while_busy or self._closed or self._batch_ready(lane):
+            return None
+        oldest = self._oldest(lane)
+        if oldest is None:
+            return None
+        estimate = lane.estimate
+        first = min(running)
+        latest_start = oldest.deadline - estimate
+        if latest_start < first + estimate:
+            return None
+        until = min(first + _BUSY_WAIT_ESTIMATES * estimate, latest_start)
+        return until if until > now else None
+
+    def _ready(self, lane: _Lane, now: float) -> bool:
+        return self._lane_ready(lane) and self._held_until(lane, now) is None
+
+    def _pick_lane(self, now: float) -> tuple[_Lane | None, float | None]:
+        """The lane a free thread serves now, and when a lane whose queue waits for its running call
+        stops waiting (the earliest, if no lane is ready)."""
         best: _Lane | None = None
+        wake: float | None = None
         for lane in list(self._listed):
             if lane.queued_requests <= 0:
                 # Only skipped (dropped or abandoned) works are left: forget them.
@@ -573,9 +669,14 @@ class DeviceExecutor:
                 lane.listed = False
                 self._listed.remove(lane)
                 continue
-            if self._lane_ready(lane) and (best is None or lane.vpass < best.vpass):
+            if not self._lane_ready(lane):
+                continue
+            held = self._held_until(lane, now)
+            if held is not None:
+                wake = held if wake is None else min(wake, held)
+            elif best is None or lane.vpass < best.vpass:
                 best = lane
-        return best
+        return best, wake
 
     def _batch_ready(self, lane: _Lane) -> bool:
         items = lane.queued_items
@@ -589,13 +690,7 @@ class DeviceExecutor:
         """When a thread should stop waiting for a fuller batch of ``lane``; None: run now."""
         if self._closed or self._batch_ready(lane):
             return None
-        oldest: _Work | None = None
-        for tenant in lane.active:
-            for work in tenant.works:
-                if work.state == _QUEUED:
-                    if oldest is None or work.enqueued < oldest.enqueued:
-                        oldest = work
-                    break
+        oldest = self._oldest(lane)
         if oldest is None:
             return None
         until = oldest.enqueued + lane.policy.max_delay_s
@@ -662,26 +757,37 @@ class DeviceExecutor:
         for name, count in taken.items():
             self._tenant_running[name] = self._tenant_running.get(name, 0) + count
         charged = 0.0
+        overlaps = -1
         if works:
+            if lane.running_since:
+                lane.overlaps += 1
+            else:
+                overlaps = lane.overlaps
             lane.running_since = (*lane.running_since, now)
             self._vtime = lane.vpass
             charged = lane.estimate / lane.policy.weight
             lane.vpass += charged
-        return _Taken(lane, works, dropped, left, now, charged)
+        return _Taken(lane, works, dropped, left, now, charged, overlaps)
 
     def _take(self) -> _Taken | None:
         """Block until a lane is ready; take one call's worth of its work (maybe only drops)."""
         with self._cond:
             while True:
-                lane = self._pick_lane()
+                now = self._clock()
+                lane, wake = self._pick_lane(now)
                 if lane is None:
                     if self._closed:
                         return None
                     self._idle += 1
-                    self._cond.wait()
+                    if wake is not None and not self._watcher:
+                        # One idle thread watches for a held lane's wait to end (a stuck call).
+                        self._watcher = True
+                        self._cond.wait(max(wake - now, _WATCH_FLOOR_S))
+                        self._watcher = False
+                    else:
+                        self._cond.wait()
                     self._idle -= 1
                     continue
-                now = self._clock()
                 if lane.policy.max_delay_s > 0.0:
                     until = self._hold_until(lane, now)
                     if until is not None:
@@ -690,7 +796,7 @@ class DeviceExecutor:
                         lane.collecting = False
                         continue
                 taken = self._fill(lane, now)
-                if self._idle and any(self._lane_ready(other) for other in self._listed):
+                if self._idle and any(self._ready(other, now) for other in self._listed):
                     # Work this thread left behind (max_batch_size, a lane cap) goes to an idle thread.
                     self._cond.notify()
                 return taken
@@ -704,13 +810,17 @@ class DeviceExecutor:
         except BaseException as exc:  # a bug in the pipeline wrapper itself; never kill the thread
             return InferenceError(f"internal error while running the model: {type(exc).__name__}")
 
-    def _finish(self, taken: _Taken, elapsed: float) -> None:
+    def _finish(self, taken: _Taken, elapsed: float, cpu: float) -> None:
         lane = taken.lane
         with self._lock:
             since = list(lane.running_since)
             since.remove(taken.started)
             lane.running_since = tuple(since)
-            lane.observe(elapsed)
+            # A call stopped at its deadline measured the deadline, not the model: no sample.
+            if not any(work.stopped for work in taken.works):
+                lane.observe(elapsed)
+                if taken.overlaps == lane.overlaps and elapsed > 0.0:
+                    lane.observe_cpu(min(1.0, cpu / elapsed))
             # Charge the measured device time, not the estimate charged at the start.
             lane.vpass += elapsed / lane.policy.weight - taken.charged
             for work in taken.works:
@@ -730,20 +840,23 @@ class DeviceExecutor:
                 metrics.queued_add(-taken.left_queue)
             works = taken.works
             outcomes: Sequence[Any] | BaseException = ()
+            finished = 0.0
             if works:
                 metrics.inflight_add(len(works))
+                cpu_started = self._cpu_clock()
                 try:
                     metrics.step(works[0].target, sum(work.size for work in works))
                     outcomes = self._execute(works)
                 finally:
                     metrics.inflight_add(-len(works))
-                    self._finish(taken, self._clock() - taken.started)
+                    finished = self._clock()
+                    self._finish(taken, finished - taken.started, self._cpu_clock() - cpu_started)
             elif not taken.dropped:
                 continue
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._deliver, works, outcomes, taken.dropped)
+                    loop.call_soon_threadsafe(self._deliver, works, outcomes, taken.dropped, finished)
                 except RuntimeError:  # loop closed between the check and the call
                     return
 

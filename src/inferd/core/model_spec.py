@@ -52,6 +52,7 @@ class ModelSpec(BaseModel):
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     service_time_s: float = Field(default=0.0, ge=0)
     deadline_admission: bool = True
+    batch_while_busy: bool = True
     # The server is not ready (``/readyz`` 503) while a required version is not loaded.
     required: bool = False
     # Where a model configured for an accelerator may run on the CPU when none is present.
@@ -103,6 +104,7 @@ class ModelSpec(BaseModel):
             preferred_batch_sizes=tuple(self.preferred_batch_sizes),
             service_time_s=self.service_time_s,
             deadline_admission=self.deadline_admission,
+            batch_while_busy=self.batch_while_busy,
         )
 
 

@@ -283,20 +283,22 @@ class Pipeline:
         with self._lock:
             return bool(self._calls_of.get(threading.get_ident()))
 
-    def abandon(self, call: PipelineCall) -> None:
+    def abandon(self, call: PipelineCall) -> bool:
         """The executor answered ``call`` with a timeout. When no request of its model call is waiting
-        any more, a model process running it is stopped (a thread cannot be)."""
+        any more, a model process running it is stopped (a thread cannot be). Returns whether the
+        call's model process was told to stop (its run time then measures the deadline, not the model)."""
         if self._cancel is None:
-            return
+            return False
         with self._lock:
             ident = self._thread_of.pop(id(call), None)
             waiting = self._calls_of.get(ident) if ident is not None else None
             if ident is None or waiting is None:
-                return
+                return False
             waiting.discard(id(call))
             if waiting:
-                return
+                return False
         self._cancel(ident)
+        return True
 
     def _run_group(self, calls: Sequence[PipelineCall]) -> list[list[Any] | InferdError]:
         outcomes: list[list[Any] | InferdError] = [[] for _ in calls]

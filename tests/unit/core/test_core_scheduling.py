@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from runtime_helpers import FakeRuntime
 
-from inferd.core.errors import OverloadedError
+from inferd.core.errors import InferenceError, InferenceTimeoutError, OverloadedError
 from inferd.core.executor import DeviceExecutor, LanePolicy, TenantShare
 from inferd.core.pipeline import Pipeline, PipelineCall
 
@@ -32,13 +32,17 @@ class FakeClock:
 
 
 class Model(FakeRuntime):
-    """Records each call (fake time, items); the first ``hold`` calls wait for the gate; each call
-    moves the fake clock by ``cost_s`` (device time the scheduler measures)."""
+    """Records each call (fake time, items); the first ``hold`` calls, and calls holding an item of
+    ``blocks``, wait for the gate; each call moves the fake clock by ``cost_s`` (device time the
+    scheduler measures)."""
 
-    def __init__(self, clock: FakeClock, *, cost_s: float = 0.0, hold: int = 0) -> None:
+    def __init__(
+        self, clock: FakeClock, *, cost_s: float = 0.0, hold: int = 0, blocks: frozenset[str] = frozenset()
+    ) -> None:
         self.clock = clock
         self.cost_s = cost_s
         self.hold = hold
+        self.blocks = blocks
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.calls: list[tuple[float, list[Any]]] = []
@@ -47,7 +51,7 @@ class Model(FakeRuntime):
     def predict(self, batch: list[Any], parameters: Any = None) -> list[Any]:
         with self._lock:
             self.calls.append((self.clock(), list(batch)))
-            held = len(self.calls) <= self.hold
+            held = len(self.calls) <= self.hold or not self.blocks.isdisjoint(batch)
         if held:
             self.entered.set()
             self.gate.wait(STUCK_LIMIT_S)
@@ -427,3 +431,180 @@ def test_queues_of_finished_parameter_groups_are_not_kept(fake_metrics: Any) -> 
 
     assert asyncio.run(main()) == 0
     assert len(model.calls) == 50  # different parameters never share a call
+
+
+class BusyLane:
+    """A 4-thread executor, a version with max_batch_size 8 measured by one warm call, and one call
+    (``blocked``) running and held at the model's gate. The fake CPU clock is the fake wall clock (a
+    call on the CPU for its whole run) or stands still (a call that waits: I/O, a sleep, a process)."""
+
+    def __init__(
+        self, fake_metrics: Any, *, cpu_bound: bool, blocked: str = "running", **policy: Any
+    ) -> None:
+        self.clock = FakeClock()
+        self.model = Model(self.clock, cost_s=0.01, blocks=frozenset({blocked}))
+        cpu_clock = self.clock if cpu_bound else (lambda: 0.0)
+        self.ex = make(fake_metrics, self.clock, threads=4, cpu_clock=cpu_clock)
+        self.target = pipeline(self.model, max_batch_size=8)
+        self.policy = LanePolicy(**policy)
+        self.blocked = blocked
+
+    def send(self, item: str, **kwargs: Any) -> asyncio.Future[Any]:
+        return send(self.ex, self.target, item, policy=self.policy, **kwargs)
+
+    async def start(self) -> asyncio.Future[Any]:
+        """The warm call (estimate: 10 ms of fake time), then the blocked call, once it runs."""
+        assert await self.send("warm") == ["warm"]
+        running = self.send(self.blocked)
+        await asyncio.to_thread(self.model.entered.wait, STUCK_LIMIT_S)
+        return running
+
+    def close(self) -> None:
+        self.model.gate.set()
+        self.ex.close()
+
+
+def test_a_compute_bound_version_queues_behind_its_running_call_and_batches(fake_metrics: Any) -> None:
+    lane = BusyLane(fake_metrics, cpu_bound=True)
+
+    async def main() -> None:
+        try:
+            running = await lane.start()
+            queued = [lane.send(item) for item in ("a", "b", "c")]
+            await asyncio.sleep(0)  # handed over while "running" runs: three threads are idle
+            lane.model.gate.set()
+            assert await running == ["running"]
+            assert await asyncio.gather(*queued) == [["a"], ["b"], ["c"]]
+        finally:
+            lane.close()
+
+    asyncio.run(main())
+    # The queue waited for the running call and went into the next call, on its return (fake time).
+    assert lane.model.calls == [
+        (100.0, ["warm"]),
+        (pytest.approx(100.01), ["running"]),
+        (pytest.approx(100.02), ["a", "b", "c"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("why", "options"),
+    [
+        ("its calls wait off the CPU", {"cpu_bound": False}),
+        ("batch_while_busy is off", {"cpu_bound": True, "batch_while_busy": False}),
+    ],
+)
+def test_calls_start_beside_a_running_call_when(fake_metrics: Any, why: str, options: Any) -> None:
+    lane = BusyLane(fake_metrics, **options)
+
+    async def main() -> None:
+        try:
+            running = await lane.start()
+            assert await lane.send("a") == ["a"]  # served by another thread while "running" runs
+            assert not running.done()
+        finally:
+            lane.close()
+
+    asyncio.run(main())
+    assert lane.model.calls[2] == (pytest.approx(100.01), ["a"])
+
+
+def test_a_queue_stops_waiting_for_a_call_that_overran_twice_its_estimate(fake_metrics: Any) -> None:
+    lane = BusyLane(fake_metrics, cpu_bound=True, blocked="stuck")
+
+    async def main() -> None:
+        try:
+            stuck = await lane.start()
+            queued = lane.send("a")
+            await asyncio.sleep(0)
+            lane.clock.advance(0.025)  # the running call is 25 ms in: past twice its estimate
+            assert await queued == ["a"]  # an idle thread took it beside the stuck call
+            assert not stuck.done()
+        finally:
+            lane.close()
+
+    asyncio.run(main())
+    assert lane.model.calls[2] == (pytest.approx(100.035), ["a"])
+
+
+def test_a_queue_does_not_wait_for_a_running_call_past_its_latest_start(fake_metrics: Any) -> None:
+    lane = BusyLane(fake_metrics, cpu_bound=True)
+
+    async def main() -> None:
+        try:
+            running = await lane.start()
+            # Latest start 9 ms from now, the running call's expected end 10 ms: it cannot wait.
+            assert await lane.send("urgent", timeout_s=0.019) == ["urgent"]
+            assert not running.done()
+        finally:
+            lane.close()
+
+    asyncio.run(main())
+
+
+def test_an_overrun_call_is_a_timeout_even_when_the_loop_answers_it_before_the_sweep(
+    fake_metrics: Any,
+) -> None:
+    clock = FakeClock()
+    model = Model(clock, cost_s=10.0)  # the call moves the clock past the 5 s deadline
+
+    async def main() -> None:
+        ex = make(fake_metrics, clock)
+        try:
+            # No sweep runs (its timer is 5 real seconds away): only the delivery sees the overrun.
+            with pytest.raises(InferenceTimeoutError):
+                await send(ex, pipeline(model), "late", timeout_s=5.0)
+        finally:
+            ex.close()
+
+    asyncio.run(main())
+    assert fake_metrics.timeouts == 1
+
+
+class Stoppable:
+    """A target like a model process: a call holding "stuck" blocks until the executor abandons it
+    (it answers that the call was stopped); other calls cost 0.1 s of fake time."""
+
+    max_batch_size = 1
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.entered = threading.Event()
+        self.stopped = threading.Event()
+
+    def run_group(self, calls: Any) -> list[Any]:
+        if calls[0].items == ["stuck"]:
+            self.entered.set()
+            self.stopped.wait(STUCK_LIMIT_S)
+            return [InferenceError("the model process was stopped", cause="deadline")]
+        self.clock.advance(0.1)
+        return [list(call.items) for call in calls]
+
+    def abandon(self, call: Any) -> bool:
+        self.stopped.set()
+        return True
+
+
+def test_a_call_stopped_at_its_deadline_does_not_feed_the_estimate(fake_metrics: Any) -> None:
+    clock = FakeClock()
+    target = Stoppable(clock)
+
+    async def main() -> None:
+        ex = make(fake_metrics, clock)
+        try:
+            assert await send(ex, target, "a") == ["a"]  # estimate: 0.1 s
+            stuck = send(ex, target, "stuck", timeout_s=0.5)
+            await asyncio.to_thread(target.entered.wait, STUCK_LIMIT_S)
+            clock.advance(0.6)
+            ex.sweep()
+            with pytest.raises(InferenceTimeoutError):
+                await stuck
+            assert await send(ex, target, "b") == ["b"]  # after the stopped call returned (one thread)
+            # With the stopped call's 0.6 s as a sample the estimate would be about 0.4 s and this
+            # request (0.1 s of work, 0.3 s deadline) refused on arrival.
+            assert await send(ex, target, "c", timeout_s=0.3) == ["c"]
+        finally:
+            ex.close()
+
+    asyncio.run(main())
+    assert fake_metrics.sheds == []
