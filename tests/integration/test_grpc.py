@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inferd_http_testkit import SERVER_START_TIMEOUT_S, ServerProcess, free_port, run_inferd, running_server
+from inferd_http_testkit import (
+    SERVER_START_TIMEOUT_S,
+    ServerProcess,
+    free_port,
+    run_inferd,
+    running_server,
+    v1_batch_outputs,
+)
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpcaio = pytest.importorskip("tritonclient.grpc.aio")
@@ -58,11 +65,7 @@ def text_input(texts: list[str] = TEXTS) -> Any:
 
 
 def v1_outputs(server: ServerProcess, model: str, version: str, inputs: list[Any]) -> list[Any]:
-    with server.client(KEY) as http:
-        response = http.post(f"/v1/models/{model}/versions/{version}/predict/batch", json={"inputs": inputs})
-        assert response.status_code == 200, response.text
-        outputs: list[Any] = response.json()["outputs"]
-        return outputs
+    return v1_batch_outputs(server, KEY, model, version, inputs)
 
 
 def test_health_and_server_metadata_are_public(client: Any) -> None:
