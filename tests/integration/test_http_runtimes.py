@@ -15,6 +15,8 @@ from inferd_http_testkit import JOBS_KEY, MODELS_KEY, PREDICT_KEY, InProcessAPI,
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+# The two-input model in process (batches as Columns) and in a model process (Columns pickled across).
+PAIR_VERSIONS = {"1": "thread", "2": "process"}
 
 
 def write_two_input_onnx(path: Path) -> None:
@@ -54,10 +56,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessAPI]:
             f"runtime: {runtime}\nartifact: {artifact.name}\nmax_batch_size: 8\n"
         )
     shutil.copytree(EXAMPLES / "iris_torch", repo / "iris_torch")
-    pair = repo / "pair" / "1"
-    pair.mkdir(parents=True)
-    write_two_input_onnx(pair / "model.onnx")
-    (pair / "model.yaml").write_text("runtime: onnx\nartifact: model.onnx\nmax_batch_size: 8\n")
+    for version, isolation in PAIR_VERSIONS.items():
+        pair = repo / "pair" / version
+        pair.mkdir(parents=True)
+        write_two_input_onnx(pair / "model.onnx")
+        (pair / "model.yaml").write_text(
+            f"runtime: onnx\nartifact: model.onnx\nmax_batch_size: 8\nisolation: {isolation}\n"
+        )
     with in_process_api(models=repo) as instance:
         yield instance
 
@@ -104,11 +109,16 @@ PAIR_ITEMS = [{"features": [1.0, 2.0, 3.0], "scale": [2]}, {"scale": [-1], "feat
 PAIR_OUTPUTS = [[2.0, 4.0, 6.0], [-0.5, 0.0, -4.0]]
 
 
-def test_two_input_onnx_takes_one_mapping_per_item_over_v1(api: InProcessAPI) -> None:
-    one = api.post("/v1/models/pair/versions/1/predict", key=PREDICT_KEY, json={"input": PAIR_ITEMS[0]})
+@pytest.mark.parametrize("version", list(PAIR_VERSIONS))
+def test_two_input_onnx_takes_one_mapping_per_item_over_v1(api: InProcessAPI, version: str) -> None:
+    one = api.post(
+        f"/v1/models/pair/versions/{version}/predict", key=PREDICT_KEY, json={"input": PAIR_ITEMS[0]}
+    )
     assert one.status_code == 200, one.text
     assert one.json()["output"] == PAIR_OUTPUTS[0]
-    batch = api.post("/v1/models/pair/versions/1/predict/batch", key=PREDICT_KEY, json={"inputs": PAIR_ITEMS})
+    batch = api.post(
+        f"/v1/models/pair/versions/{version}/predict/batch", key=PREDICT_KEY, json={"inputs": PAIR_ITEMS}
+    )
     assert batch.status_code == 200, batch.text
     assert batch.json()["outputs"] == PAIR_OUTPUTS
 
@@ -131,8 +141,9 @@ def test_two_input_onnx_names_what_an_item_lacks(api: InProcessAPI, item: Any, f
     assert fragment in body["error"]["message"], body
 
 
-def test_two_input_onnx_over_v2_rest_feeds_both_tensors_by_name(api: InProcessAPI) -> None:
-    metadata = api.get("/v2/models/pair/versions/1", key=MODELS_KEY)
+@pytest.mark.parametrize("version", list(PAIR_VERSIONS))
+def test_two_input_onnx_over_v2_rest_feeds_both_tensors_by_name(api: InProcessAPI, version: str) -> None:
+    metadata = api.get(f"/v2/models/pair/versions/{version}", key=MODELS_KEY)
     assert metadata.status_code == 200, metadata.text
     assert metadata.json()["inputs"] == [
         {"name": "features", "datatype": "FP32", "shape": [-1, 3]},
@@ -145,12 +156,12 @@ def test_two_input_onnx_over_v2_rest_feeds_both_tensors_by_name(api: InProcessAP
             {"name": "features", "datatype": "FP32", "shape": [2, 3], "data": features.ravel().tolist()},
         ]
     }
-    response = api.post("/v2/models/pair/versions/1/infer", key=PREDICT_KEY, json=request)
+    response = api.post(f"/v2/models/pair/versions/{version}/infer", key=PREDICT_KEY, json=request)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["name"] == "scaled" and output["shape"] == [2, 3]
     assert output["data"] == [value for row in PAIR_OUTPUTS for value in row]
     missing = api.post(
-        "/v2/models/pair/versions/1/infer", key=PREDICT_KEY, json={"inputs": request["inputs"][1:]}
+        f"/v2/models/pair/versions/{version}/infer", key=PREDICT_KEY, json={"inputs": request["inputs"][1:]}
     )
     assert missing.status_code == 422 and "'scale'" in missing.text, missing.text
