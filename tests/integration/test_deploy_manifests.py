@@ -96,6 +96,9 @@ def test_compose_services_fit_together() -> None:
         env = services[name]["environment"]
         assert env["INFERD_STORE"].startswith("postgresql://"), name
         assert set(env) - {"INFERD_HEALTHCHECK_URL"} <= SETTINGS, name
+    # The Redis service is what the API replicas share their tenant rate limits through.
+    assert services["api"]["environment"]["INFERD_REDIS_URL"].startswith("redis://redis:")
+    assert "redis" in services["api"]["depends_on"]
     worker = services["worker"]
     assert "--metrics-port" in worker["command"] and "0.0.0.0" in worker["command"]
     assert worker["environment"]["INFERD_HEALTHCHECK_URL"].endswith(":9100/livez")
