@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferd.core.errors import InferenceError
 from inferd.core.model_spec import read_model_spec
 from inferd.runtimes.factory import PipelineFactory
-from inferd.runtimes.isolation import ProcessRuntime, pack, unpack
+from inferd.runtimes.isolation import Inbox, Outbox, ProcessRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +103,23 @@ def test_max_memory_mb_fails_the_call_with_a_clear_message(api: InProcessAPI) ->
 
 
 def test_arrays_cross_through_shared_memory_intact() -> None:
-    array = np.arange(512 * 1024, dtype=np.float32).reshape(512, 1024)  # 2 MiB
-    data, described = pack([array, {"small": np.ones(3)}])
-    assert len(data) < 4096  # the 2 MiB went out of band, not into the pickle
-    assert any(isinstance(item, tuple) for item in described)
-    back = unpack(data, described)
-    np.testing.assert_array_equal(back[0], array)
-    np.testing.assert_array_equal(back[1]["small"], np.ones(3))
+    outbox, inbox = Outbox(), Inbox()
+    try:
+        for rows in (512, 256, 2048):  # 2 MiB; less, in the same area; more, in a new one
+            array = np.arange(rows * 1024, dtype=np.float32).reshape(rows, 1024)
+            packed = outbox.pack([array, {"small": np.ones(3)}])
+            assert len(packed[0]) < 4096  # the array went out of band, not into the pickle
+            assert any(isinstance(item, tuple) for item in packed[1])
+            assert (packed[2] is not None) == (rows != 256)  # a new area only when the old one is too small
+            back = inbox.unpack(packed)
+            np.testing.assert_array_equal(back[0], array)
+            np.testing.assert_array_equal(back[1]["small"], np.ones(3))
+            # The reader removed the area's name once it had mapped it: nothing is left in /dev/shm.
+            if packed[2] is not None:
+                assert not Path("/dev/shm", packed[2][0].lstrip("/")).exists()
+    finally:
+        outbox.close()
+        inbox.close()
 
 
 def parent_pid(pid: int) -> int:

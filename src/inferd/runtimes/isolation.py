@@ -5,7 +5,8 @@ imports inferd and the version's runtime once, then forks every model process of
 loads the model itself (the server never does) and answers one call at a time over a pipe. The version
 keeps one loaded *spare* besides its slots. Pre- and postprocessor, validator and schema check stay in
 the server process. Arrays in a call's inputs and outputs travel out of band (pickle protocol 5): buffers
-over ``SHM_MIN_BYTES`` go through one shared-memory segment each instead of being copied through the pipe.
+of ``SHM_MIN_BYTES`` and more go through a shared-memory area per child and direction, reused call after
+call (:class:`Outbox`), instead of being copied through the pipe.
 
 A child can be stopped while it runs: when every request of a running call has passed its deadline the
 executor asks the pipeline to abandon it, and the child is sent SIGTERM, then SIGKILL after
@@ -17,22 +18,24 @@ to start or a model to load. ``max_memory_mb`` caps a child's address space (RLI
 
 from __future__ import annotations
 
+import _posixshmem
 import contextlib
 import ctypes
 import importlib
+import mmap
 import multiprocessing
 import os
 import pickle
 import queue
 import resource
+import secrets
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing import reduction, resource_tracker
+from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -55,54 +58,99 @@ RestartHook = Callable[[ModelProcessRestart], None]
 # -- moving calls between processes ---------------------------------------------------------------
 
 
-def pack(value: Any) -> tuple[bytes, list[tuple[str, int] | bytes]]:
-    """Pickle ``value`` with its large buffers (numpy arrays) in shared memory, the rest inline."""
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    described: list[tuple[str, int] | bytes] = []
-    for buffer in buffers:
-        raw = buffer.raw()
-        if raw.nbytes < SHM_MIN_BYTES:
-            described.append(bytes(raw))
-            continue
-        segment = SharedMemory(create=True, size=raw.nbytes)
-        # The reader unlinks it; the creator's resource tracker must not (it would warn at exit).
-        resource_tracker.unregister(segment._name, "shared_memory")  # type: ignore[attr-defined]
-        try:
-            view: memoryview = segment.buf  # type: ignore[assignment]
-            view[: raw.nbytes] = raw
-            described.append((segment.name, raw.nbytes))
-        finally:
-            segment.close()
-    return data, described
+# A call's pickle, its buffers (inline bytes, or (offset, size) in the writer's area), and the area's
+# (name, size) when the writer moved to a new, larger one.
+Packed = tuple[bytes, list[tuple[int, int] | bytes], tuple[str, int] | None]
 
 
-def unpack(data: bytes, described: list[tuple[str, int] | bytes]) -> Any:
-    """Inverse of :func:`pack`; removes the shared-memory segments it read."""
-    buffers: list[Any] = []
-    for item in described:
-        if isinstance(item, bytes):
-            buffers.append(item)
-            continue
-        name, size = item
-        segment = SharedMemory(name=name)
-        try:
-            view: memoryview = segment.buf  # type: ignore[assignment]
-            buffers.append(bytearray(view[:size]))
-        finally:
-            segment.close()
-            segment.unlink()
-    return pickle.loads(data, buffers=buffers)
+class Outbox:
+    """One direction of a model process's pipe: arrays of ``SHM_MIN_BYTES`` and more go into one
+    shared-memory area that this side writes call after call (so after the first call no segment is
+    created and no page faulted in), grown to the largest call so far. Calls alternate strictly with
+    replies, so the reader has copied a call's arrays out before the next call is written."""
+
+    def __init__(self) -> None:
+        self._area: mmap.mmap | None = None
+        self._size = 0
+
+    def pack(self, value: Any) -> Packed:
+        """Pickle ``value`` with its large buffers in the area, the rest inline."""
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        raws = [buffer.raw() for buffer in buffers]
+        needed = sum(raw.nbytes for raw in raws if raw.nbytes >= SHM_MIN_BYTES)
+        moved: tuple[str, int] | None = None
+        if needed > self._size:
+            size = -(-max(needed, 2 * self._size) // mmap.PAGESIZE) * mmap.PAGESIZE
+            name = f"/inferd-{os.getpid()}-{secrets.token_hex(8)}"
+            fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                area = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+            if self._area is not None:
+                self._area.close()
+            self._area, self._size, moved = area, size, (name, size)
+        described: list[tuple[int, int] | bytes] = []
+        offset = 0
+        for raw in raws:
+            if raw.nbytes < SHM_MIN_BYTES:
+                described.append(bytes(raw))
+                continue
+            assert self._area is not None
+            self._area[offset : offset + raw.nbytes] = raw
+            described.append((offset, raw.nbytes))
+            offset += raw.nbytes
+        return data, described, moved
+
+    def close(self) -> None:
+        if self._area is not None:
+            self._area.close()
+            self._area = None
 
 
-def discard(described: list[tuple[str, int] | bytes]) -> None:
-    """Remove the segments of a message nobody will read (its reader died)."""
-    for item in described:
-        if not isinstance(item, bytes):
-            with contextlib.suppress(FileNotFoundError):
-                segment = SharedMemory(name=item[0])
-                segment.close()
-                segment.unlink()
+class Inbox:
+    """The reading side of an :class:`Outbox`: maps the writer's area (and removes its name at once, so
+    nothing is left behind when either process dies) and copies each call's arrays out of it."""
+
+    def __init__(self) -> None:
+        self._area: mmap.mmap | None = None
+
+    def unpack(self, packed: Packed) -> Any:
+        data, described, moved = packed
+        if moved is not None:
+            name, size = moved
+            fd = _posixshmem.shm_open(name, os.O_RDWR, 0o600)
+            try:
+                area = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+                _posixshmem.shm_unlink(name)
+            self.close()
+            self._area = area
+        buffers: list[Any] = []
+        for item in described:
+            if isinstance(item, bytes):
+                buffers.append(item)
+                continue
+            offset, size = item
+            assert self._area is not None
+            with memoryview(self._area) as view:
+                buffers.append(bytearray(view[offset : offset + size]))
+        return pickle.loads(data, buffers=buffers)
+
+    def close(self) -> None:
+        if self._area is not None:
+            self._area.close()
+            self._area = None
+
+
+def discard(packed: Packed) -> None:
+    """Remove the new area of a message nobody will read (its reader died before mapping it)."""
+    if packed[2] is not None:
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink(packed[2][0])
 
 
 # -- the model process ------------------------------------------------------------------------------
@@ -130,16 +178,17 @@ def _child_main(conn: Connection, context: RuntimeContext, max_memory_mb: int | 
         message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
         conn.send(("failed", message))
         return
+    inbox, outbox = Inbox(), Outbox()
     while True:
         try:
-            data, described = conn.recv()
+            packed = conn.recv()
         except EOFError:
             return
         try:
-            batch, parameters = unpack(data, described)
+            batch, parameters = inbox.unpack(packed)
             # The runtime's own per-request check runs here, over the merged call.
             outputs = runtime.predict(runtime.check_batch(batch), parameters)
-            conn.send(("ok", *pack(list(outputs))))
+            conn.send(("ok", outbox.pack(list(outputs))))
         except MemoryError:
             conn.send(("memory", f"the model call needed more than max_memory_mb ({max_memory_mb} MiB)"))
             return  # the heap may be in pieces: a fresh process takes the next call
@@ -344,6 +393,7 @@ class _Child:
         self.reaped = False
         self.exit_code: int | None = None
         self.imported: list[str] = []  # the libraries its load imported
+        self.outbox, self.inbox = Outbox(), Inbox()  # calls' arrays to it, its outputs' arrays back
 
     def wait_ready(self) -> tuple[bool, TensorDeclarations | None]:
         if self.ready is None:
@@ -393,6 +443,8 @@ class _Child:
             self.exit_code = self.template.exit_status(self.pid, 5)
         with contextlib.suppress(Exception):
             self.conn.close()
+        self.outbox.close()
+        self.inbox.close()
         self.template.forget(self.pid)
         self.reaped = True
 
@@ -459,14 +511,14 @@ class ProcessRuntime(Runtime):
                 raise InferenceError(
                     "the call passed its deadline while it waited for a model process", cause="deadline"
                 )
-            data, described = pack((batch if isinstance(batch, np.ndarray) else list(batch), parameters))
+            packed = child.outbox.pack((batch if isinstance(batch, np.ndarray) else list(batch), parameters))
             with self._lock:
                 self._busy[ident] = child
             try:
-                child.conn.send((data, described))
+                child.conn.send(packed)
                 reply = child.conn.recv()
             except (EOFError, OSError, BrokenPipeError):
-                discard(described)
+                discard(packed)
                 replacement = self._replace(
                     child, ModelProcessRestart.TIMEOUT if child.stopping else ModelProcessRestart.EXITED
                 )
@@ -486,7 +538,7 @@ class ProcessRuntime(Runtime):
                 replacement = self._replace(child, ModelProcessRestart.TIMEOUT)
             kind = reply[0]
             if kind == "ok":
-                outputs: list[Any] = unpack(reply[1], reply[2])
+                outputs: list[Any] = child.inbox.unpack(reply[1])
                 return outputs
             if kind == "memory":
                 replacement = self._replace(child, ModelProcessRestart.MEMORY)

@@ -404,12 +404,15 @@ def test_columns_of_other_inputs_or_row_shapes_join_as_a_list_of_items() -> None
 
 
 def test_columns_cross_to_a_model_process_with_their_arrays_out_of_band() -> None:
-    from inferd.runtimes.isolation import SHM_MIN_BYTES, pack, unpack
+    from inferd.runtimes.isolation import SHM_MIN_BYTES, Inbox, Outbox
 
     big = np.arange(SHM_MIN_BYTES // 8 + 1, dtype=np.int64)
-    data, described = pack(Columns({"a": big, "b": big[:, None] * 0.5}))
-    assert sum(not isinstance(part, bytes) for part in described) == 2  # both arrays in shared memory
-    back = unpack(data, described)
+    outbox, inbox = Outbox(), Inbox()
+    packed = outbox.pack(Columns({"a": big, "b": big[:, None] * 0.5}))
+    assert sum(not isinstance(part, bytes) for part in packed[1]) == 2  # both arrays in shared memory
+    back = inbox.unpack(packed)
+    outbox.close()
+    inbox.close()
     assert isinstance(back, Columns) and len(back) == len(big)
     assert np.array_equal(back.arrays["a"], big) and back.arrays["b"].shape == (len(big), 1)
 
