@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 logger = logging.getLogger("inferd.errors")
 
@@ -32,13 +33,21 @@ def shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def validation_problem(error: ErrorDetails, *, whole: str = "", prefix: str = "") -> str:
+    """One pydantic error as ``location: message`` (``whole`` names the location when the problem is the
+    value itself; empty: the message alone)."""
+    # A ValueError raised by a validator is inferd's own sentence: without pydantic's "Value error, ",
+    # and without the location again when the sentence starts with it.
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    location = ".".join(str(part) for part in error["loc"]) or whole
+    if not location or message.startswith(f"{location}: "):
+        return f"{prefix}{message}"
+    return f"{prefix}{location}: {message}"
+
+
 def validation_problems(exc: ValidationError, *, whole: str, prefix: str = "") -> str:
-    """A pydantic validation error as one line, ``location: message`` per problem (``whole`` names the
-    location when the problem is the value itself)."""
-    return "; ".join(
-        f"{prefix}{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
-        for error in exc.errors()
-    )
+    """A pydantic validation error as one line, one :func:`validation_problem` per problem."""
+    return "; ".join(validation_problem(error, whole=whole, prefix=prefix) for error in exc.errors())
 
 
 class ErrorCode(enum.StrEnum):

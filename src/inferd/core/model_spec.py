@@ -126,4 +126,4 @@ def read_model_spec(path: Path) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {validation_problems(exc, whole='model.yaml')}") from exc
+        raise ConfigError(f"{path}: {validation_problems(exc, whole='')}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from inferd.core.errors import ConfigError, InferdError, shorten
+from inferd.core.errors import ConfigError, InferdError, shorten, validation_problem
 from inferd.core.model_spec import HOOKS, Isolation, ModelSpec
 from inferd.core.pipeline import Pipeline
 from inferd.core.runtime import ModelProcessRestart, ModuleResolver, Runtime, RuntimeContext, RuntimeOptions
@@ -47,8 +48,12 @@ def runtime_options(cls: type[Runtime], spec: ModelSpec, where: Path) -> Runtime
             key = ".".join(str(part) for part in error["loc"])
             if error["type"] == "extra_forbidden":
                 takes = ", ".join(cls.Options.model_fields) or "no keys of its own"
+                close = difflib.get_close_matches(
+                    key, [*ModelSpec.model_fields, *cls.Options.model_fields], 1
+                )
+                hint = f"; did you mean {close[0]!r}?" if close else ""
                 problems.append(
-                    f"unknown key {key!r} (inferd's keys: {', '.join(ModelSpec.model_fields)}; "
+                    f"unknown key {key!r}{hint} (inferd's keys: {', '.join(ModelSpec.model_fields)}; "
                     f"the {spec.runtime!r} runtime takes: {takes})"
                 )
             elif error["type"] == "missing":
@@ -56,7 +61,7 @@ def runtime_options(cls: type[Runtime], spec: ModelSpec, where: Path) -> Runtime
                 meaning = f" ({field.description})" if field is not None and field.description else ""
                 problems.append(f"the {spec.runtime!r} runtime needs {key!r}{meaning}")
             else:
-                problems.append(f"{key}: {error['msg']}")
+                problems.append(validation_problem(error))
         raise ConfigError(f"{where}: {'; '.join(problems)}") from exc
 
 

@@ -82,7 +82,7 @@ def test_unknown_field_typo(
     registry = registry_for(with_good)
     message = problem_for(registry, folder / "model.yaml")
     assert str(folder / "model.yaml") in message
-    assert "max_bach_size" in message
+    assert "unknown key 'max_bach_size'; did you mean 'max_batch_size'?" in message
     assert_good_loaded(registry)
 
 
@@ -117,6 +117,8 @@ def test_invalid_spec_values(
     folder = make_version(with_good, "bad", "1", spec)
     message = problem_for(registry_for(with_good), folder / "model.yaml")
     assert fragment in message
+    # inferd's own sentence, once: not pydantic's "Value error, " nor the file named twice.
+    assert "Value error" not in message and message.count("model.yaml") == 1
 
 
 def test_scheduling_settings_reach_the_lane_policy(with_good: Path, make_echo: Callable[..., Path]) -> None:

@@ -95,7 +95,7 @@ def test_invalid_file_values(tmp_path: Path) -> None:
     assert "queue_limt" in typo.value.message
     with pytest.raises(ConfigError) as tenant:
         load_settings(config_file=config(tmp_path, "tenants:\n  acme: {rate_limit: lots}\n"))
-    assert "tenants.acme.rate_limit" in tenant.value.message
+    assert "tenants.acme.rate_limit: rate limit 'lots' must look like" in tenant.value.message
 
 
 def test_empty_yaml_value_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
