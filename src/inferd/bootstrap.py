@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -232,6 +233,10 @@ def build_engine(
     # The seed's metrics are exactly the series it names: no ``*_created`` samples (a process-wide switch
     # of prometheus_client, flipped only here in the composition root).
     disable_created_metrics()
+    # A model call holding the GIL keeps the event loop from reading requests until it lets go: at
+    # Python's default 5 ms a request arriving during a 5 ms call waits it out before its queueing (and
+    # its max_delay_ms) even starts. A process-wide switch, set only here in the composition root.
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     tracing = tracing if tracing is not None else build_tracing(settings)
     metrics = InferdMetrics(devices=devices)
     if share is not None and share.restart_reason is not None:

@@ -113,6 +113,8 @@ class Settings(BaseModel):
     dev: bool = False
     devices: str = "cpu=4,gpu=1"
     queue_limit: int = Field(default=64, ge=1)
+    # How long a thread holding the GIL keeps it while another thread waits (sys.setswitchinterval).
+    gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
     api_keys: str = ""
     rate_limit: str | None = None
     rate_burst: int | None = Field(default=None, ge=1)
