@@ -243,7 +243,7 @@ class MemoryConnector:
             lease_owner=None,
             lease_expires_at=None,
         )
-        return [row], 1
+        return [{"id": row["id"], "status": row["status"], "finished_at": row["finished_at"]}], 1
 
     def _retry_later(self, p: dict[str, Any]) -> tuple[list[Row], int]:
         row = self._held(p["id"], p["worker"])

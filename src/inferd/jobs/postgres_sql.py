@@ -132,9 +132,9 @@ RETURNING {_J_COLS}
         "WHERE id = ANY(%(ids)s::text[]) AND status = {running} AND lease_owner = %(worker)s"
     ),
     Query.FINISH_JOBS: sql_text(
-        f"""
+        """
 UPDATE jobs j SET
-    status = CASE WHEN j.cancel_requested THEN {{cancelled}} ELSE v.status END,
+    status = CASE WHEN j.cancel_requested THEN {cancelled} ELSE v.status END,
     finished_at = %(now)s,
     outputs = CASE WHEN j.cancel_requested THEN NULL ELSE v.outputs END,
     error_code = CASE WHEN j.cancel_requested THEN NULL ELSE v.error_code END,
@@ -143,8 +143,8 @@ UPDATE jobs j SET
 FROM unnest(%(id)b::text[], %(status)b::text[], %(outputs)b::text[]::jsonb[], %(error_code)b::text[],
             %(error_message)b::text[], %(worker)b::text[], %(attempt)b::int[])
      AS v(id, status, outputs, error_code, error_message, worker, attempt)
-WHERE j.id = v.id AND j.status = {{running}} AND j.lease_owner = v.worker AND j.attempts = v.attempt
-RETURNING {_J_COLS}
+WHERE j.id = v.id AND j.status = {running} AND j.lease_owner = v.worker AND j.attempts = v.attempt
+RETURNING j.id, j.status, j.finished_at
 """
     ),
     Query.RETRY_LATER: sql_text(

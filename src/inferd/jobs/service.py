@@ -13,7 +13,7 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from inferd.core.tenancy import EQUAL_WEIGHTS, TenantWeights
 from inferd.jobs.coalescer import Coalescer
 from inferd.jobs.models import Job, JobError, JobStatus, utcnow
 from inferd.jobs.repository_sync import RepositorySync
-from inferd.jobs.store import FinishRequest, InsertResult, JobStore
+from inferd.jobs.store import Finished, FinishRequest, InsertResult, JobStore
 from inferd.metrics import InferdMetrics
 
 logger = logging.getLogger("inferd.jobs")
@@ -107,7 +107,7 @@ class JobService:
         self._finished = asyncio.Event()  # pulsed when this process finishes a job: wakes long-polls early
         self._depth: dict[tuple[str, str], int] = {}  # mirrors job_queue_depth, refreshed from the store
         self._inserts: Coalescer[Job, InsertResult] = Coalescer(lambda jobs: self.store.insert_many(jobs))
-        self._finishes: Coalescer[FinishRequest, Job | None] = Coalescer(
+        self._finishes: Coalescer[FinishRequest, Finished | None] = Coalescer(
             lambda requests: self.store.finish_many(requests, now=self._clock())
         )
 
@@ -382,7 +382,7 @@ class JobService:
         except InvalidInputError as exc:  # the store refuses this output (e.g. U+0000 on PostgreSQL)
             error = JobError(ErrorCode.INFERENCE_ERROR, f"the model's output cannot be stored: {exc.message}")
             return await self.fail(job, worker_id=worker_id, error=error, retry=False)
-        return self._recorded(job, done)
+        return self._recorded(job, _finished_job(job, request, done))
 
     async def fail(self, job: Job, *, worker_id: str, error: JobError, retry: bool) -> Job | None:
         if retry and job.attempts < job.max_attempts:
@@ -406,7 +406,7 @@ class JobService:
                 return requeued
             return self._recorded(job, None)
         request = FinishRequest(job.id, worker_id, job.attempts, JobStatus.FAILED, None, error)
-        return self._recorded(job, await self._finishes.submit(request))
+        return self._recorded(job, _finished_job(job, request, await self._finishes.submit(request)))
 
     def _recorded(self, job: Job, done: Job | None) -> Job | None:
         if done is None:
@@ -452,6 +452,24 @@ class JobService:
 
     async def delete_expired(self, ttl_s: float) -> int:
         return await self.store.delete_finished_before(self._clock() - timedelta(seconds=ttl_s))
+
+
+def _finished_job(job: Job, request: FinishRequest, done: Finished | None) -> Job | None:
+    """The job as ``finish_many`` left it in the store: the claimed job, the outcome written (none
+    when its cancellation was requested meanwhile), its lease gone."""
+    if done is None:
+        return None
+    discarded = done.status is JobStatus.CANCELLED
+    return replace(
+        job,
+        status=done.status,
+        finished_at=done.finished_at,
+        outputs=None if discarded else request.outputs,
+        error=None if discarded else request.error,
+        cancel_requested=job.cancel_requested or discarded,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
 
 
 def job_document(job: Job) -> dict[str, Any]:

@@ -95,16 +95,16 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
         "WHERE id IN (SELECT value FROM json_each(:ids)) AND status = {running} AND lease_owner = :worker"
     ),
     Query.FINISH_JOBS: sql_text(
-        f"""
+        """
         UPDATE jobs SET
-            status = CASE WHEN cancel_requested THEN {{cancelled}} ELSE :status END,
+            status = CASE WHEN cancel_requested THEN {cancelled} ELSE :status END,
             finished_at = :now,
             outputs = CASE WHEN cancel_requested THEN NULL ELSE :outputs END,
             error_code = CASE WHEN cancel_requested THEN NULL ELSE :error_code END,
             error_message = CASE WHEN cancel_requested THEN NULL ELSE :error_message END,
             lease_owner = NULL, lease_expires_at = NULL
-        WHERE id = :id AND status = {{running}} AND lease_owner = :worker AND attempts = :attempt
-        RETURNING {COLS}
+        WHERE id = :id AND status = {running} AND lease_owner = :worker AND attempts = :attempt
+        RETURNING id, status, finished_at
         """
     ),
     Query.RETRY_LATER: sql_text(

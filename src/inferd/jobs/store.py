@@ -39,6 +39,15 @@ class InsertResult:
     created: bool  # False: a job with the same (tenant, idempotency_key) existed and is returned
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What ``finish_many`` wrote for one job: its final status (cancelled, instead of the worker's
+    outcome, when its cancellation was requested while it ran) and when."""
+
+    status: JobStatus
+    finished_at: datetime
+
+
 @dataclass(slots=True)
 class FinishRequest:
     """One worker's outcome for one attempt, as ``finish`` takes it."""
@@ -319,12 +328,16 @@ class JobStore:
     ) -> Job | None:
         """Running → succeeded/failed, only if this worker still holds this attempt's lease. If the job
         was marked for cancellation meanwhile it becomes cancelled and the result is discarded.
-        Returns the updated job, or None when the condition did not match (nothing written)."""
+        Returns the updated job (read back), or None when the condition did not match (nothing
+        written)."""
         request = FinishRequest(job_id, worker_id, attempt, status, outputs, error)
-        return (await self.finish_many([request], now=now))[0]
+        [finished] = await self.finish_many([request], now=now)
+        return None if finished is None else await self.get(job_id)
 
-    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
-        """``finish`` for several jobs in one transaction; results in request order."""
+    async def finish_many(self, requests: list[FinishRequest], *, now: datetime) -> list[Finished | None]:
+        """``finish`` for several jobs in one statement; for each request, in order, what was written
+        (None: the condition did not match). Workers hold the rest of the job already, so it is
+        not read back."""
         for request in requests:
             if request.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
                 raise ValueError(f"finish takes succeeded or failed, not {request.status!r}")
@@ -342,7 +355,10 @@ class JobStore:
             }
             for r in requests
         ]
-        done = {job.id: job for job in _jobs(await self._fetch_batch(Query.FINISH_JOBS, rows, now=now))}
+        done = {
+            row["id"]: Finished(JobStatus(row["status"]), row["finished_at"])
+            for row in await self._fetch_batch(Query.FINISH_JOBS, rows, now=now)
+        }
         return [done.get(r.job_id) for r in requests]
 
     async def retry_later(

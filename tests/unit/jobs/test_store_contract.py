@@ -22,7 +22,7 @@ from inferd.jobs.postgres import is_unreachable, postgres_store
 from inferd.jobs.postgres_sql import QUERIES as POSTGRES_QUERIES
 from inferd.jobs.sqlite import SQLiteConnector
 from inferd.jobs.sqlite_sql import QUERIES as SQLITE_QUERIES
-from inferd.jobs.store import CancelResult, FinishRequest, JobStore, encode_cursor
+from inferd.jobs.store import CancelResult, Finished, FinishRequest, JobStore, encode_cursor
 
 JobFactory = Callable[..., Job]
 StoreFactory = Callable[[], Awaitable[JobStore]]
@@ -527,9 +527,15 @@ async def test_finish_many_settles_each_job_on_its_own_condition(
         now=NOW,
     )
 
-    assert [r.id if r else None for r in results] == [first.id, None, third.id]
-    assert results[0] is not None and results[0].status is JobStatus.SUCCEEDED and results[0].outputs == ["a"]
-    assert results[2] is not None and results[2].status is JobStatus.CANCELLED and results[2].error is None
+    assert results == [Finished(JobStatus.SUCCEEDED, NOW), None, Finished(JobStatus.CANCELLED, NOW)]
+    done = await store.get(first.id)
+    assert done is not None and (done.status, done.outputs, done.finished_at) == (
+        JobStatus.SUCCEEDED,
+        ["a"],
+        NOW,
+    )
+    cancelled = await store.get(third.id)
+    assert cancelled is not None and (cancelled.status, cancelled.error) == (JobStatus.CANCELLED, None)
     still_running = await store.get(second.id)
     assert still_running is not None and still_running.status is JobStatus.RUNNING
     assert await store.finish_many([], now=NOW) == []

@@ -9,7 +9,7 @@ import pytest
 from svc_helpers import OTHER_TENANT, TENANT, Clock, harness
 
 from inferd.core.errors import ConflictError, InvalidInputError, ModelNotFoundError
-from inferd.jobs.models import Job, JobStatus
+from inferd.jobs.models import Job, JobError, JobStatus
 from inferd.jobs.service import job_document, request_fingerprint
 
 API_FIELDS = {
@@ -270,3 +270,31 @@ def _error() -> Any:
     from inferd.jobs.models import JobError
 
     return JobError("inference_error", "late report")
+
+
+def test_the_job_a_finish_returns_is_the_stored_job(store_url: str) -> None:
+    """The store does not read finished jobs back; the service's copy must equal the stored row."""
+
+    async def body() -> None:
+        async with harness(store_url) as h:
+            done, failed, cancelled = [await h.submit("echo", i) for i in range(3)]
+            claimed = {
+                job.id: job for job in await h.service.mark_running(worker_id="w1", limit=3, lease_s=5)
+            }
+            await h.service.cancel(cancelled.id, tenant=TENANT)
+            outcomes = [
+                await h.service.run(claimed[done.id], worker_id="w1"),
+                await h.service.fail(
+                    claimed[failed.id], worker_id="w1", error=JobError("invalid_input", "bad"), retry=False
+                ),
+                await h.service.run(claimed[cancelled.id], worker_id="w1"),
+            ]
+            assert [job.status for job in outcomes if job is not None] == [
+                JobStatus.SUCCEEDED,
+                JobStatus.FAILED,
+                JobStatus.CANCELLED,
+            ]
+            for job in outcomes:
+                assert job is not None and job == await h.store.get(job.id)
+
+    asyncio.run(body())

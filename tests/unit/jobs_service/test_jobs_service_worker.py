@@ -10,8 +10,8 @@ from svc_helpers import JOB_MODELS, OTHER_TENANT, TENANT, Clock, harness
 
 from inferd.bootstrap import build_engine, build_job_runtime
 from inferd.core.settings import load_settings
-from inferd.jobs.models import Job, JobStatus
-from inferd.jobs.store import FinishRequest, JobStore
+from inferd.jobs.models import JobStatus
+from inferd.jobs.store import Finished, FinishRequest, JobStore
 
 
 def _max_overlap(log: Path) -> int:
@@ -54,7 +54,7 @@ def test_worker_claims_the_next_jobs_while_outcomes_are_written(store_url: str) 
     def hold_finishes(store: JobStore) -> None:
         finish_many = store.finish_many
 
-        async def held(requests: list[FinishRequest], *, now: datetime) -> list[Job | None]:
+        async def held(requests: list[FinishRequest], *, now: datetime) -> list[Finished | None]:
             await writes_may_finish.wait()
             return await finish_many(requests, now=now)
 
