@@ -14,6 +14,8 @@ Starts bench/floor_app.py (uvicorn, one process, uvloop + httptools, no access l
 and prints rps, p50/p99 latency, non-2xx count and the ratio to the floor's rps, writes the same to
 bench/results/http-<timestamp>.json and prints the goal line "echo/floor = X (goal >= 0.6)".
 With --rounds N the targets are run N times, interleaved, and medians are reported.
+With --compare LABEL=CMD (repeatable) another server (e.g. an older checkout) is started beside inferd and
+its echo/iris run in the same rounds as targets "echo@LABEL"/"iris@LABEL".
 
 Exit status: 0 on success, 1 on a setup/run error (server did not start, warm-up request failed, wrk
 failed), 2 if any wrk run saw non-2xx responses (the results are still written), 130 on Ctrl-C.
@@ -223,11 +225,11 @@ def summarize(targets: Sequence[Target], runs: Sequence[Mapping[str, Any]]) -> l
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = f"{'target':<8} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} {'non-2xx':>8} {'ratio':>7}"
+    header = f"{'target':<14} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} {'non-2xx':>8} {'ratio':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['target']:<8} {r['rps']:>10.1f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+            f"{r['target']:<14} {r['rps']:>10.1f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} "
             f"{r['non_2xx']:>8d} {r['ratio_to_floor']:>7.2f}"
         )
     return "\n".join(lines)
@@ -245,14 +247,25 @@ def wrk_version(wrk: str) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def command_from_text(text: str, port: int, option: str) -> list[str]:
+    if "{port}" not in text:
+        raise BenchError(f"{option} must contain a {{port}} placeholder")
+    cmd = [tok.replace("{port}", str(port)) for tok in shlex.split(text)]
+    if cmd and cmd[0] in ("python", "python3"):
+        cmd[0] = sys.executable  # same interpreter/venv as this script
+    return cmd
+
+
+def parse_compare(text: str) -> tuple[str, str]:
+    label, sep, cmd = text.partition("=")
+    if not sep or not label.strip() or not cmd.strip() or "@" in label:
+        raise argparse.ArgumentTypeError("--compare takes LABEL=CMD (LABEL without '@', CMD with {port})")
+    return label.strip(), cmd
+
+
 def inferd_serve_command(args: argparse.Namespace, port: int) -> list[str]:
     if args.inferd_cmd:
-        if "{port}" not in args.inferd_cmd:
-            raise BenchError("--inferd-cmd must contain a {port} placeholder")
-        cmd = [tok.replace("{port}", str(port)) for tok in shlex.split(args.inferd_cmd)]
-        if cmd and cmd[0] in ("python", "python3"):
-            cmd[0] = sys.executable  # same interpreter/venv as this script
-        return cmd
+        return command_from_text(args.inferd_cmd, port, "--inferd-cmd")
     return [
         *inferd_command(),
         "serve",
@@ -299,6 +312,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=1, help="repeat all targets N times, report medians (default 1)"
     )
+    p.add_argument(
+        "--compare",
+        type=parse_compare,
+        action="append",
+        default=[],
+        metavar="LABEL=CMD",
+        help="also serve echo/iris from CMD ({port} is replaced; e.g. an older checkout), interleaved in the "
+        "same rounds as targets echo@LABEL and iris@LABEL; repeatable",
+    )
     p.add_argument("--warmup-requests", type=int, default=5, help="requests before each run (default 5)")
     p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for readiness")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs even on success")
@@ -325,31 +347,40 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     started_iso = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if shutil.which(args.wrk) is None:
         raise BenchError(f"`{args.wrk}` not found on PATH (Debian/Ubuntu: apt-get install wrk)")
-    floor_port = free_port()
-    inferd_port = free_port()
-    while inferd_port == floor_port:
-        inferd_port = free_port()
+    ports: set[int] = set()
+    while len(ports) < 2 + len(args.compare):
+        ports.add(free_port())
+    floor_port, inferd_port, *compare_ports = ports
 
     floor = Server("floor", floor_command(floor_port), floor_port, workdir / "floor.log")
-    inferd_env = dict(os.environ)
-    inferd_env["INFERD_ACCESS_LOG"] = str(workdir / "access.log")
-    inferd = Server(
-        "inferd", inferd_serve_command(args, inferd_port), inferd_port, workdir / "inferd.log", inferd_env
-    )
+
+    def inferd_like(name: str, cmd: list[str], port: int) -> Server:
+        env = dict(os.environ)
+        env["INFERD_ACCESS_LOG"] = str(workdir / f"{name}-access.log")
+        # gRPC is served too, on a port of its own per server (two cannot share the default one).
+        env["INFERD_GRPC_PORT"] = str(free_port())
+        return Server(name, cmd, port, workdir / f"{name}.log", env)
+
+    inferd = inferd_like("inferd", inferd_serve_command(args, inferd_port), inferd_port)
+    compared = [
+        inferd_like(label, command_from_text(cmd, port, "--compare"), port)
+        for (label, cmd), port in zip(args.compare, compare_ports, strict=True)
+    ]
 
     with contextlib.ExitStack() as servers:
-        for server in (floor, inferd):
+        for server in (floor, inferd, *compared):
             servers.callback(server.stop)
             server.start()
         floor.wait_ready("/openapi.json", args.ready_timeout)
-        inferd.wait_ready(args.ready_path, args.ready_timeout)
+        for server in (inferd, *compared):
+            server.wait_ready(args.ready_path, args.ready_timeout)
 
-        targets = [
-            Target("floor", floor, "/predict", ECHO_BODY),
-            Target("echo", inferd, args.echo_path, ECHO_BODY, DEV_AUTH),
-        ]
-        if not args.skip_iris:
-            targets.append(Target("iris", inferd, args.iris_path, IRIS_BODY, DEV_AUTH))
+        targets = [Target("floor", floor, "/predict", ECHO_BODY)]
+        for server in (inferd, *compared):
+            suffix = "" if server is inferd else f"@{server.name}"
+            targets.append(Target(f"echo{suffix}", server, args.echo_path, ECHO_BODY, DEV_AUTH))
+            if not args.skip_iris:
+                targets.append(Target(f"iris{suffix}", server, args.iris_path, IRIS_BODY, DEV_AUTH))
 
         # Check every target answers 200 before spending time on any wrk run, then warm up again
         # right before each run.
@@ -388,6 +419,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "rounds": args.rounds,
             "floor_cmd": floor.cmd,
             "inferd_cmd": inferd.cmd,
+            "compare_cmds": {server.name: server.cmd for server in compared},
             "wrk": wrk_version(args.wrk),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -412,6 +444,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     if args.rounds > 1:
         per_round = ", ".join(f"{r['ratio_to_floor']:.2f}" for r in runs if r["target"] == "echo")
         print(f"echo/floor per round: {per_round} (the line below is their median)")
+    for server in compared:
+        for kind in ("echo", "iris"):
+            mine = {r["round"]: r["rps"] for r in runs if r["target"] == kind}
+            theirs = {r["round"]: r["rps"] for r in runs if r["target"] == f"{kind}@{server.name}"}
+            ratios = [mine[n] / theirs[n] for n in sorted(mine) if theirs.get(n)]
+            if ratios:
+                print(
+                    f"{kind}/{kind}@{server.name} = {statistics.median(ratios):.3f} "
+                    f"(per round: {', '.join(f'{x:.3f}' for x in ratios)})"
+                )
     print(f"echo/floor = {echo_ratio:.2f} (goal >= {GOAL_ECHO_OVER_FLOOR})")
 
     status = 0

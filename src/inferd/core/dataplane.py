@@ -83,7 +83,7 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------------
 
-    async def infer(
+    def infer(
         self,
         *,
         tenant: str,
@@ -93,10 +93,11 @@ class DataPlane:
         indexed: bool,
         timeout_s: float | None = None,
         parameters: dict[str, Any] | None = None,
-    ) -> Prediction:
+    ) -> Awaitable[Prediction]:
         """Run ``inputs`` (one item per row) through the version chosen by routing (``version=None``)
-        or the pinned one. One call is one request in the metrics, whatever the front end."""
-        return await self._prediction.predict(
+        or the pinned one. One call is one request in the metrics, whatever the front end.
+        (The prediction's own coroutine, not one wrapping it: one frame less per request.)"""
+        return self._prediction.predict(
             tenant=tenant,
             model=model,
             version=version,
@@ -106,7 +107,7 @@ class DataPlane:
             parameters=parameters,
         )
 
-    async def infer_tensors(
+    def infer_tensors(
         self,
         *,
         tenant: str,
@@ -115,10 +116,10 @@ class DataPlane:
         tensors: list[Tensor],
         timeout_s: float | None = None,
         parameters: dict[str, Any] | None = None,
-    ) -> Prediction:
+    ) -> Awaitable[Prediction]:
         """V2 inference: the request's tensors are its rows (``TensorRows``); ``Prediction.outputs``
         are the output tensors (see PipelineCall)."""
-        return await self.infer(
+        return self.infer(
             tenant=tenant,
             model=model,
             version=version,

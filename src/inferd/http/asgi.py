@@ -29,8 +29,8 @@ from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.http.access_log import AccessLog
 from inferd.http.errors import error_body, error_headers, error_status, v2_error_body
 from inferd.http.gatekeeper import Gatekeeper
-from inferd.http.routes import Call, ErrorStyle, RouteTable, parse_query
-from inferd.http.wire import Receive, RequestInfo, Scope, Send, header, send_response
+from inferd.http.routes import Call, ErrorStyle, Route, RouteTable, parse_query
+from inferd.http.wire import Receive, RequestInfo, Scope, Send, api_key_from_headers, header, send_response
 from inferd.logs import REQUEST_ID
 
 logger = logging.getLogger("inferd.http")
@@ -94,12 +94,9 @@ class InferdASGI:
             request_id = f"{self._id_prefix}{next(self._id_counter):012x}"
         info = RequestInfo(request_id)
         REQUEST_ID.set(request_id)  # for log lines written while serving it (inferd.logs)
-        state = scope.setdefault("state", {})
-        state["inferd"] = info
         path: str = scope["path"]
         method: str = scope["method"]
         route, params, allowed = self.table.match(method, path)
-        style = route.error_style if route is not None else style_for_path(path)
         try:
             if route is None:
                 if allowed:
@@ -110,14 +107,16 @@ class InferdASGI:
                 raise RouteNotFoundError(self._not_found_message(method, path))
             call = Call(scope, receive, info, route, params, self._max_body_bytes, self._max_json_depth)
             if route.scope is not None:
-                call.principal = await self._gatekeeper.admit(scope["headers"], route.scope, info)
+                call.principal = await self._gatekeeper.admit_key(
+                    api_key_from_headers(scope["headers"]), route.scope, info
+                )
             if route.query is not None:
                 call.query = parse_query(route, scope.get("query_string", b""))
             reply = await route.handler(call)
             info.status = reply.status
             await send_response(send, reply.status, reply.body, request_id, reply.headers, reply.content_type)
         except InferdError as exc:
-            await send_error(send, exc, info, style)
+            await send_error(send, exc, info, self._error_style(route, path))
         except Exception:
             # A bug or an unreachable dependency, never the client's input: a safe message for the
             # client, the traceback in the server log.
@@ -126,25 +125,16 @@ class InferdASGI:
                 error = InferenceError(
                     f"internal error; the server log has the details under request id {request_id}"
                 )
-                await send_error(send, error, info, style)
+                await send_error(send, error, info, self._error_style(route, path))
             info.error = "inference_error"
         finally:
             if self._access_log.enabled:
-                record: dict[str, Any] = {
-                    "request_id": request_id,
-                    "tenant": info.tenant,
-                    "method": method,
-                    "path": path,
-                    "status": info.status,
-                    "model": info.model,
-                    "version": info.version,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                }
-                if info.error:
-                    record["error"] = info.error
-                if info.cause:
-                    record["cause"] = info.cause
-                self._access_log.write(record)
+                latency_ms = round((time.perf_counter() - started) * 1000, 3)
+                self._access_log.request(info, method, path, latency_ms)
+
+    @staticmethod
+    def _error_style(route: Route | None, path: str) -> ErrorStyle:
+        return route.error_style if route is not None else style_for_path(path)
 
     def _not_found_message(self, method: str, path: str) -> str:
         # Never a redirect: one built from the Host header would send clients wherever a request's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,11 +132,11 @@ class PredictRoutes:
         except TypeError as exc:
             raise InferenceError(f"the model's output is not JSON-serializable: {exc}") from None
 
-    async def predict(self, call: Call) -> Reply:
-        return await self._run(call, False)
+    def predict(self, call: Call) -> Awaitable[Reply]:
+        return self._run(call, False)
 
-    async def predict_batch(self, call: Call) -> Reply:
-        return await self._run(call, True)
+    def predict_batch(self, call: Call) -> Awaitable[Reply]:
+        return self._run(call, True)
 
     def routes(self) -> list[Route]:
         single = Body(PredictRequest, self.parse_single)

@@ -148,5 +148,15 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
 
 def server_options(limits: ConnectionLimits) -> dict[str, Any]:
-    """``uvicorn.Config`` keyword arguments that enforce ``limits``."""
-    return {"http": guarded_protocol(limits), "timeout_keep_alive": limits.keepalive_timeout_s}
+    """``uvicorn.Config`` keyword arguments that enforce ``limits``.
+
+    Also per request, and never used: uvicorn's ``X-Forwarded-*`` middleware rewrote the scope's client
+    address and scheme, which inferd never reads (a header scan and a dict of the headers per request),
+    and its ``server: uvicorn`` response header named the stack to every client (two regex checks per
+    response)."""
+    return {
+        "http": guarded_protocol(limits),
+        "timeout_keep_alive": limits.keepalive_timeout_s,
+        "proxy_headers": False,
+        "server_header": False,
+    }

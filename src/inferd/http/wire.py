@@ -29,11 +29,6 @@ class RequestInfo:
     cause: str | None = None
 
 
-def request_info(scope: Scope) -> RequestInfo:
-    info: RequestInfo = scope["state"]["inferd"]
-    return info
-
-
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
