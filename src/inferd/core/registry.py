@@ -164,14 +164,18 @@ class ModelRegistry:
 
     def scan(self, root: Path) -> None:
         self.root = root
-        self.models, self.problems = self._discover(root)
+        self.models, self.problems, _ = self._discover(root)
 
-    def _discover(self, root: Path) -> tuple[dict[str, ModelEntry], list[RepositoryProblem]]:
-        """Read every model.yaml and routing.yaml under ``root``; loads nothing."""
+    def _discover(
+        self, root: Path
+    ) -> tuple[dict[str, ModelEntry], list[RepositoryProblem], set[tuple[str, str]]]:
+        """Read every model.yaml and routing.yaml under ``root``; loads nothing. Also returns the
+        (model, version) folders whose model.yaml is there but not usable."""
         if not root.is_dir():
             raise ConfigError(f"model repository {root} is not a directory")
         models: dict[str, ModelEntry] = {}
         problems: list[RepositoryProblem] = []
+        unusable: set[tuple[str, str]] = set()
         for model_dir in sorted(
             p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
         ):
@@ -190,6 +194,7 @@ class ModelRegistry:
                     self._loader.check(spec, spec_file)
                 except ConfigError as exc:
                     problems.append(self._problem(str(spec_file), exc.message))
+                    unusable.add((model_dir.name, version_dir.name))
                     continue
                 versions[version_dir.name] = ModelVersion(
                     model_dir.name,
@@ -209,35 +214,53 @@ class ModelRegistry:
                     message = exc.message + " (falling back to the highest version)"
                     problems.append(self._problem(str(routing_file), message))
             models[entry.name] = entry
-        return models, problems
+        return models, problems, unusable
 
     def plan_reload(self) -> ReloadPlan:
         """Blocking (run it off the event loop): rescan the repository and load what is new or changed.
-        Versions whose folder did not change keep their loaded pipeline. Nothing serving changes until
-        :meth:`apply_reload`."""
+        Versions whose folder did not change keep their loaded pipeline, and so do loaded versions whose
+        changed files do not load or whose model.yaml no longer reads (an edit gone wrong must not take a
+        serving model down). Nothing serving changes until :meth:`apply_reload`."""
         if self.root is None:
             raise ConfigError("the registry was not built from a repository; nothing to reload")
-        models, problems = self._discover(self.root)
+        models, problems, unusable = self._discover(self.root)
         plan = ReloadPlan(models, problems)
         for entry in models.values():
             for name_version, version in list(entry.versions.items()):
+                label = f"{entry.name}:{name_version}"
                 old_entry = self.models.get(entry.name)
                 old = old_entry.versions.get(name_version) if old_entry else None
                 if old is not None and old.fingerprint == version.fingerprint and old.state != "failed":
                     entry.versions[name_version] = old  # unchanged: keep its pipeline and state
-                    plan.unchanged.append(f"{entry.name}:{name_version}")
+                    plan.unchanged.append(label)
                     continue
-                (plan.added if old is None else plan.reloaded).append(f"{entry.name}:{name_version}")
                 if version.spec.load_at_start:
                     self.load_version(version)
+                if version.state == "failed" and old is not None and old.state == "loaded":
+                    entry.versions[name_version] = old
+                    self._keep_previous(plan, old, f"its changed files did not load: {version.error}")
+                    continue
+                (plan.added if old is None else plan.reloaded).append(label)
                 if version.state == "failed":
-                    plan.failed.append(f"{entry.name}:{name_version}")
+                    plan.failed.append(label)
         for old_entry in self.models.values():
             for old in old_entry.versions.values():
                 new_entry = models.get(old_entry.name)
-                if new_entry is None or old.version not in new_entry.versions:
-                    plan.removed.append(f"{old_entry.name}:{old.version}")
+                if new_entry is not None and old.version in new_entry.versions:
+                    continue
+                if (old.name, old.version) in unusable and old.state == "loaded":
+                    if new_entry is None:
+                        new_entry = models[old.name] = ModelEntry(old.name, {})
+                    new_entry.versions[old.version] = old
+                    self._keep_previous(plan, old, "its model.yaml does not read (see the problem above)")
+                    continue
+                plan.removed.append(f"{old_entry.name}:{old.version}")
         return plan
+
+    def _keep_previous(self, plan: ReloadPlan, old: ModelVersion, why: str) -> None:
+        plan.failed.append(f"{old.name}:{old.version}")
+        message = f"model {old.name} version {old.version} keeps serving its previous load: {why}"
+        plan.problems.append(self._problem(str(old.path), message))
 
     def apply_reload(self, plan: ReloadPlan) -> None:
         """Swap in a planned repository (on the event loop). Requests already running keep the pipeline

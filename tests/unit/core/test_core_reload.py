@@ -83,3 +83,38 @@ def test_reload_reports_broken_entries_and_retries_failed_versions(
     registry.apply_reload(plan)
     assert plan.failed == []
     assert registry.models["broken"].versions["1"].state == "loaded"
+
+
+def test_a_loaded_version_whose_edit_goes_wrong_keeps_serving_its_previous_load(
+    repo: Path, make_echo: Callable[..., Path]
+) -> None:
+    folder = make_echo(repo, "echo", "1")
+    make_echo(repo, "lone", "1")
+    registry = registry_for(repo)
+    serving = registry.models["echo"].versions["1"]
+    lone = registry.models["lone"].versions["1"]
+    assert serving.state == lone.state == "loaded"
+
+    (folder / "echo.py").write_text("raise RuntimeError('half-uploaded')\n")  # its new files do not load
+    touch_later(folder / "echo.py")
+    (repo / "lone" / "1" / "model.yaml").write_text("runtime: [\n")  # its model.yaml does not read
+    plan = registry.plan_reload()
+    registry.apply_reload(plan)
+    assert sorted(plan.failed) == ["echo:1", "lone:1"]
+    assert plan.reloaded == [] and plan.removed == []
+    assert registry.models["echo"].versions["1"] is serving and serving.pipeline is not None
+    assert registry.models["lone"].versions["1"] is lone and not lone.retired
+    problems = "\n".join(plan.summary()["problems"])
+    assert (
+        "model echo version 1 keeps serving its previous load: its changed files did not load: " in problems
+    )
+    assert "half-uploaded" in problems
+    assert "model lone version 1 keeps serving its previous load: its model.yaml does not read" in problems
+
+    make_echo(repo, "echo", "1")  # fixed: the next reload loads it
+    touch_later(folder / "echo.py")
+    plan = registry.plan_reload()
+    registry.apply_reload(plan)
+    assert plan.reloaded == ["echo:1"] and plan.failed == ["lone:1"]
+    assert registry.models["echo"].versions["1"] is not serving
+    assert serving.retired and registry.models["echo"].versions["1"].state == "loaded"
