@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
         "server_cpu_s": server_cpu,
         "wrk_cpu_s": wrk_cpu,
         "rps_per_server_cpu_s": stats.rps * args.duration / server_cpu if server_cpu else 0.0,
+        "server_cpu_us_per_request": 1e6 * server_cpu / (stats.rps * args.duration) if stats.rps else 0.0,
     }
 
 
@@ -144,33 +146,40 @@ def main() -> int:
         return 1
 
     print(
-        f"\n{'variant':>8} {'model':>5} {'rps':>8} {'x 1':>6} {'p50':>7} {'p99':>7} {'srv cpu':>8} {'wrk cpu':>8}"
+        f"\n{'variant':>8} {'model':>5} {'rps':>8} {'x 1':>6} {'p50':>7} {'p99':>7} {'srv cpu':>8} {'wrk cpu':>8} "
+        f"{'us/req':>6}  per-round x 1"
     )
     summary = []
     for name, _, _ in variants:
         for model, _, _ in models:
             rows = [r for r in results if r["variant"] == name and r["model"] == model]
             base = [r for r in results if r["variant"] == "1" and r["model"] == model]
-            ratios = sorted(r["rps"] / b["rps"] for r, b in zip(rows, base, strict=True))
+            ratios = [r["rps"] / b["rps"] for r, b in zip(rows, base, strict=True)]
 
             def median(key: str, rows: list[dict[str, Any]] = rows) -> float:
-                return float(sorted(r[key] for r in rows)[len(rows) // 2])
+                return statistics.median(float(r[key]) for r in rows)
 
             entry = {
                 "variant": name,
                 "model": model,
                 "rps": median("rps"),
-                "ratio_to_1": ratios[len(ratios) // 2],
+                # Of the per-round ratios (each against the one process of the same round); with an
+                # even number of rounds the mean of the middle two, not the higher one.
+                "ratio_to_1": statistics.median(ratios),
+                "round_ratios": [round(ratio, 2) for ratio in ratios],
                 "p50_ms": median("p50_ms"),
                 "p99_ms": median("p99_ms"),
                 "server_cpu_s": median("server_cpu_s"),
                 "wrk_cpu_s": median("wrk_cpu_s"),
                 "non_2xx": sum(r["non_2xx"] for r in rows),
+                # Server CPU per request: what a process spends on each, whatever share of the cores wrk took.
+                "server_cpu_us_per_request": median("server_cpu_us_per_request"),
             }
             summary.append(entry)
             print(
                 f"{name:>8} {model:>5} {entry['rps']:>8.0f} {entry['ratio_to_1']:>6.2f} {entry['p50_ms']:>7.2f} "
-                f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f}"
+                f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f} "
+                f"{entry['server_cpu_us_per_request']:>6.0f}  {entry['round_ratios']}"
             )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
