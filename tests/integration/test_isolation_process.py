@@ -8,7 +8,9 @@ alone: a stopped process's slot goes to the spare loaded beforehand.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -159,5 +161,29 @@ def test_a_stopped_process_hands_its_slot_to_the_loaded_spare() -> None:
             os.kill(stuck, 0)
         # ... and the next call runs in the spare, loaded before the stop: no interpreter start, no load.
         assert runtime.predict([{"sleep_s": 0}], None) == [spare]
+    finally:
+        runtime.unload()
+
+
+def test_a_spare_that_died_while_idle_is_skipped() -> None:
+    version = FIXTURES / "isolation_models" / "stuck" / "1"
+    spec = read_model_spec(version / "model.yaml")
+    runtime = PipelineFactory(process_slots=lambda spec: 1).runtime("stuck", "1", version, spec)
+    assert isinstance(runtime, ProcessRuntime)
+    try:
+        spare = runtime.spare_pid
+        assert spare is not None
+        os.kill(spare, signal.SIGKILL)  # e.g. the OOM killer
+        with contextlib.suppress(ProcessLookupError):
+            while True:  # until its template has reaped it
+                os.kill(spare, 0)
+                time.sleep(0.01)
+        crashed = runtime.predict([{"sleep_s": 0}], None)[0]
+        os.kill(crashed, signal.SIGKILL)
+        with pytest.raises(InferenceError, match="was killed by SIGKILL"):
+            runtime.predict([{"sleep_s": 0}], None)
+        # The slot went to a fresh fork, not to the dead spare: the next call succeeds.
+        (answer,) = runtime.predict([{"sleep_s": 0}], None)
+        assert answer not in (spare, crashed)
     finally:
         runtime.unload()

@@ -572,6 +572,9 @@ class ProcessRuntime(Runtime):
         child.reap()
         with self._lock:
             fresh, self._spare = self._spare, None
+        if fresh is not None and fresh.conn.poll(0):  # the idle spare died (its pipe is closed): skip it
+            fresh.reap()
+            fresh = None
         if fresh is None:
             fresh = self._fork()
         with self._lock:
