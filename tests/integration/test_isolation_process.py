@@ -129,61 +129,62 @@ def parent_pid(pid: int) -> int:
     return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
 
 
-def test_a_stopped_process_hands_its_slot_to_the_loaded_spare() -> None:
+@pytest.fixture
+def stuck_runtime() -> Iterator[ProcessRuntime]:
+    """The ``stuck`` fixture's runtime alone (no server), one slot: its model processes and spare."""
     version = FIXTURES / "isolation_models" / "stuck" / "1"
     spec = read_model_spec(version / "model.yaml")
     runtime = PipelineFactory(process_slots=lambda spec: 1).runtime("stuck", "1", version, spec)
     assert isinstance(runtime, ProcessRuntime)
     try:
-        spare = runtime.spare_pid
-        assert spare is not None
-        # Model processes are forks of the version's template, not of the server nor fresh interpreters.
-        assert parent_pid(spare) not in (os.getpid(), 1)
-        stuck = runtime.predict([{"sleep_s": 0}], None)[0]
-        assert stuck != spare
-        failures: list[InferenceError] = []
+        yield runtime
+    finally:
+        runtime.unload()
 
-        def stuck_call() -> None:
-            try:
-                runtime.predict([{"sleep_s": 600}], None)
-            except InferenceError as exc:
-                failures.append(exc)
 
-        caller = threading.Thread(target=stuck_call)
-        caller.start()
-        assert caller.ident is not None
-        while not runtime.cancel(caller.ident):  # until the call is in its process, then stop it
+def test_a_stopped_process_hands_its_slot_to_the_loaded_spare(stuck_runtime: ProcessRuntime) -> None:
+    runtime = stuck_runtime
+    spare = runtime.spare_pid
+    assert spare is not None
+    # Model processes are forks of the version's template, not of the server nor fresh interpreters.
+    assert parent_pid(spare) not in (os.getpid(), 1)
+    stuck = runtime.predict([{"sleep_s": 0}], None)[0]
+    assert stuck != spare
+    failures: list[InferenceError] = []
+
+    def stuck_call() -> None:
+        try:
+            runtime.predict([{"sleep_s": 600}], None)
+        except InferenceError as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=stuck_call)
+    caller.start()
+    assert caller.ident is not None
+    while not runtime.cancel(caller.ident):  # until the call is in its process, then stop it
+        time.sleep(0.01)
+    caller.join()
+    assert [failure.cause for failure in failures] == ["deadline"]
+    # predict returned only once the stopped process was gone (its slot was busy until then) ...
+    with pytest.raises(ProcessLookupError):
+        os.kill(stuck, 0)
+    # ... and the next call runs in the spare, loaded before the stop: no interpreter start, no load.
+    assert runtime.predict([{"sleep_s": 0}], None) == [spare]
+
+
+def test_a_spare_that_died_while_idle_is_skipped(stuck_runtime: ProcessRuntime) -> None:
+    runtime = stuck_runtime
+    spare = runtime.spare_pid
+    assert spare is not None
+    os.kill(spare, signal.SIGKILL)  # e.g. the OOM killer
+    with contextlib.suppress(ProcessLookupError):
+        while True:  # until its template has reaped it
+            os.kill(spare, 0)
             time.sleep(0.01)
-        caller.join()
-        assert [failure.cause for failure in failures] == ["deadline"]
-        # predict returned only once the stopped process was gone (its slot was busy until then) ...
-        with pytest.raises(ProcessLookupError):
-            os.kill(stuck, 0)
-        # ... and the next call runs in the spare, loaded before the stop: no interpreter start, no load.
-        assert runtime.predict([{"sleep_s": 0}], None) == [spare]
-    finally:
-        runtime.unload()
-
-
-def test_a_spare_that_died_while_idle_is_skipped() -> None:
-    version = FIXTURES / "isolation_models" / "stuck" / "1"
-    spec = read_model_spec(version / "model.yaml")
-    runtime = PipelineFactory(process_slots=lambda spec: 1).runtime("stuck", "1", version, spec)
-    assert isinstance(runtime, ProcessRuntime)
-    try:
-        spare = runtime.spare_pid
-        assert spare is not None
-        os.kill(spare, signal.SIGKILL)  # e.g. the OOM killer
-        with contextlib.suppress(ProcessLookupError):
-            while True:  # until its template has reaped it
-                os.kill(spare, 0)
-                time.sleep(0.01)
-        crashed = runtime.predict([{"sleep_s": 0}], None)[0]
-        os.kill(crashed, signal.SIGKILL)
-        with pytest.raises(InferenceError, match="was killed by SIGKILL"):
-            runtime.predict([{"sleep_s": 0}], None)
-        # The slot went to a fresh fork, not to the dead spare: the next call succeeds.
-        (answer,) = runtime.predict([{"sleep_s": 0}], None)
-        assert answer not in (spare, crashed)
-    finally:
-        runtime.unload()
+    crashed = runtime.predict([{"sleep_s": 0}], None)[0]
+    os.kill(crashed, signal.SIGKILL)
+    with pytest.raises(InferenceError, match="was killed by SIGKILL"):
+        runtime.predict([{"sleep_s": 0}], None)
+    # The slot went to a fresh fork, not to the dead spare: the next call succeeds.
+    (answer,) = runtime.predict([{"sleep_s": 0}], None)
+    assert answer not in (spare, crashed)
