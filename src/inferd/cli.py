@@ -23,6 +23,7 @@ from inferd.cli_common import (
     configure_process,
     err_console,
     fail,
+    out_console,
     settings_from,
 )
 from inferd.cli_jobs import jobs_app, migrate, worker
@@ -164,8 +165,8 @@ def models_reload(url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
     summary = call_api(url, key, lambda client: client.reload_models())
     for field in ("added", "reloaded", "removed", "failed", "problems"):
         if summary[field]:
-            Console().print(f"{field}: {', '.join(summary[field])}", highlight=False)
-    Console().print(f"unchanged: {len(summary['unchanged'])} version(s)", highlight=False)
+            out_console.print(f"{field}: {', '.join(summary[field])}", highlight=False)
+    out_console.print(f"unchanged: {len(summary['unchanged'])} version(s)", highlight=False)
 
 
 @app.command()

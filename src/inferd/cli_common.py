@@ -17,7 +17,10 @@ from inferd.core.errors import ConfigError
 from inferd.core.settings import Settings, load_settings
 
 T = TypeVar("T")
-err_console = Console(stderr=True)
+# Message lines: one line each however narrow the terminal (rich broke them mid-sentence). Tables are
+# printed by a Console of their own, which fits them to the width.
+err_console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="INFERD_URL", help="Server base URL.")]
 KeyOption = Annotated[str | None, typer.Option("--key", envvar="INFERD_API_KEY", help="API key.")]
@@ -31,8 +34,7 @@ LogLevelOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    # soft_wrap: one line per error, however narrow the terminal (rich broke messages mid-sentence).
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -33,6 +33,7 @@ from inferd.cli_common import (
     call_api,
     configure_process,
     fail,
+    out_console,
     require_key,
     settings_from,
 )
@@ -159,9 +160,9 @@ def migrate(
     where = f"job store {redact(settings.store)}"
     if applied:
         numbers = ", ".join(str(version) for version in applied)
-        Console().print(f"{where}: applied migration(s) {numbers}; the schema is current", highlight=False)
+        out_console.print(f"{where}: applied migration(s) {numbers}; the schema is current", highlight=False)
     else:
-        Console().print(f"{where} was already up to date; nothing to apply", highlight=False)
+        out_console.print(f"{where} was already up to date; nothing to apply", highlight=False)
 
 
 def _read_jsonl(path: Path) -> list[Any]:

@@ -1,5 +1,5 @@
-"""What a new user of the CLI tripped on: a missing key explained in CLI terms, error lines that do not
-break mid-sentence at the terminal's width, job ids shown whole in an 80-column terminal."""
+"""What a new user of the CLI tripped on: a missing key explained in CLI terms, error and message lines
+that do not break mid-sentence at the terminal's width, job ids shown whole in an 80-column terminal."""
 
 from __future__ import annotations
 
@@ -35,6 +35,21 @@ def test_errors_do_not_wrap_mid_sentence(server: ServerProcess, tmp_path: Path) 
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
+
+
+def test_message_lines_do_not_wrap_in_a_narrow_terminal(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    narrow = {"COLUMNS": "40"}
+    migrated = run_inferd(["migrate", "--store", store], cwd=tmp_path, env=narrow)
+    assert migrated.returncode == 0, migrated.stderr
+    assert len(migrated.stdout.splitlines()) == 1, migrated.stdout
+    created = run_inferd(
+        ["keys", "create", "--tenant", "acme", "--scopes", "predict", "--expires", "30d", "--store", store],
+        cwd=tmp_path,
+        env=narrow,
+    )
+    assert created.returncode == 0, created.stderr
+    assert len(created.stdout.splitlines()) == len(created.stderr.splitlines()) == 1, created.stderr
 
 
 def test_jobs_list_shows_whole_ids_in_80_columns(server: ServerProcess, tmp_path: Path) -> None:
