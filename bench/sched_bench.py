@@ -17,8 +17,11 @@ so each scenario has the thread count the issue names and none disturbs another:
 
 Load comes from a small asyncio HTTP/1.1 client in this process (keep-alive connections): open loop
 (requests sent at a fixed rate whatever the answers, new connections as needed) or closed loop (N
-connections, each sending its next request when the previous answer arrives). Every number printed is
-a ratio or a count from this one run. Results also go to bench/results/sched-<timestamp>.json.
+connections, each sending its next request when the previous answer arrives). The batching scenario's
+open loop also runs from h2load (C: one new connection per request on a fixed schedule), so latency the
+Python client adds shows as a difference between the two. ``--compare-source DIR`` runs the batching
+scenario on a second server built from another source tree too, rounds interleaved. Every number
+printed is a ratio or a count from this one run. Results also go to bench/results/sched-<timestamp>.json.
 """
 
 from __future__ import annotations
