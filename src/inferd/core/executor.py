@@ -263,6 +263,9 @@ class _Work:
     # client's business, not a slow model, and is not an executor timeout.
     client_deadline: bool = False
     stopped: bool = False  # timed out, and the target stopped its call (a model process): not a sample
+    # Admitted to an idle version whatever its estimate, and never dropped for it: an estimate that
+    # refused every request would never meet a call that corrects it (e.g. after one overrun call).
+    probe: bool = False
 
 
 @dataclass(slots=True)
@@ -370,7 +373,8 @@ class DeviceExecutor:
                 cause="queue full",
             )
         estimate = lane.estimate
-        if estimate > 0.0 and lane.policy.deadline_admission:
+        probe = not lane.running_since and not (lane.queued_requests or lane.staged_requests)
+        if estimate > 0.0 and lane.policy.deadline_admission and not probe:
             ahead = self._calls(lane, lane.queued_items + lane.staged_items)
             own = estimate * -(-size // lane.max_batch_size)
             # Cheap bound first (every slot busy for a whole estimate); plan exactly only near the limit.
@@ -389,6 +393,7 @@ class DeviceExecutor:
         deadline = now + timeout_s
         work = _Work(target, call, size, future, deadline, timeout_s, group, tenant, lane, now)
         work.client_deadline = client_deadline
+        work.probe = probe
         lane.staged_items += size
         lane.staged_requests += 1
         self._submitted.append(work)
@@ -398,7 +403,7 @@ class DeviceExecutor:
             table = self._queued_deadlines[key] = {}
         table[work] = None
         work.table = table
-        expiry = deadline - estimate if lane.policy.deadline_admission else deadline
+        expiry = deadline - estimate if lane.policy.deadline_admission and not probe else deadline
         if self._timer is None or expiry < self._timer_when:
             self._arm(loop, expiry)
         if not self._flush_scheduled:
@@ -490,7 +495,7 @@ class DeviceExecutor:
                 while table:
                     work = next(iter(table))
                     if work.state <= _QUEUED:
-                        latest_start = work.deadline - slack
+                        latest_start = work.deadline - (0.0 if work.probe else slack)
                         if latest_start > now and not work.future.done():
                             earliest = latest_start if earliest is None else min(earliest, latest_start)
                             break
@@ -736,7 +741,7 @@ class DeviceExecutor:
             left += 1
             if work.future.done():  # the client went away
                 continue
-            if admission and now + lane.estimate > work.deadline:
+            if admission and not work.probe and now + lane.estimate > work.deadline:
                 dropped.append(work)
                 continue
             work.state = _STARTED
@@ -818,7 +823,10 @@ class DeviceExecutor:
             lane.running_since = tuple(since)
             # A call stopped at its deadline measured the deadline, not the model: no sample.
             if not any(work.stopped for work in taken.works):
-                lane.observe(elapsed)
+                # A call that overran its timeout says the model is slow, not by how much it would
+                # overrun the next time: capped, one such call cannot refuse the version for minutes.
+                caps = [work.timeout_s for work in taken.works if not work.client_deadline]
+                lane.observe(min(elapsed, max(caps)) if caps else elapsed)
                 if taken.overlaps == lane.overlaps and elapsed > 0.0:
                     lane.observe_cpu(min(1.0, cpu / elapsed))
             # Charge the measured device time, not the estimate charged at the start.

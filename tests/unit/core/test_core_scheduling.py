@@ -608,3 +608,35 @@ def test_a_call_stopped_at_its_deadline_does_not_feed_the_estimate(fake_metrics:
 
     asyncio.run(main())
     assert fake_metrics.sheds == []
+
+
+def test_a_call_that_overran_its_timeout_does_not_lock_the_version_out(fake_metrics: Any) -> None:
+    clock = FakeClock()
+    model = Model(clock, cost_s=0.2, hold=1)
+
+    async def main() -> None:
+        ex = make(fake_metrics, clock)
+        target = pipeline(model)
+        try:
+            overrun = send(ex, target, "slow", timeout_s=1.0)
+            await asyncio.to_thread(model.entered.wait, STUCK_LIMIT_S)
+            clock.advance(3.0)  # the call runs 3.2 s against its 1 s timeout (a thread cannot be stopped)
+            ex.sweep()
+            with pytest.raises(InferenceTimeoutError):
+                await overrun
+            model.gate.set()
+            for _ in range(int(STUCK_LIMIT_S / 0.001)):  # the thread finishes the overrun call
+                if not fake_metrics.inflight:
+                    break
+                await asyncio.sleep(0.001)
+            # Its 3.2 s as the estimate would refuse every 1 s request on arrival, and with nothing
+            # running nothing would ever correct it: the idle version admits, the sample is capped.
+            assert await send(ex, target, "a", timeout_s=1.0) == ["a"]
+            assert await send(ex, target, "b", timeout_s=1.0) == ["b"]
+        finally:
+            model.gate.set()
+            ex.close()
+
+    asyncio.run(main())
+    assert fake_metrics.sheds == []
+    assert model.items == ["slow", "a", "b"]
