@@ -11,9 +11,10 @@ so each scenario has the thread count the issue names and none disturbs another:
             is what isolation means: slow may never hold it
   * fair=1  `fixed` (20 ms per call, max_batch_size 1, one thread): tenant fairness. One thread, so
             that B's 2 connections can use its fair half: with 4 threads B could hold at most 2 of 4
-  * spin=4  `spin0` / `spin5`: 5 ms of pure Python per call whatever the batch (it holds the GIL),
-            max_batch_size 8, max_delay_ms 0 / 5
-  * gpu=1   `open0` / `open30`: the same model on one thread, max_delay_ms 0 / 30
+  * spin=4  `spin0m` / `spin0` / `spin5`: a fixed 5 ms of pure Python work per call whatever the
+            batch (it holds the GIL), max_batch_size 8: merge-only (max_delay_ms 0, batch_while_busy
+            false), the default (max_delay_ms 0, batching while busy), max_delay_ms 5
+  * gpu=1   `open0` / `open30`: a fixed 5 ms of wall time per call on one thread, max_delay_ms 0 / 30
 
 Load comes from a small asyncio HTTP/1.1 client in this process (keep-alive connections): open loop
 (requests sent at a fixed rate whatever the answers, new connections as needed) or closed loop (N
@@ -66,9 +67,40 @@ import time
 
 class Model:
     def predict(self, batch):
-        end = time.perf_counter() + 0.005  # a fixed cost per call, whatever the batch size
+        end = time.perf_counter() + 0.005  # a fixed 5 ms of wall time per call, like a device call
         while time.perf_counter() < end:
             pass
+        return list(batch)
+"""
+
+# Pure Python holding the GIL: a fixed amount of work per call, whatever the batch size, sized once at load
+# to 5 ms of this thread's CPU time. Unlike spinning on the clock, two such calls side by side take twice
+# as long: they share the interpreter, as real Python models do.
+WORK = """
+import time
+
+def _work(n):
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+def _iterations(seconds):
+    n = 20_000
+    while True:
+        start = time.thread_time()
+        _work(n)
+        spent = time.thread_time() - start
+        if spent > 0.05:
+            return max(1, int(n * seconds / spent))
+        n *= 2
+
+class Model:
+    def __init__(self):
+        self.iterations = _iterations(0.005)
+
+    def predict(self, batch):
+        _work(self.iterations)
         return list(batch)
 """
 
@@ -88,8 +120,11 @@ def write_repository(root: Path) -> None:
     iris = ROOT / "examples" / "models" / "iris" / "2" / "model.joblib"
     model("iris", "runtime: sklearn\nartifact: model.joblib\ndevice: cpu\nmax_batch_size: 64\n", None, iris)
     model("fixed", python + "device: fair\nmax_batch_size: 1\nqueue_limit: 256\n", SLEEPY)
+    spin = python + "device: spin\nmax_batch_size: 8\n"
     for delay in (0, 5):
-        model(f"spin{delay}", python + f"device: spin\nmax_batch_size: 8\nmax_delay_ms: {delay}\n", SPIN)
+        model(f"spin{delay}", spin + f"max_delay_ms: {delay}\n", WORK)
+    # The issue's baseline: what a free thread does without any batching policy (merge what is queued).
+    model("spin0m", spin + "max_delay_ms: 0\nbatch_while_busy: false\n", WORK)
     for delay in (0, 30):
         model(f"open{delay}", python + f"device: gpu\nmax_batch_size: 8\nmax_delay_ms: {delay}\n", SPIN)
 
@@ -406,11 +441,12 @@ async def batching(
 ) -> dict[str, Any]:
     """Closed loop (spin, 4 threads, 8 connections) and open loop (one thread, 100 rps): max_delay vs 0,
     on each server (several: builds compared in one run, rounds interleaved)."""
-    closed = {(server.label, name): [] for server, _ in pairs for name in ("spin0", "spin5")}
-    single = {(server.label, name): [] for server, _ in pairs for name in ("spin0", "spin5")}
+    spins = ("spin0m", "spin0", "spin5")
+    closed = {(server.label, name): [] for server, _ in pairs for name in spins}
+    single = {(server.label, name): [] for server, _ in pairs for name in spins}
     for _ in range(rounds):  # interleaved: the machine's noise hits every target alike
         for server, client in pairs:
-            for name in ("spin0", "spin5"):
+            for name in spins:
                 samples = await client.closed_loop(predict(name, {"input": 1}), 8, duration)
                 closed[(server.label, name)].append(count(samples, 200) / duration)
                 samples = await client.closed_loop(predict(name, {"input": 1}), 1, duration / 2)
@@ -418,7 +454,7 @@ async def batching(
     result: dict[str, Any] = {}
     for server, client in pairs:
         label = server.label
-        spin0, spin5 = (statistics.median(closed[(label, name)]) for name in ("spin0", "spin5"))
+        spin0m, spin0, spin5 = (statistics.median(closed[(label, name)]) for name in spins)
         generators: dict[str, Any] = {}
         for generator in ("python", "h2load") if H2LOAD else ("python",):
             open_result: dict[str, Any] = {}
@@ -446,12 +482,12 @@ async def batching(
             )
             generators[generator] = open_result
         result[label] = {
-            "closed_rps": {"spin0": round(spin0, 1), "spin5": round(spin5, 1)},
-            "closed_rps_rounds": {
-                name: [round(v, 1) for v in closed[(label, name)]] for name in ("spin0", "spin5")
-            },
+            "closed_rps": {"spin0m": round(spin0m, 1), "spin0": round(spin0, 1), "spin5": round(spin5, 1)},
+            "closed_rps_rounds": {name: [round(v, 1) for v in closed[(label, name)]] for name in spins},
             "closed_rps_ratio_5ms_over_0": round(spin5 / spin0, 2),
-            "c1_p50_ms": {name: ms(statistics.median(single[(label, name)])) for name in ("spin0", "spin5")},
+            "closed_rps_ratio_5ms_over_merge_only": round(spin5 / spin0m, 2),
+            "closed_rps_ratio_busy_over_merge_only": round(spin0 / spin0m, 2),
+            "c1_p50_ms": {name: ms(statistics.median(single[(label, name)])) for name in spins},
             "open": generators,
         }
         print(f"batching [{label}]: {result[label]}", flush=True)
