@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.core.errors import ModelNotFoundError, quote
+from inferd.core.errors import InferdError, ModelNotFoundError, quote
 from inferd.core.pipeline import PipelineCall
 from inferd.core.prediction import Prediction, PredictionService
 from inferd.core.registry import ModelEntry, ModelRegistry, ModelVersion
@@ -143,13 +143,17 @@ class DataPlane:
         without the model (job submission: invalid jobs are never queued). Not an execution, so nothing
         is counted."""
         target = self._registry.resolve(model, version, tenant=tenant)
-        pipeline = target.pipeline or await self._registry.ensure_loaded(target)
-        pipeline.check_parameters(parameters)
-        call = PipelineCall(inputs, indexed)
-        if pipeline.preparation_blocks:
-            await asyncio.to_thread(pipeline.prepare_call, call)
-        else:
-            pipeline.prepare_call(call)
+        try:
+            pipeline = target.pipeline or await self._registry.ensure_loaded(target)
+            pipeline.check_parameters(parameters)
+            call = PipelineCall(inputs, indexed)
+            if pipeline.preparation_blocks:
+                await asyncio.to_thread(pipeline.prepare_call, call)
+            else:
+                pipeline.prepare_call(call)
+        except InferdError as exc:
+            exc.version = target.version
+            raise
         return target
 
     # -- models ----------------------------------------------------------------------------------

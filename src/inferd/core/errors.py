@@ -84,6 +84,9 @@ class InferdError(Exception):
         # What only the server log gets (a model's exception text may carry paths, SQL or another
         # tenant's data); adapters log it under the request's id and tell the client where it is.
         self.detail = detail
+        # The model version the request had resolved to when it failed (None: it failed before): the
+        # access log names it on error lines as on success lines.
+        self.version: str | None = None
 
     def for_client(self, reference: str, *, what: str = "request id") -> str:
         """The message a client gets; the private detail, if any, goes to the server log under

@@ -140,6 +140,7 @@ class PredictionService:
             outputs: list[Any] = await future
         except InferdError as exc:
             error = exc.code
+            exc.version = resolved_version
             if executed:
                 latency.observe(time.perf_counter() - started)
             self._metrics.error_child(name, resolved_version, exc.code, tenant).inc()

@@ -45,6 +45,8 @@ async def send_error(send: Send, error: InferdError, info: RequestInfo, style: E
     info.status = error_status(error)
     info.error = error.code
     info.cause = error.cause
+    if info.version is None:
+        info.version = error.version
     message = error.for_client(info.request_id)
     if style is ErrorStyle.V2:
         body = v2_error_body(message)

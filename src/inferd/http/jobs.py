@@ -176,6 +176,8 @@ class JobRoutes:
         outcomes = await self._service.create_jobs(
             tenant=call.tenant, model=name, version=version, submissions=submissions
         )
+        # Every line resolves to the same version; a line refused before resolving names none.
+        call.info.version = next((outcome.version for outcome in outcomes if outcome.version), None)
         return self._bulk_reply(outcomes)
 
     @staticmethod
