@@ -141,6 +141,11 @@ def test_errors_are_grpc_status_codes(client: Any) -> None:
         "lacks the 'predict' scope",
     )
     assert_status(lambda: client.get_model_metadata("iris"), "UNAUTHENTICATED", "missing API key")
+    assert_status(
+        lambda: client.infer("iris", [iris_input()], headers={"authorization": "Basic abc"}),
+        "UNAUTHENTICATED",
+        "Authorization must be 'Bearer <key>' (got 'Basic')",
+    )
     assert_status(lambda: client.is_model_ready("nope", headers=AUTH), "NOT_FOUND", "no model named 'nope'")
     # Triton-only RPCs are not served.
     assert_status(lambda: client.get_model_config("iris", headers=AUTH), "UNIMPLEMENTED", "")

@@ -75,6 +75,28 @@ def test_unauthenticated_is_401_with_www_authenticate(
     assert response.headers.get("www-authenticate", "").split(" ")[0].lower() == "bearer"
 
 
+@pytest.mark.parametrize(
+    ("authorization", "got"),
+    [
+        ("Basic azE6", "(got 'Basic')"),
+        ("Bearer ", "(got 'Bearer' without a key)"),
+        (PREDICT_KEY, "(got a value without a scheme)"),  # a lone word may be the key: never echoed
+    ],
+)
+def test_an_authorization_without_a_bearer_key_is_named(
+    api: InProcessAPI, authorization: str, got: str
+) -> None:
+    response = api.post("/v1/models/ok/predict", headers={"Authorization": authorization}, json={"input": 1})
+    message = assert_error(response, 401, "unauthenticated")["error"]["message"]
+    assert message == f"Authorization must be 'Bearer <key>' {got}; or send 'X-API-Key: <key>'"
+
+
+def test_x_api_key_beside_another_authorization_scheme_is_used(api: InProcessAPI) -> None:
+    headers = {"Authorization": "Basic azE6", "X-API-Key": PREDICT_KEY}
+    response = api.post("/v1/models/ok/predict", headers=headers, json={"input": 1})
+    assert response.status_code == 200, response.text
+
+
 def test_bearer_scheme_is_case_insensitive(api: InProcessAPI) -> None:
     response = api.post(
         "/v1/models/ok/predict", headers={"Authorization": f"bearer {PREDICT_KEY}"}, json={"input": 1}

@@ -20,6 +20,7 @@ from inferd.core.errors import (
     InvalidInputError,
     RateLimitedError,
     UnauthenticatedError,
+    quote,
 )
 
 
@@ -228,6 +229,21 @@ class KeyRing:
         if principal is None:
             raise UnauthenticatedError("unknown or revoked API key (or expired)")
         return principal
+
+
+def malformed_authorization(value: str) -> UnauthenticatedError:
+    """The 401 for an Authorization header (or gRPC metadata) that carries no Bearer key. Only a scheme
+    followed by credentials is named: a lone word may be the key itself."""
+    scheme, space, _ = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        got = "'Bearer' without a key"
+    elif space:
+        got = quote(scheme)
+    else:
+        got = "a value without a scheme"
+    return UnauthenticatedError(
+        f"Authorization must be 'Bearer <key>' (got {got}); or send 'X-API-Key: <key>'"
+    )
 
 
 class TenantLimit(Protocol):

@@ -18,7 +18,7 @@ import grpc
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
 from inferd.core.errors import ConfigError, ErrorCode, InferdError, InvalidInputError
-from inferd.core.tenancy import KeyScope
+from inferd.core.tenancy import KeyScope, malformed_authorization
 from inferd.core.tensors import (
     Datatype,
     Tensor,
@@ -78,13 +78,18 @@ def status_of(error: InferdError) -> grpc.StatusCode:
 
 
 def api_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """As ``http.wire.api_key_from_headers``, over gRPC metadata."""
+    malformed: str | None = None
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
+            malformed = value
         elif key == "x-api-key" and isinstance(value, str) and value:
             return value.strip()
+    if malformed is not None:
+        raise malformed_authorization(malformed)
     return None
 
 

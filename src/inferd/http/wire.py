@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.core.errors import InvalidInputError, PayloadTooLargeError
+from inferd.core.tenancy import malformed_authorization
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,13 +38,20 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def api_key_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request's key; None when it sent none. An Authorization header without a Bearer key (and
+    no X-API-Key) is refused here, naming what it got."""
+    malformed: str | None = None
     for key, value in headers:
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            text = value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
+            malformed = text
         elif key == b"x-api-key" and value:
             return value.decode("latin-1").strip()
+    if malformed is not None:
+        raise malformed_authorization(malformed)
     return None
 
 
