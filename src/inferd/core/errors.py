@@ -50,6 +50,11 @@ def validation_problems(exc: ValidationError, *, whole: str, prefix: str = "") -
     return "; ".join(validation_problem(error, whole=whole, prefix=prefix) for error in exc.errors())
 
 
+# The cause of an error raised because the call passed its deadline (e.g. its model process was
+# stopped): the client is answered with a timeout, so it is expected, not a model failure.
+DEADLINE_CAUSE = "deadline"
+
+
 class ErrorCode(enum.StrEnum):
     """Every error code inferd answers with; each adapter maps them to its statuses in one table."""
 

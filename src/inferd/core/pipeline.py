@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from inferd.core.errors import InferdError, InferenceError, InvalidInputError, ModelNotReadyError
+from inferd.core.errors import (
+    DEADLINE_CAUSE,
+    InferdError,
+    InferenceError,
+    InvalidInputError,
+    ModelNotReadyError,
+)
 from inferd.core.runtime import Batch, Runtime
 from inferd.core.tensors import (
     Columns,
@@ -330,7 +336,8 @@ class Pipeline:
             try:
                 outputs = self.model.predict(chunk, parameters)
             except InferdError as exc:  # inferd's own words (e.g. the model process exited)
-                logger.error("model %s:%s failed: %s", self.name, self.version, exc.message)
+                level = logging.WARNING if exc.cause == DEADLINE_CAUSE else logging.ERROR
+                logger.log(level, "model %s:%s failed: %s", self.name, self.version, exc.message)
                 for owner in set(chunk_owners):
                     outcomes[owner] = exc
                 continue

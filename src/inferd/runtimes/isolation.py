@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.core.errors import ConfigError, InferdError, InferenceError, InvalidInputError
+from inferd.core.errors import DEADLINE_CAUSE, ConfigError, InferdError, InferenceError, InvalidInputError
 from inferd.core.model_spec import Isolation
 from inferd.core.runtime import Batch, InputRejected, ModelProcessRestart, Runtime, RuntimeContext
 from inferd.core.tensors import TensorDeclarations
@@ -509,7 +509,7 @@ class ProcessRuntime(Runtime):
             if not self.still_wanted():
                 # Every request timed out while this call waited for a ready process: do not run it.
                 raise InferenceError(
-                    "the call passed its deadline while it waited for a model process", cause="deadline"
+                    "the call passed its deadline while it waited for a model process", cause=DEADLINE_CAUSE
                 )
             packed = child.outbox.pack((batch if isinstance(batch, np.ndarray) else list(batch), parameters))
             with self._lock:
@@ -524,7 +524,7 @@ class ProcessRuntime(Runtime):
                 )
                 if child.stopping:
                     raise InferenceError(
-                        "the model process was stopped: the call passed its deadline", cause="deadline"
+                        "the model process was stopped: the call passed its deadline", cause=DEADLINE_CAUSE
                     ) from None
                 raise InferenceError(
                     f"the model process {child.exit_description()} during the call; another one takes its "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 from runtime_helpers import FakeRuntime
 
-from inferd.core.errors import InferdError, InferenceError, InvalidInputError
+from inferd.core.errors import DEADLINE_CAUSE, InferdError, InferenceError, InvalidInputError
 from inferd.core.pipeline import Pipeline, PipelineCall
 from inferd.runtimes.factory import schema_checker
 
@@ -323,3 +324,16 @@ def test_exception_text_is_detail_unless_the_model_exposes_it() -> None:
     with pytest.raises(InferenceError) as info:
         run_one(loud, ["a"])
     assert "SELECT secret FROM tenants" in info.value.message and info.value.detail is None
+
+
+@pytest.mark.parametrize(
+    ("cause", "level"), [(DEADLINE_CAUSE, logging.WARNING), ("model process exited", logging.ERROR)]
+)
+def test_a_call_stopped_at_its_deadline_is_logged_as_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture, cause: str, level: int
+) -> None:
+    error = InferenceError("the model process was stopped", cause=cause)
+    with caplog.at_level(logging.DEBUG, logger="inferd"), pytest.raises(InferenceError):
+        run_one(make(Recorder(raiser(error))), [1])
+    (record,) = [r for r in caplog.records if "model m:1 failed" in r.getMessage()]
+    assert record.levelno == level
