@@ -27,6 +27,7 @@ from inferd.core.errors import (
     InferenceError,
     InvalidInputError,
     JobNotFoundError,
+    ModelNotFoundError,
     quote,
 )
 from inferd.core.tenancy import EQUAL_WEIGHTS, TenantWeights
@@ -178,7 +179,8 @@ class JobService:
     ) -> list[Job | InferdError]:
         """Bulk submission: validate and route each line alone, store the valid ones together, and
         answer one outcome per line in order (an error stays with its line). A line whose
-        idempotency key was used before answers the job it made."""
+        idempotency key was used before answers the job it made. An unknown model or version is the
+        whole request's error (ModelNotFoundError), not each line's."""
         outcomes: list[Job | InferdError] = []
         pending: list[tuple[int, Job, str | None]] = []
         now = self._clock()
@@ -196,6 +198,8 @@ class JobService:
                     indexed=submission.batch,
                     parameters=submission.parameters,
                 )
+            except ModelNotFoundError:
+                raise  # the model is the request's (its path), so no line could succeed: a 404 for all
             except InferdError as exc:
                 outcomes.append(exc)
                 continue

@@ -445,11 +445,20 @@ def test_bulk_submission_keeps_the_good_lines_and_answers_each_in_order(tmp_path
             listed = {job["id"] for job in (await api.list()).json()["jobs"]}
             assert listed == {out[0]["id"], out[2]["id"], out[5]["id"]}
 
-            # A model that does not exist fails every line alone; the request itself is fine.
+            # The model is in the path, so no line could succeed: 404 for the request, in both body forms.
+            for model_path in ("/v1/models/nope", "/v1/models/echo/versions/9"):
+                for content_type in ("application/x-ndjson", "application/json"):
+                    missing = await api.client.post(
+                        f"{model_path}/jobs/bulk",
+                        content=b'{"input": 1}\n',
+                        headers={**bearer(ACME), "Content-Type": content_type},
+                    )
+                    assert_error(missing, 404, "model_not_found")
+            two_lines = b'{"input": 1}\n{"input": 2}\n'
             missing = await api.client.post(
-                "/v1/models/nope/jobs/bulk", content=b'{"input": 1}\n', headers=bearer(ACME)
+                "/v1/models/nope/jobs/bulk", content=two_lines, headers=bearer(ACME)
             )
-            assert orjson.loads(missing.content)["error"]["code"] == "model_not_found"
+            assert_error(missing, 404, "model_not_found")
 
             # A request key keys every line: sending the same request again returns the same jobs.
             request_key = {**bearer(ACME), "Idempotency-Key": "bulk-7"}
