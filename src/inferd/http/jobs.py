@@ -32,6 +32,7 @@ MAX_ATTEMPTS_LIMIT = 20
 MAX_BULK_JOBS = 10_000
 MAX_BULK_BYTES = 16 * 1024 * 1024
 BULK_MEDIA_TYPE = "application/x-ndjson"
+_JSON_WHITESPACE = b" \t\r\n"
 JOB_ERRORS = (401, 403, 404, 422, 429, 500, 503)  # 503: store_unavailable
 
 
@@ -124,6 +125,35 @@ class JobRoutes:
     ) -> JobSubmission:
         data = parse_json_object(line, _SUBMIT_EXAMPLE)
         request = parse_job_request(data, max_inputs=self._max_inputs, allowed=_BULK_LINE_FIELDS)
+        return self._bulk_submission(data, request, number, name, version, key)
+
+    def _numbered_bulk_line(
+        self, line: bytes, number: int, name: str, version: str | None, key: str | None
+    ) -> JobSubmission:
+        """A line of a JSON Lines body; what is wrong with it is its own error, naming its line."""
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(
+                f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}); send {_SUBMIT_EXAMPLE}"
+            ) from None
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"line {number} must be a JSON object like {_SUBMIT_EXAMPLE}")
+        try:
+            request = parse_job_request(data, max_inputs=self._max_inputs, allowed=_BULK_LINE_FIELDS)
+            return self._bulk_submission(data, request, number, name, version, key)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"line {number}: {exc.message}") from None
+
+    def _bulk_submission(
+        self,
+        data: dict[str, Any],
+        request: JobRequest,
+        number: int,
+        name: str,
+        version: str | None,
+        key: str | None,
+    ) -> JobSubmission:
         line_key = data.get("idempotency_key")
         check_idempotency_key(line_key)
         if line_key is None and key is not None:
@@ -141,14 +171,14 @@ class JobRoutes:
         )
 
     async def submit_bulk(self, call: Call) -> Reply:
-        """JSON Lines in (one job per line), one JSON line out per line in order: the job, or
+        """JSON Lines in (one job per line), one JSON line out per non-blank line in order: the job, or
         ``{"error": {"code", "message"}}`` for a line that was refused (the others are stored)."""
         name = call.info.model = call.params["name"]
         version = call.params.get("version")
         raw_key = call.header(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
         check_idempotency_key(key)
-        text = (await call.body(MAX_BULK_BYTES)).rstrip(b"\r\n")  # the final newline ends the last line
+        text = await call.body(MAX_BULK_BYTES)
         content_type = call.header(b"content-type") or b""
         if content_type.split(b";")[0].strip().lower() == b"application/json":
             # One JSON document (it may span lines): the one line of the body, and as the request's
@@ -160,7 +190,13 @@ class JobRoutes:
             if isinstance(outcomes[0], InferdError):
                 raise outcomes[0]
             return self._bulk_reply(outcomes)
-        lines = text.split(b"\n") if text else []
+        # Blank lines (a trailing one, \r\n endings) carry no job: skipped, while a line keeps its number
+        # in the body for its error message and its KEY:LINE idempotency key.
+        lines = [
+            (number, line)
+            for number, line in enumerate(text.split(b"\n"), start=1)
+            if line.strip(_JSON_WHITESPACE)
+        ]
         if not lines:
             raise InvalidInputError(f"send one job per line, e.g. {_SUBMIT_EXAMPLE}")
         if len(lines) > MAX_BULK_JOBS:
@@ -168,9 +204,9 @@ class JobRoutes:
                 f"{len(lines)} lines; at most {MAX_BULK_JOBS} jobs per bulk request: split them"
             )
         submissions: list[JobSubmission | InferdError] = []
-        for number, line in enumerate(lines, start=1):
+        for number, line in lines:
             try:
-                submissions.append(self._bulk_line(line, number, name, version, key))
+                submissions.append(self._numbered_bulk_line(line, number, name, version, key))
             except InferdError as exc:
                 submissions.append(exc)
         outcomes = await self._service.create_jobs(
@@ -257,9 +293,10 @@ class JobRoutes:
                 },
                 description=(
                     f"Each line is one job body (as for a single job) plus an optional `idempotency_key`; at "
-                    f"most {MAX_BULK_JOBS} lines. The answer has one line per input line, in order: the job, "
-                    'or `{"error": {"code", "message"}}` for a line that was refused; the other lines are '
-                    "stored."
+                    f"most {MAX_BULK_JOBS} lines; blank lines are skipped. The answer has one line per "
+                    'non-blank input line, in order: the job, or `{"error": {"code", "message"}}` for a line '
+                    "that was refused (a line that is not a job body is named by its number in the body); "
+                    "the other lines are stored."
                 ),
             )
             for prefix, how in (

@@ -419,6 +419,43 @@ def test_sqlite_write_lock_held_elsewhere_answers_503_store_unavailable(tmp_path
             await api.submit_ok("echo", {"input": 4})
 
 
+def test_bulk_lines_skip_blank_ones_and_errors_name_the_line_number(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with job_app(tmp_path, worker=False) as api:
+            # \r\n endings, a blank line, a whitespace-only line and empty lines at the end.
+            content = b'{"input": 1}\r\n\r\n{"input": "seven"\r\n  \t\r\n[1]\r\n{"input": 2, "bogus": 1}\r\n{"input": 3}\r\n\r\n'
+            request_key = {**bearer(ACME), "Idempotency-Key": "blank-1"}
+            response = await api.client.post(
+                "/v1/models/echo/jobs/bulk", content=content, headers=request_key
+            )
+            assert response.status_code == 200, response.text
+            out = [orjson.loads(line) for line in response.content.splitlines()]
+            assert len(out) == 5  # one per non-blank line, in order
+            assert out[0]["status"] == out[4]["status"] == "pending"
+            assert out[1]["error"]["code"] == "invalid_input"
+            assert out[1]["error"]["message"].startswith("line 3 is not valid JSON (")
+            assert out[2]["error"]["message"].startswith("line 5 must be a JSON object")
+            assert out[3]["error"]["message"].startswith("line 6: unknown field(s)")
+            # KEY:LINE uses the same numbers: the retry returns the same jobs, and line 7 is keyed blank-1:7.
+            again = await api.client.post("/v1/models/echo/jobs/bulk", content=content, headers=request_key)
+            again_out = [orjson.loads(line) for line in again.content.splitlines()]
+            assert [again_out[0]["id"], again_out[4]["id"]] == [out[0]["id"], out[4]["id"]]
+            keyed = await api.client.post(
+                "/v1/models/echo/jobs/bulk",
+                content=b'{"input": 3, "idempotency_key": "blank-1:7"}',
+                headers=bearer(ACME),
+            )
+            assert orjson.loads(keyed.content)["id"] == out[4]["id"]
+            for blank in (b"\r\n", b" \n\t\n"):
+                assert_error(
+                    await api.client.post("/v1/models/echo/jobs/bulk", content=blank, headers=bearer(ACME)),
+                    422,
+                    "invalid_input",
+                )
+
+    asyncio.run(body())
+
+
 def test_bulk_submission_keeps_the_good_lines_and_answers_each_in_order(tmp_path: Path) -> None:
     async def body() -> None:
         async with job_app(tmp_path, worker=False) as api:
