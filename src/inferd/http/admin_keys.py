@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from inferd.core.errors import InvalidInputError, KeyNotFoundError, validation_problems
 from inferd.core.tenancy import TENANT_PATTERN, ApiKey, KeyScope
 from inferd.http.routes import Body, Call, Reply, Route
-from inferd.jobs.models import utcnow
+from inferd.jobs.models import utcnow, wire_time
 from inferd.jobs.store import JobStore
 
 
@@ -47,20 +47,16 @@ class KeyList(BaseModel):
     keys: list[KeyInfo]
 
 
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
 def key_document(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
         "tenant": key.tenant,
         "scopes": sorted(key.scopes),
         "prefix": key.prefix,
-        "created_at": _time(key.created_at),
-        "expires_at": _time(key.expires_at),
-        "last_used_at": _time(key.last_used_at),
-        "revoked_at": _time(key.revoked_at),
+        "created_at": wire_time(key.created_at),
+        "expires_at": wire_time(key.expires_at),
+        "last_used_at": wire_time(key.last_used_at),
+        "revoked_at": wire_time(key.revoked_at),
     }
 
 

@@ -27,6 +27,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def wire_time(value: datetime | None) -> str | None:
+    """A timestamp as API responses show it: RFC 3339 in UTC with a ``Z``."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
 @dataclass(slots=True)
 class JobError:
     code: str

@@ -32,7 +32,7 @@ from inferd.core.errors import (
 )
 from inferd.core.tenancy import EQUAL_WEIGHTS, TenantWeights
 from inferd.jobs.coalescer import Coalescer
-from inferd.jobs.models import Job, JobError, JobStatus, utcnow
+from inferd.jobs.models import Job, JobError, JobStatus, utcnow, wire_time
 from inferd.jobs.repository_sync import RepositorySync
 from inferd.jobs.store import Finished, FinishRequest, InsertResult, JobStore
 from inferd.metrics import InferdMetrics
@@ -483,9 +483,9 @@ def job_document(job: Job) -> dict[str, Any]:
         "status": job.status.value,
         "model": job.model,
         "version": job.version,
-        "created_at": _time(job.created_at),
-        "started_at": _time(job.started_at),
-        "finished_at": _time(job.finished_at),
+        "created_at": wire_time(job.created_at),
+        "started_at": wire_time(job.started_at),
+        "finished_at": wire_time(job.finished_at),
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "priority": job.priority,
@@ -496,7 +496,3 @@ def job_document(job: Job) -> dict[str, Any]:
         document["output"] = job.outputs[0] if job.outputs else None
     document["error"] = {"code": job.error.code, "message": job.error.message} if job.error else None
     return document
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
