@@ -825,8 +825,10 @@ class DeviceExecutor:
             if not any(work.stopped for work in taken.works):
                 # A call that overran its timeout says the model is slow, not by how much it would
                 # overrun the next time: capped, one such call cannot refuse the version for minutes.
-                caps = [work.timeout_s for work in taken.works if not work.client_deadline]
-                lane.observe(min(elapsed, max(caps)) if caps else elapsed)
+                cap = max(
+                    (work.timeout_s for work in taken.works if not work.client_deadline), default=elapsed
+                )
+                lane.observe(min(elapsed, cap))
                 if taken.overlaps == lane.overlaps and elapsed > 0.0:
                     lane.observe_cpu(min(1.0, cpu / elapsed))
             # Charge the measured device time, not the estimate charged at the start.
