@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from inferd_http_testkit import PREDICT_KEY, InProcessAPI, assert_error
+from inferd_http_testkit import ADMIN_KEY, JOBS_KEY, PREDICT_KEY, InProcessAPI, assert_error
 
 from inferd.core.errors import InvalidInputError
 from inferd.http.routes import ErrorStyle, Route
@@ -111,14 +111,58 @@ def test_every_documented_body_is_what_its_parser_accepts(api: InProcessAPI) -> 
     assert checked >= 6  # predict, batch and jobs, routed and pinned
 
 
-def test_every_documented_query_parameter_is_parsed(api: InProcessAPI) -> None:
+def test_every_documented_query_parameter_is_parsed_and_no_other(api: InProcessAPI) -> None:
+    """Each route's query parameters are declared once (its query model): the document lists exactly
+    them, the dispatcher refuses any other one naming it and them, and V2 routes ignore others."""
     document = api.get("/openapi.json").json()
+    checked = 0
     for route in table_routes(api):
-        if route.query is None:
+        accepted = list(route.query.model_fields) if route.query is not None else []
+        if route.in_schema:
+            operation = document["paths"][route.path][route.method.lower()]
+            documented = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            assert documented == accepted, route.path
+        # An admin key gets past every scope check, so the answer is the query's.
+        url = concrete(route.path) + "?stauts=failed"
+        response = api.request(route.method, url, key=ADMIN_KEY, json={})
+        if route.ignores_unknown_query:
+            assert route.error_style is ErrorStyle.V2, route.path
+            assert response.status_code != 422 or "stauts" not in response.text, (route.path, response.text)
             continue
-        operation = document["paths"][route.path][route.method.lower()]
-        documented = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
-        assert documented == set(route.query.model_fields), route.path
+        message = assert_error(response, 422, "invalid_input")["error"]["message"]
+        assert message.startswith(f"unknown query parameter 'stauts'; {route.method} {route.path} takes "), (
+            message
+        )
+        if accepted:
+            assert message.endswith("takes only " + ", ".join(accepted)), message
+        else:
+            assert message.endswith("takes no query parameters"), message
+        if route.in_schema:
+            assert "422" in document["paths"][route.path][route.method.lower()]["responses"], route.path
+        checked += 1
+    assert checked >= 20
+
+
+def test_an_unknown_query_parameter_is_refused_not_ignored(api: InProcessAPI) -> None:
+    api.post("/v1/models/ok/jobs", key=JOBS_KEY, json={"input": 1})
+    assert api.get("/v1/jobs?status=failed", key=JOBS_KEY).json()["jobs"] == []
+    response = api.get("/v1/jobs?stauts=failed&limit=5&x=1", key=JOBS_KEY)
+    message = assert_error(response, 422, "invalid_input")["error"]["message"]
+    assert message == (
+        "unknown query parameters 'stauts', 'x'; GET /v1/jobs takes only status, model, limit, cursor"
+    )
+    ok = api.post("/v1/models/ok/predict?timeout_s=1", key=PREDICT_KEY, json={"input": 1})
+    assert_error(ok, 422, "invalid_input")  # timeout_s goes in the body
+    # An empty query string is no parameter.
+    assert api.post("/v1/models/ok/predict?", key=PREDICT_KEY, json={"input": 1}).status_code == 200
+
+
+def test_v2_routes_ignore_query_parameters_as_triton_does(api: InProcessAPI) -> None:
+    """tritonclient's ``query_params=`` goes along on every call; the protocol defines none."""
+    body = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}
+    response = api.post("/v2/models/ok/infer?trace=1", key=PREDICT_KEY, json=body)
+    assert response.status_code == 200, response.text
+    assert api.get("/v2/health/ready?x=1").status_code == 200
 
 
 def test_every_scoped_route_checks_the_key_before_anything_else(api: InProcessAPI) -> None:

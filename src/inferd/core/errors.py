@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def quote_names(names: Sequence[str], shown: int = 5) -> str:
+    """Client-sent names (fields, parameters) for a message: the first ``shown`` quoted, then a count."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(quote(name) for name in names[:shown]) + more
 
 
 def shorten(text: str, limit: int = 300) -> str:

@@ -1,10 +1,10 @@
 """The server's ASGI callable, in pure ASGI: it serves the route table.
 
 Per request it assigns the ``X-Request-ID``, matches the route, authenticates and checks the route's
-scope before anything about the body is looked at, parses the declared query, runs the handler and
-writes the access log line. FastAPI's routing, dependency injection and encoders cost more than a small
-model's call, so no framework sits on this path; the OpenAPI document is generated from the same
-table (``http/openapi.py``).
+scope before anything about the body is looked at, parses the declared query (refusing parameters the
+route does not declare), runs the handler and writes the access log line. FastAPI's routing, dependency
+injection and encoders cost more than a small model's call, so no framework sits on this path; the
+OpenAPI document is generated from the same table (``http/openapi.py``).
 """
 
 from __future__ import annotations
@@ -112,8 +112,10 @@ class InferdASGI:
                 call.principal = await self._gatekeeper.admit_key(
                     api_key_from_headers(scope["headers"]), route.scope, info
                 )
-            if route.query is not None:
-                call.query = parse_query(route, scope.get("query_string", b""))
+            # Most requests (predict) have neither a query model nor a query string: nothing to parse.
+            query_string = scope.get("query_string")
+            if route.query is not None or (query_string and not route.ignores_unknown_query):
+                call.query = parse_query(route, query_string or b"")
             reply = await route.handler(call)
             info.status = reply.status
             await send_response(send, reply.status, reply.body, request_id, reply.headers, reply.content_type)

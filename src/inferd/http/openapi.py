@@ -150,6 +150,8 @@ def _operation(route: Route) -> dict[str, Any]:
         responses[str(status)] = {"description": "false", "content": success}
     error_model = ErrorResponse if route.error_style is ErrorStyle.NATIVE else V2ErrorResponse
     statuses = set(route.errors) | (set(AUTH_ERRORS) if route.scope is not None else set())
+    if not route.ignores_unknown_query:
+        statuses.add(422)  # a query parameter the route does not take
     for status in sorted(statuses):
         if str(status) in responses:
             continue

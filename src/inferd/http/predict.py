@@ -10,7 +10,7 @@ import orjson
 
 from inferd.core import json_limits
 from inferd.core.dataplane import DataPlane
-from inferd.core.errors import InferenceError, InvalidInputError, quote
+from inferd.core.errors import InferenceError, InvalidInputError, quote_names
 from inferd.core.tenancy import KeyScope
 from inferd.http.routes import Body, Call, Reply, Route
 from inferd.http.schemas import (
@@ -64,9 +64,9 @@ def parse_inputs(
     batch. ``batch=None`` accepts either form (jobs); unknown fields are refused, naming them."""
     unknown = data.keys() - allowed
     if unknown:
-        named = ", ".join(quote(field) for field in sorted(unknown)[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise InvalidInputError(f"unknown field(s) {named}{more}; allowed: {sorted(allowed)}")
+        raise InvalidInputError(
+            f"unknown field(s) {quote_names(sorted(unknown))}; allowed: {sorted(allowed)}"
+        )
     if batch is None:
         if ("input" in data) == ("inputs" in data):
             raise InvalidInputError('send exactly one of "input" (one item) or "inputs" (a list of items)')

@@ -2,9 +2,10 @@
 
 A :class:`Route` says everything about one route: method, path template, the scope a key needs (None:
 public), the handler, the request body (its documented schema and the parser that enforces it), the
-query model, the response schema, the statuses it answers and its error shape. The ASGI dispatcher
-(``http/asgi.py``) serves the table and the OpenAPI document (``http/openapi.py``) is generated from
-it, so what is documented is what is served.
+query parameters it takes (its query model; none without one), the response schema, the statuses it
+answers and its error shape. The ASGI dispatcher (``http/asgi.py``) serves the table and the OpenAPI
+document (``http/openapi.py``) is generated from it, so what is documented is what is served: a query
+parameter the route does not declare is refused, not ignored.
 
 Adding a route: write ``async def handler(call: Call) -> Reply`` and append a ``Route`` to the list
 its module returns; ``bootstrap.build_app`` concatenates the lists.
@@ -22,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from inferd.core import json_limits
-from inferd.core.errors import InvalidInputError, validation_problems
+from inferd.core.errors import InvalidInputError, quote_names, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.core.tenancy import KeyScope, Principal
 from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
@@ -144,7 +145,11 @@ class Route:
     summary: str
     tag: str
     body: Body | None = None
+    # The query parameters the route takes, each a field of the model; None: it takes none.
     query: type[BaseModel] | None = None
+    # Open Inference Protocol routes ignore query parameters they do not declare, as Triton and MLServer
+    # do: tritonclient passes its callers' query_params= through (e.g. for a proxy in front).
+    ignores_unknown_query: bool = False
     response: type[BaseModel] | None = None
     response_content_type: str = "application/json"
     status: int = 200
@@ -166,13 +171,28 @@ class Route:
 
 
 def parse_query(route: Route, query_string: bytes) -> Any:
-    """The route's query model validated from the query string; 422 naming the bad parameter."""
-    assert route.query is not None
-    raw = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    """The route's query model validated from the query string (None for a route without one); 422
+    naming a parameter the route does not take, with those it takes, or a bad value."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    fields = route.query.model_fields if route.query is not None else {}
+    if not route.ignores_unknown_query:
+        unknown = list(dict.fromkeys(name for name, _ in pairs if name not in fields))
+        if unknown:
+            raise _unknown_query(route, unknown, list(fields))
+    if route.query is None:
+        return None
     try:
-        return route.query.model_validate(raw)
+        return route.query.model_validate(dict(pairs))
     except ValidationError as exc:
         raise InvalidInputError(validation_problems(exc, whole="?", prefix="query parameter ")) from None
+
+
+def _unknown_query(route: Route, unknown: list[str], accepted: list[str]) -> InvalidInputError:
+    plural = "s" if len(unknown) > 1 else ""
+    takes = f"takes only {', '.join(accepted)}" if accepted else "takes no query parameters"
+    return InvalidInputError(
+        f"unknown query parameter{plural} {quote_names(unknown)}; {route.method} {route.path} {takes}"
+    )
 
 
 class _Node:

@@ -6,6 +6,7 @@ Errors have the protocol's shape ``{"error": "<message>"}`` with the native API'
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -195,7 +196,6 @@ class V2Routes:
         return Reply(200, payload, headers, content_type)
 
     def routes(self) -> list[Route]:
-        v2 = ErrorStyle.V2
         routes = [
             Route(
                 "GET",
@@ -205,7 +205,6 @@ class V2Routes:
                 "Server metadata",
                 "v2",
                 response=V2ServerMetadata,
-                error_style=v2,
             ),
             Route(
                 "GET",
@@ -215,7 +214,6 @@ class V2Routes:
                 "Liveness (200 true)",
                 "v2",
                 response=V2Live,
-                error_style=v2,
             ),
             Route(
                 "GET",
@@ -226,7 +224,6 @@ class V2Routes:
                 "v2",
                 response=V2Ready,
                 response_statuses=(400,),
-                error_style=v2,
             ),
         ]
         infer_body = Body(
@@ -257,7 +254,6 @@ class V2Routes:
                     "v2",
                     response=V2ModelMetadata,
                     errors=(404,),
-                    error_style=v2,
                 ),
                 Route(
                     "GET",
@@ -269,7 +265,6 @@ class V2Routes:
                     response=V2ModelReady,
                     response_statuses=(400,),
                     errors=(404,),
-                    error_style=v2,
                 ),
                 Route(
                     "POST",
@@ -281,12 +276,13 @@ class V2Routes:
                     body=infer_body,
                     response=V2InferResponse,
                     errors=INFER_ERRORS,
-                    error_style=v2,
                     headers=infer_headers,
                     description=infer_description,
                 ),
             ]
-        return routes
+        # The protocol's error shape; query parameters a route does not declare are ignored, as Triton
+        # does: tritonclient sends its callers' query_params= along (e.g. for a proxy in front).
+        return [replace(route, error_style=ErrorStyle.V2, ignores_unknown_query=True) for route in routes]
 
 
 def _header_length(value: bytes | None) -> int | None:
