@@ -32,6 +32,8 @@ from inferd.core.errors import ConfigError, InferdError
 
 logger = logging.getLogger("inferd")
 app = typer.Typer(help="inferd: a self-hosted, multi-tenant ML inference server.", no_args_is_help=True)
+# `inferd models reload` when the reload ran but reported failures: not 1 (nothing was reloaded) nor 2.
+RELOAD_FAILED_STATUS = 3
 models_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
@@ -161,12 +163,26 @@ def models_list(
 
 @models_app.command("reload")
 def models_reload(url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
-    """Make a running server rescan its model repository (needs an admin key)."""
+    """Make a running server rescan its model repository (needs an admin key).
+
+    Exit status 0: every version loaded and the repository has no problems; 3: the reload ran but a
+    version failed to load or a file of the repository is broken (each is printed; the versions that
+    loaded serve); 1: the server refused the reload or could not be reached.
+    """
     summary = call_api(url, key, lambda client: client.reload_models())
-    for field in ("added", "reloaded", "removed", "failed", "problems"):
+    for field in ("added", "reloaded", "removed", "failed"):
         if summary[field]:
             out_console.print(f"{field}: {', '.join(summary[field])}", highlight=False)
     out_console.print(f"unchanged: {len(summary['unchanged'])} version(s)", highlight=False)
+    failed, problems = summary["failed"], summary["problems"]
+    for problem in problems:
+        err_console.print(f"[red]problem:[/] {problem}", highlight=False)
+    if failed or problems:
+        fail(
+            f"the reload reported {len(failed)} failed version(s) and {len(problems)} problem(s), "
+            "listed above; fix the files and reload again",
+            RELOAD_FAILED_STATUS,
+        )
 
 
 @app.command()

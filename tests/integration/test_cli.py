@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +82,31 @@ def test_models_reload_needs_an_admin_key(server: ServerProcess, tmp_path: Path)
     refused = run_inferd(["models", "reload", "--url", server.base_url, "--key", "k1"], cwd=tmp_path)
     assert refused.returncode == 1
     assert "403 forbidden" in refused.stderr
+
+
+def test_models_reload_exits_3_and_prints_what_failed(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(BROKEN_MODELS, repo)  # ok/1 loads; broken/1 has a model.yaml typo
+    with running_server(tmp_path / "server", models=repo) as server:
+        common = ["models", "reload", "--url", server.base_url, "--key", ADMIN_KEY]
+        (repo / "fresh" / "1").mkdir(parents=True)
+        (repo / "fresh" / "1" / "model.yaml").write_text("runtime: python\nmodel: missing:Model\n")
+        result = run_inferd(common, cwd=tmp_path)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert result.stdout.splitlines() == ["added: fresh:1", "failed: fresh:1", "unchanged: 1 version(s)"]
+        problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+        assert len(problems) == 2, result.stderr
+        assert any("max_bach_size" in line for line in problems), problems
+        assert any(
+            "model fresh version 1 failed to load: " in line and "missing" in line for line in problems
+        )
+        assert result.stderr.splitlines()[-1] == (
+            "error: the reload reported 1 failed version(s) and 2 problem(s), listed above; "
+            "fix the files and reload again"
+        )
+
+        shutil.rmtree(repo / "fresh")
+        shutil.rmtree(repo / "broken")
+        fixed = run_inferd(common, cwd=tmp_path)
+        assert fixed.returncode == 0, fixed.stderr
+        assert fixed.stdout.splitlines() == ["removed: fresh:1", "unchanged: 1 version(s)"]

@@ -119,6 +119,9 @@ class ReloadPlan:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # Why each new or changed version in ``failed`` did not load: the answer's, not the repository's
+    # problems (readiness names a failed version from its state already).
+    load_failures: list[RepositoryProblem] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -127,7 +130,7 @@ class ReloadPlan:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
-            "problems": [str(p) for p in self.problems],
+            "problems": [str(p) for p in [*self.problems, *self.load_failures]],
         }
 
 
@@ -243,6 +246,8 @@ class ModelRegistry:
                 (plan.added if old is None else plan.reloaded).append(label)
                 if version.state == "failed":
                     plan.failed.append(label)
+                    message = f"model {entry.name} version {name_version} failed to load: {version.error}"
+                    plan.load_failures.append(RepositoryProblem(str(version.path), message))
         for old_entry in self.models.values():
             for old in old_entry.versions.values():
                 new_entry = models.get(old_entry.name)

@@ -75,7 +75,13 @@ def test_reload_reports_broken_entries_and_retries_failed_versions(
     plan = registry.plan_reload()
     registry.apply_reload(plan)
     assert plan.failed == ["broken:1"]  # failed versions are tried again even when unchanged
-    assert any("max_bach_size" in problem for problem in plan.summary()["problems"])
+    problems = plan.summary()["problems"]
+    assert any("max_bach_size" in problem for problem in problems)
+    # The answer says why each failed version failed, not only that it did.
+    assert any(
+        problem.startswith(f"{broken}: model broken version 1 failed to load: ") and "missing" in problem
+        for problem in problems
+    ), problems
     assert any("max_bach_size" in reason for reason in registry.readiness()[1])
 
     (broken / "missing.py").write_text("class Model:\n    def predict(self, batch):\n        return batch\n")
