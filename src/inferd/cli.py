@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from inferd.cli_common import (
@@ -24,6 +23,7 @@ from inferd.cli_common import (
     err_console,
     fail,
     out_console,
+    print_table,
     settings_from,
 )
 from inferd.cli_jobs import jobs_app, migrate, worker
@@ -158,7 +158,7 @@ def models_list(
                 str(version["max_batch_size"]),
                 is_default,
             )
-    Console().print(table)
+    print_table(table)
 
 
 @models_app.command("reload")

@@ -10,6 +10,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from inferd.client import DEFAULT_URL as DEFAULT_URL  # the CLI's --url default is the client's
 from inferd.client import Client, ClientError
@@ -18,7 +20,7 @@ from inferd.core.settings import Settings, load_settings
 
 T = TypeVar("T")
 # Message lines: one line each however narrow the terminal (rich broke them mid-sentence). Tables are
-# printed by a Console of their own, which fits them to the width.
+# printed by print_table.
 err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
 
@@ -83,3 +85,15 @@ def api_errors() -> Iterator[None]:
         yield
     except ClientError as exc:
         fail(str(exc), 1)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout with every cell whole: as wide as the terminal, or as wide as its cells need
+    where that is wider (the terminal wraps the lines). Fitted to the width, rich cut cells to '…'
+    (ids, times), and when stdout is not a terminal that width is 80 columns."""
+    console = Console()
+    natural = Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum
+    Console(width=max(console.width, natural)).print(table)
+
+
+_UNBOUNDED = 100_000

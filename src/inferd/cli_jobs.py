@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import uuid
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
@@ -21,7 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Column, Table
+from rich.table import Table
 
 from inferd.cli_common import (
     DEFAULT_URL,
@@ -34,6 +35,7 @@ from inferd.cli_common import (
     configure_process,
     fail,
     out_console,
+    print_table,
     require_key,
     settings_from,
 )
@@ -335,24 +337,28 @@ def jobs_list(
     if as_json:
         print(json.dumps({"jobs": [job.raw for job in jobs]}, indent=2))
         return
-    # Ids are what users copy into `jobs get` and `jobs cancel`: never cut, even in 80 columns.
-    table = Table(
-        Column("id", no_wrap=True, min_width=36),
-        "status",
-        "model",
-        "version",
-        "attempts",
-        "created_at",
-        "error",
-    )
+    # Compact (no borders, model:version, age) so that a row fits 80 columns; print_table never cuts a
+    # cell where it does not (ids are what users copy into `jobs get` and `jobs cancel`).
+    table = Table("id", "status", "model", "attempts", "age", "error", box=None, pad_edge=False)
+    now = datetime.now(UTC)
     for job in jobs:
         table.add_row(
             job.id,
             job.status,
-            job.model,
-            job.version,
+            f"{job.model}:{job.version}",
             str(job.attempts),
-            job.created_at or "",
+            _age(job.created_at, now),
             (job.error or {}).get("code", ""),
         )
-    Console().print(table)
+    print_table(table)
+
+
+def _age(created_at: str | None, now: datetime) -> str:
+    """How long ago, as kubectl shows it: 45s, 12m, 5h, 3d."""
+    if created_at is None:
+        return ""
+    seconds = max(0, int((now - datetime.fromisoformat(created_at)).total_seconds()))
+    for unit, size, up_to in (("s", 1, 120), ("m", 60, 120 * 60), ("h", 3600, 48 * 3600)):
+        if seconds < up_to:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 86400}d"

@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from inferd.cli_common import ConfigOption, err_console, fail, settings_from
+from inferd.cli_common import ConfigOption, err_console, fail, print_table, settings_from
 from inferd.core.errors import InferdError
 from inferd.core.settings import parse_duration
 from inferd.core.tenancy import KeyScope
@@ -126,7 +125,7 @@ def list_keys(
             _when(key.last_used_at),
             _when(key.expires_at),
         )
-    Console(width=160).print(table)
+    print_table(table)
 
 
 @keys_app.command("revoke")

@@ -4,6 +4,7 @@ that do not break mid-sentence at the terminal's width, job ids shown whole in a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,14 +53,23 @@ def test_message_lines_do_not_wrap_in_a_narrow_terminal(tmp_path: Path) -> None:
     assert len(created.stdout.splitlines()) == len(created.stderr.splitlines()) == 1, created.stderr
 
 
-def test_jobs_list_shows_whole_ids_in_80_columns(server: ServerProcess, tmp_path: Path) -> None:
+def test_jobs_list_cuts_no_cell_and_fits_80_columns(server: ServerProcess, tmp_path: Path) -> None:
     client = server.client(JOBS_KEY)
-    job_id = client.post("/v1/models/ok/jobs", json={"input": 1}).json()["id"]
-    result = run_inferd(
-        ["jobs", "list", "--url", server.base_url, "--key", JOBS_KEY], cwd=tmp_path, env={"COLUMNS": "80"}
-    )
-    assert result.returncode == 0, result.stderr
-    assert job_id in result.stdout, result.stdout
+    job_id = client.post("/v1/models/ok/jobs", json={"input": 1}).json()["id"]  # no worker: pending
+    for columns in ("80", "40"):  # 40: narrower than a row, which the terminal wraps
+        result = run_inferd(
+            ["jobs", "list", "--url", server.base_url, "--key", JOBS_KEY],
+            cwd=tmp_path,
+            env={"COLUMNS": columns},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "…" not in result.stdout, result.stdout  # rich cut every column but the id to 'sta…'
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["id", "status", "model", "attempts", "age", "error"], result.stdout
+        row = next(line for line in lines if line.startswith(job_id))
+        assert row.split()[1:4] == ["pending", "ok:1", "0"], row
+        assert re.fullmatch(r"\d+[smhd]", row.split()[4]), row
+        assert len(row.rstrip()) <= 80, row
 
 
 def test_jobs_list_filters_by_status_and_names_the_statuses_it_takes(
