@@ -451,7 +451,7 @@ def build_app(
         ).routes(),
         PredictRoutes(dataplane=dataplane, max_batch_inputs=settings.max_batch_inputs).routes(),
         JobRoutes(service=jobs.service, max_inputs=settings.max_batch_inputs).routes(),
-        V2Routes(dataplane=dataplane, max_body_bytes=settings.max_body_bytes).routes(),
+        V2Routes(dataplane=dataplane).routes(),
         KeyRoutes(store=jobs.store).routes(),
     ]
     asgi = create_http_app(

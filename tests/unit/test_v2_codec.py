@@ -15,6 +15,7 @@ from inferd.core.errors import InvalidInputError, PayloadTooLargeError
 from inferd.core.tensors import Datatype, Tensor
 from inferd.http.compression import accepted_encoding, compress, decompress
 from inferd.http.v2_codec import encode_infer_response, parse_infer_request
+from inferd.http.wire import BodyLimit
 
 
 def binary_request(header: dict[str, object], *blobs: bytes) -> tuple[bytes, int]:
@@ -120,21 +121,25 @@ def test_response_binary_per_output_or_for_all() -> None:
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_decompression_round_trips_and_is_bounded(encoding: str) -> None:
     data = b"x" * 10_000
-    assert decompress(compress(data, encoding), encoding, 10_000) == data
+    assert decompress(compress(data, encoding), encoding, BodyLimit.server(10_000)) == data
     packed = gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
-    assert decompress(packed, encoding.upper(), 10_000) == data
-    with pytest.raises(PayloadTooLargeError):
-        decompress(packed, encoding, 9_999)
+    assert decompress(packed, encoding.upper(), BodyLimit.server(10_000)) == data
+    with pytest.raises(PayloadTooLargeError) as refused:
+        decompress(packed, encoding, BodyLimit.server(9_999))
+    assert refused.value.message == (
+        "decompressed request body exceeds the 9999-byte limit; the limit is the server setting "
+        "max_body_bytes (INFERD_MAX_BODY_BYTES, or max_body_bytes: in the config file)"
+    )
     with pytest.raises(InvalidInputError):
-        decompress(packed[:20], encoding, 10_000)  # truncated
+        decompress(packed[:20], encoding, BodyLimit.server(10_000))  # truncated
     with pytest.raises(InvalidInputError):
-        decompress(b"not compressed", encoding, 10_000)
+        decompress(b"not compressed", encoding, BodyLimit.server(10_000))
 
 
 def test_unknown_encoding_and_identity() -> None:
-    assert decompress(b"abc", "identity", 3) == b"abc"
+    assert decompress(b"abc", "identity", BodyLimit.server(3)) == b"abc"
     with pytest.raises(InvalidInputError):
-        decompress(b"abc", "br", 100)
+        decompress(b"abc", "br", BodyLimit.server(100))
 
 
 @pytest.mark.parametrize(

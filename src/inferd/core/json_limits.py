@@ -53,8 +53,24 @@ def check_body(body: bytes, *, max_depth: int) -> None:
         _check_integers(body)
 
 
-def decode_error(exc: orjson.JSONDecodeError, *, example: str) -> InvalidInputError:
-    return InvalidInputError(f"request body is not valid JSON ({exc}); send {example}")
+def decode_error(body: bytes, exc: orjson.JSONDecodeError, *, example: str) -> InvalidInputError:
+    """Why a request body did not parse as JSON, saying what to send instead."""
+    return not_utf8(body, "request body", example=example) or InvalidInputError(
+        f"request body is not valid JSON ({exc}); send {example}"
+    )
+
+
+def not_utf8(data: bytes, what: str, *, example: str) -> InvalidInputError | None:
+    """The error for JSON text ``what`` that is not UTF-8, naming the first bad byte; None if it is
+    UTF-8. orjson says only 'str is not valid UTF-8: surrogates not allowed' at line 1 column 1."""
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        return InvalidInputError(
+            f"{what} must be UTF-8 JSON: byte {data[exc.start]:#04x} at offset {exc.start} is not UTF-8; "
+            f"send {example}"
+        )
+    return None
 
 
 def _too_deep(max_depth: int) -> InvalidInputError:

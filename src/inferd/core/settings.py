@@ -189,6 +189,12 @@ class Settings(BaseModel):
         return parse_devices(self.devices)
 
 
+def setting_source(name: str) -> str:
+    """How an operator sets ``name``, for a message that names the setting behind a limit."""
+    assert name in Settings.model_fields, name
+    return f"the server setting {name} ({ENV_PREFIX}{name.upper()}, or {name}: in the config file)"
+
+
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     known = set(Settings.model_fields)
     values: dict[str, Any] = {}

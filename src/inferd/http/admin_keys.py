@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from inferd.core import json_limits
 from inferd.core.errors import InvalidInputError, KeyNotFoundError, validation_problems
 from inferd.core.tenancy import TENANT_PATTERN, ApiKey, KeyScope
 from inferd.http.routes import Body, Call, Reply, Route
@@ -64,7 +65,10 @@ def _parse_create(body: bytes) -> KeyCreateRequest:
     try:
         return KeyCreateRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidInputError(validation_problems(exc, whole="body")) from None
+        example = '{"tenant": ..., "scopes": [...]}'
+        raise json_limits.not_utf8(body, "request body", example=example) or InvalidInputError(
+            validation_problems(exc, whole="body")
+        ) from None
 
 
 class KeyRoutes:

@@ -30,7 +30,16 @@ from inferd.http.access_log import AccessLog
 from inferd.http.errors import error_body, error_headers, error_status, v2_error_body
 from inferd.http.gatekeeper import Gatekeeper
 from inferd.http.routes import Call, ErrorStyle, Route, RouteTable, parse_query
-from inferd.http.wire import Receive, RequestInfo, Scope, Send, api_key_from_headers, header, send_response
+from inferd.http.wire import (
+    BodyLimit,
+    Receive,
+    RequestInfo,
+    Scope,
+    Send,
+    api_key_from_headers,
+    header,
+    send_response,
+)
 from inferd.logs import REQUEST_ID
 
 logger = logging.getLogger("inferd.http")
@@ -73,7 +82,7 @@ class InferdASGI:
         self.table = table
         self._gatekeeper = gatekeeper
         self._access_log = access_log
-        self._max_body_bytes = max_body_bytes
+        self._body_limit = BodyLimit.server(max_body_bytes)
         self._max_json_depth = max_json_depth
         self._lifespan = lifespan
         self._id_prefix = os.urandom(6).hex()
@@ -107,7 +116,7 @@ class InferdASGI:
                         allowed=list(allowed),
                     )
                 raise RouteNotFoundError(self._not_found_message(method, path))
-            call = Call(scope, receive, info, route, params, self._max_body_bytes, self._max_json_depth)
+            call = Call(scope, receive, info, route, params, self._body_limit, self._max_json_depth)
             if route.scope is not None:
                 call.principal = await self._gatekeeper.admit_key(
                     api_key_from_headers(scope["headers"]), route.scope, info

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import zlib
 
-from inferd.core.errors import InvalidInputError, PayloadTooLargeError
+from inferd.core.errors import InvalidInputError
+from inferd.http.wire import BodyLimit
 
 # zlib window bits: gzip framing, and "deflate" as HTTP means it (the zlib format, RFC 1950).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -18,7 +19,7 @@ ENCODINGS = ("gzip", "deflate")
 MIN_COMPRESS_BYTES = 1024
 
 
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+def decompress(body: bytes, encoding: str, limit: BodyLimit) -> bytes:
     """``body`` decoded from ``encoding`` (``identity`` or empty: as is), at most ``limit`` bytes."""
     name = encoding.strip().lower()
     if name in ("", "identity"):
@@ -28,14 +29,14 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidInputError(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
     decoder = zlib.decompressobj(wbits)
     try:
-        out = decoder.decompress(body, limit + 1)
-        if len(out) > limit or decoder.unconsumed_tail:
-            raise PayloadTooLargeError(f"decompressed request body exceeds the {limit}-byte limit")
+        out = decoder.decompress(body, limit.size + 1)
+        if len(out) > limit.size or decoder.unconsumed_tail:
+            raise limit.refuse("decompressed request body")
         out += decoder.flush()
     except zlib.error as exc:
         raise InvalidInputError(f"request body is not valid {name} data ({exc})") from None
-    if len(out) > limit:
-        raise PayloadTooLargeError(f"decompressed request body exceeds the {limit}-byte limit")
+    if len(out) > limit.size:
+        raise limit.refuse("decompressed request body")
     if not decoder.eof:
         raise InvalidInputError(f"request body is truncated {name} data")
     return out

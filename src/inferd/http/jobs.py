@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from inferd.core import json_limits
 from inferd.core.errors import InferdError, InvalidInputError
 from inferd.core.tenancy import KeyScope
 from inferd.http.predict import parse_inputs, parse_json_object, parse_parameters, parse_timeout
@@ -20,6 +21,7 @@ from inferd.http.schemas import (
     JobSubmitRequest,
     JobWaitQuery,
 )
+from inferd.http.wire import BodyLimit
 from inferd.jobs.migrations import PRIORITY_MAX, PRIORITY_MIN
 from inferd.jobs.models import Job
 from inferd.jobs.service import JobService, JobSubmission, job_document, request_fingerprint
@@ -31,6 +33,9 @@ MAX_IDEMPOTENCY_KEY = 200
 MAX_ATTEMPTS_LIMIT = 20
 MAX_BULK_JOBS = 10_000
 MAX_BULK_BYTES = 16 * 1024 * 1024
+_BULK_LIMIT = BodyLimit(
+    MAX_BULK_BYTES, f"split the lines over several requests (at most {MAX_BULK_JOBS} each)"
+)
 BULK_MEDIA_TYPE = "application/x-ndjson"
 _JSON_WHITESPACE = b" \t\r\n"
 JOB_ERRORS = (401, 403, 404, 422, 429, 500, 503)  # 503: store_unavailable
@@ -134,7 +139,7 @@ class JobRoutes:
         try:
             data = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(
+            raise json_limits.not_utf8(line, f"line {number}", example=_SUBMIT_EXAMPLE) or InvalidInputError(
                 f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}); send {_SUBMIT_EXAMPLE}"
             ) from None
         if not isinstance(data, dict):
@@ -178,7 +183,7 @@ class JobRoutes:
         raw_key = call.header(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
         check_idempotency_key(key)
-        text = await call.body(MAX_BULK_BYTES)
+        text = await call.body(_BULK_LIMIT)
         content_type = call.header(b"content-type") or b""
         if content_type.split(b";")[0].strip().lower() == b"application/json":
             # One JSON document (it may span lines): the one line of the body, and as the request's

@@ -43,7 +43,7 @@ def parse_json_object(body: bytes, example: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise json_limits.decode_error(exc, example=example) from None
+        raise json_limits.decode_error(body, exc, example=example) from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"request body must be a JSON object like {example}")
     return data
@@ -66,6 +66,7 @@ def parse_inputs(
     if unknown:
         raise InvalidInputError(
             f"unknown field(s) {quote_names(sorted(unknown))}; allowed: {sorted(allowed)}"
+            + _other_route(data, unknown, batch)
         )
     if batch is None:
         if ("input" in data) == ("inputs" in data):
@@ -81,6 +82,34 @@ def parse_inputs(
     if len(inputs) > max_inputs:
         raise InvalidInputError(f'"inputs" has {len(inputs)} items; at most {max_inputs} per request')
     return inputs, True
+
+
+_V2_TENSOR_FIELDS = frozenset({"name", "datatype", "shape"})
+
+
+def _other_route(data: dict[str, Any], unknown: set[str], batch: bool | None) -> str:
+    """Where a body with the other form's field belongs: the commonest mix-up between the routes."""
+    if batch is False and "inputs" in unknown:
+        inputs = data["inputs"]
+        if (
+            isinstance(inputs, list)
+            and inputs
+            and all(isinstance(tensor, dict) and tensor.keys() >= _V2_TENSOR_FIELDS for tensor in inputs)
+        ):
+            return (
+                '; "inputs" holds V2 tensors: POST them to /v2/models/{name}/infer (the Open Inference '
+                'Protocol), or send one item here as {"input": ...}'
+            )
+        return (
+            '; several items go to .../predict/batch (this path + /batch) as {"inputs": [...]}, '
+            'one item here as {"input": ...}'
+        )
+    if batch is True and "input" in unknown:
+        return (
+            '; one item goes to .../predict (this path without /batch) as {"input": ...}, '
+            'or here as {"inputs": [item]}'
+        )
+    return ""
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from inferd.core import json_limits
 from inferd.core.errors import InvalidInputError, quote_names, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.core.tenancy import KeyScope, Principal
-from inferd.http.wire import Receive, RequestInfo, Scope, header, read_body
+from inferd.http.wire import BodyLimit, Receive, RequestInfo, Scope, header, read_body
 
 
 class ErrorStyle(enum.Enum):
@@ -49,7 +49,7 @@ class Call:
         "params",
         "principal",
         "query",
-        "_max_body",
+        "body_limit",
         "_max_json_depth",
     )
 
@@ -60,7 +60,7 @@ class Call:
         info: RequestInfo,
         route: Route,
         params: dict[str, str],
-        max_body_bytes: int,
+        body_limit: BodyLimit,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.scope = scope
@@ -70,7 +70,7 @@ class Call:
         self.params = params
         self.principal: Principal | None = None
         self.query: Any = None
-        self._max_body = max_body_bytes
+        self.body_limit = body_limit  # the server's max_body_bytes
         self._max_json_depth = max_json_depth
 
     @property
@@ -81,10 +81,10 @@ class Call:
     def header(self, name: bytes) -> bytes | None:
         return header(self.scope, name)
 
-    async def body(self, limit: int | None = None) -> bytes:
+    async def body(self, limit: BodyLimit | None = None) -> bytes:
         """The body under the size limit; on a route taking JSON, also within the nesting and integer
         limits of ``core.json_limits``, before any parser or pipeline stage sees it."""
-        body = await read_body(self.scope, self.receive, limit or self._max_body)
+        body = await read_body(self.scope, self.receive, limit or self.body_limit)
         declared = self.route.body
         if declared is not None and "application/json" in declared.content_types:
             self.check_json(body)

@@ -128,9 +128,8 @@ def _json(status: int, document: Any) -> Reply:
 
 
 class V2Routes:
-    def __init__(self, *, dataplane: DataPlane, max_body_bytes: int) -> None:
+    def __init__(self, *, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
-        self._max_body_bytes = max_body_bytes
 
     async def server_metadata(self, call: Call) -> Reply:
         return _json(200, {"name": "inferd", "version": __version__, "extensions": EXTENSIONS})
@@ -166,7 +165,7 @@ class V2Routes:
         body = await call.body()
         encoding = call.header(b"content-encoding")
         if encoding is not None:
-            body = decompress(body, encoding.decode("latin-1"), self._max_body_bytes)
+            body = decompress(body, encoding.decode("latin-1"), call.body_limit)
         header_length = _header_length(call.header(b"inference-header-content-length"))
         if encoding is not None or header_length is not None:
             call.check_json(body if header_length is None else body[:header_length])

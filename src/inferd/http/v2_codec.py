@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from inferd.core import json_limits
 from inferd.core.errors import InvalidInputError
 from inferd.core.tensors import (
     Tensor,
@@ -83,9 +84,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
     try:
         data = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"request body is not valid JSON ({exc}); send a V2 inference request"
-        ) from None
+        raise json_limits.decode_error(header, exc, example="a V2 inference request") from None
     data = _object(data, "the request body")
     _check_fields(data, _REQUEST_FIELDS, "request")
     request_id = data.get("id")

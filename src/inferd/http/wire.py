@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.core.errors import InvalidInputError, PayloadTooLargeError
+from inferd.core.settings import setting_source
 from inferd.core.tenancy import malformed_authorization
 
 Scope = MutableMapping[str, Any]
@@ -15,6 +16,23 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """The most bytes a request body may have, and what sets the limit or what to do instead (the 413
+    says it)."""
+
+    size: int
+    advice: str
+
+    @classmethod
+    def server(cls, size: int) -> BodyLimit:
+        """The server's ``max_body_bytes``."""
+        return cls(size, f"the limit is {setting_source('max_body_bytes')}")
+
+    def refuse(self, what: str) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"{what} exceeds the {self.size}-byte limit; {self.advice}")
 
 
 @dataclass(slots=True)
@@ -55,15 +73,13 @@ def api_key_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: BodyLimit) -> bytes:
     """The whole body, refusing with 413 as soon as it passes ``limit`` (declared or streamed)."""
     declared = header(scope, b"content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise PayloadTooLargeError(
-                    f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
-                )
+            if int(declared) > limit.size:
+                raise limit.refuse(f"request body of {int(declared)} bytes")
         except ValueError:
             raise InvalidInputError("Content-Length header is not a number") from None
     chunks: list[bytes] = []
@@ -75,8 +91,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body exceeds the {limit}-byte limit")
+            if size > limit.size:
+                raise limit.refuse("request body")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
