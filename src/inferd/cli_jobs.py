@@ -328,7 +328,8 @@ def jobs_list(
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
 ) -> None:
-    """List your tenant's jobs, newest first."""
+    """List your tenant's jobs, newest first: id, status, model:version, attempts, age and error code
+    (--json: the whole job objects)."""
     jobs = call_api(
         url,
         key,
