@@ -7,6 +7,7 @@ and the same refusals. One process only: nothing is shared or kept across restar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,8 @@ class MemoryConnector:
         self.rows: dict[str, Row] = {}
         self.generation = 0  # the model repository generation
         self.keys: dict[str, Row] = {}
+        self.next_turns: dict[str, float] = {}  # fair claims: each tenant's next turn
+        self.clock = 0.0  # and the turn of the latest job claimed
         self._open = False
         self._queries: dict[Query, Callable[[dict[str, Any]], tuple[list[Row], int]]] = {
             Query.PING: lambda p: ([{"ok": 1}], 1),
@@ -201,12 +204,26 @@ class MemoryConnector:
         for row in self.rows.values():
             if row["status"] == PENDING and row["run_after"] <= now and not row["cancel_requested"]:
                 by_tenant.setdefault(row["tenant"], []).append(row)
-        ranked: list[tuple[float, datetime, str, Row]] = [(-1.0, *_order(row), row) for row in rerun]
+        # Re-runs have no turn and come first; a tenant's k-th next job (from 0) has the turn
+        # start + k / weight, where start is its next turn, or the clock where that is behind.
+        ranked: list[tuple[float, datetime, str, Row]] = [(-math.inf, *_order(row), row) for row in rerun]
+        starts: dict[str, tuple[float, float]] = {}
         for tenant, rows in by_tenant.items():
             weight = float(p["weights"].get(tenant, p["default_weight"]))
+            start = max(self.next_turns.get(tenant, self.clock), self.clock)
+            starts[tenant] = start, weight
             rows.sort(key=lambda r: (-r["priority"], *_order(r)))
-            ranked += [(rank / weight, *_order(row), row) for rank, row in enumerate(rows[:limit])]
-        picked = [row for *_, row in sorted(ranked, key=lambda item: item[:3])[:limit]]
+            ranked += [(start + rank / weight, *_order(row), row) for rank, row in enumerate(rows[:limit])]
+        chosen = sorted(ranked, key=lambda item: item[:3])[:limit]
+        taken: dict[str, int] = {}
+        for turn, *_, row in chosen:
+            if turn > -math.inf:
+                taken[row["tenant"]] = taken.get(row["tenant"], 0) + 1
+                self.clock = max(self.clock, turn)
+        for tenant, count in taken.items():
+            start, weight = starts[tenant]
+            self.next_turns[tenant] = start + count / weight
+        picked = [row for *_, row in chosen]
         for row in picked:
             row.update(
                 status=RUNNING,

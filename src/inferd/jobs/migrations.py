@@ -112,6 +112,25 @@ _FAIR_CLAIM_INDEX = "CREATE INDEX jobs_pending_fair_idx ON jobs (tenant, priorit
 _DROP_CREATION_ORDER_INDEX = Migration(
     9, "drop the creation-order pending index", ("DROP INDEX IF EXISTS jobs_pending_created_idx",)
 )
+
+
+# Fair claims across claims (stride scheduling): each tenant's next turn, and the turn of the latest
+# job claimed, where a tenant that was idle starts again (so idleness banks no credit). Both tables
+# hold a row per tenant ever claimed from and one row; a claim reads and writes only the rows of the
+# tenants it takes jobs from (and the clock). Turns are doubles: SQLite's REAL is one, PostgreSQL's
+# real is single precision, hence the parameter.
+def _fair_turns(real: str) -> Migration:
+    return Migration(
+        10,
+        "add tenant turns for fair claims",
+        (
+            f"CREATE TABLE tenant_turns (tenant TEXT PRIMARY KEY, next_turn {real} NOT NULL)",
+            f"CREATE TABLE claim_clock (id INTEGER PRIMARY KEY CHECK (id = 1), turn {real} NOT NULL)",
+            "INSERT INTO claim_clock (id, turn) VALUES (1, 0)",
+        ),
+    )
+
+
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1  # the column is a 32-bit integer in both dialects
 
 _INDEXES: tuple[str, ...] = (
@@ -198,6 +217,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(8, "add job trace context", ("ALTER TABLE jobs ADD COLUMN trace_context TEXT",)),
     _DROP_CREATION_ORDER_INDEX,
+    _fair_turns("REAL"),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -282,6 +302,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(8, "add job trace context", ("ALTER TABLE jobs ADD COLUMN trace_context text",)),
     _DROP_CREATION_ORDER_INDEX,
+    _fair_turns("double precision"),
 )
 
 # First key of the two-int advisory lock ("infd"); the second is hashtext(schema), so stores in

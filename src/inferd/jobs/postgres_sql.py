@@ -66,7 +66,13 @@ QUERIES: dict[Query, str] = {
     # are locked with SKIP LOCKED so concurrent claimers take disjoint jobs instead of queueing behind
     # each other. The tenants with pending jobs come from a skip scan of the fair claim index (one
     # probe per tenant); each tenant contributes at most ``limit`` candidates in its priority order,
-    # read from the same index; the final pick takes the lowest turns ((rank - 1) / the tenant's weight).
+    # read from the same index; the final pick takes the lowest turns (the tenant's start, then
+    # 1 / its weight per job) and moves the next turns of the tenants it took from and the clock.
+    # Concurrent claimers read the turns from their snapshots and may both take from the same tenant;
+    # their increments add up (the upsert reads the row's latest version), so the tenant is charged
+    # for both. Turn rows are written in tenant order and the clock after all of them (its condition
+    # counts the upsert's rows, which runs it to the end; EXISTS would stop at the first row), so two
+    # claimers never wait for each other's rows crosswise.
     Query.CLAIM: sql_text(
         f"""
 WITH RECURSIVE tenants AS (
@@ -75,6 +81,15 @@ WITH RECURSIVE tenants AS (
     SELECT (SELECT j.tenant FROM jobs j WHERE j.status = {{pending}} AND j.tenant > t.tenant
             ORDER BY j.tenant LIMIT 1)
     FROM tenants t WHERE t.tenant IS NOT NULL
+),
+clock AS (SELECT turn FROM claim_clock WHERE id = 1),
+shares AS (
+    SELECT t.tenant, greatest(n.next_turn, c.turn) AS start,
+        coalesce(w.value::double precision, %(default_weight)s::double precision) AS weight
+    FROM tenants t CROSS JOIN clock c
+        LEFT JOIN tenant_turns n ON n.tenant = t.tenant
+        LEFT JOIN jsonb_each_text(%(weights)s::jsonb) w ON w.key = t.tenant
+    WHERE t.tenant IS NOT NULL
 ),
 expired AS (
     SELECT id, created_at, attempts, max_attempts, cancel_requested FROM jobs
@@ -105,19 +120,36 @@ candidates AS (
     WHERE t.tenant IS NOT NULL
 ),
 runnable AS (
-    SELECT c.id, c.created_at,
-        (row_number() OVER (PARTITION BY c.tenant ORDER BY c.priority DESC, c.created_at, c.id) - 1)
-            / coalesce(w.value::double precision, %(default_weight)s::double precision) AS turn
-    FROM candidates c LEFT JOIN jsonb_each_text(%(weights)s::jsonb) w ON w.key = c.tenant
+    SELECT c.id, c.tenant, c.created_at,
+        s.start + (row_number() OVER (PARTITION BY c.tenant ORDER BY c.priority DESC, c.created_at, c.id) - 1)
+            / s.weight AS turn
+    FROM candidates c JOIN shares s ON s.tenant = c.tenant
 ),
-picked AS (
-    SELECT id FROM (
-        SELECT id, created_at, turn FROM runnable
+picked AS MATERIALIZED (
+    SELECT id, tenant, turn FROM (
+        SELECT id, tenant, created_at, turn FROM runnable
         UNION ALL
-        SELECT id, created_at, -1 FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
+        SELECT id, NULL, created_at, NULL FROM expired WHERE NOT (cancel_requested OR attempts >= max_attempts)
     ) u
-    ORDER BY turn, created_at, id
+    ORDER BY turn NULLS FIRST, created_at, id
     LIMIT %(limit)s
+),
+taken AS (
+    SELECT s.tenant, s.start, count(*) / s.weight AS step
+    FROM picked p JOIN shares s ON s.tenant = p.tenant
+    GROUP BY s.tenant, s.start, s.weight
+),
+turned AS (
+    INSERT INTO tenant_turns AS n (tenant, next_turn)
+    SELECT tenant, start + step FROM taken ORDER BY tenant
+    ON CONFLICT (tenant) DO UPDATE SET
+        next_turn = greatest(n.next_turn, (SELECT turn FROM clock))
+            + (SELECT k.step FROM taken k WHERE k.tenant = excluded.tenant)
+    RETURNING n.tenant
+),
+clocked AS (
+    UPDATE claim_clock SET turn = greatest(turn, (SELECT max(turn) FROM picked))
+    WHERE id = 1 AND (SELECT count(*) FROM turned) > 0
 )
 UPDATE jobs j SET
     status = {{running}}, attempts = j.attempts + 1, lease_owner = %(worker)s,

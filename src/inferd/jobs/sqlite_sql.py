@@ -46,44 +46,61 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
             "lease_expires_at = NULL, error_code = 'inference_error', error_message = :lost "
             "WHERE status = {running} AND lease_expires_at < :now AND attempts >= max_attempts"
         ),
+        # The pick is kept in a temporary table (this connection's own), because three writes
+        # follow from it: the tenants' next turns, the clock and the jobs.
+        "CREATE TEMP TABLE IF NOT EXISTS claim_pick (id TEXT PRIMARY KEY, tenant TEXT, turn REAL,"
+        " start REAL, weight REAL)",
+        "DELETE FROM temp.claim_pick",
         sql_text(
-            f"""
+            """
             WITH RECURSIVE tenants(tenant) AS (
-                SELECT (SELECT tenant FROM jobs WHERE status = {{pending}} ORDER BY tenant LIMIT 1)
+                SELECT (SELECT tenant FROM jobs WHERE status = {pending} ORDER BY tenant LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.tenant FROM jobs j WHERE j.status = {{pending}} AND j.tenant > t.tenant
+                SELECT (SELECT j.tenant FROM jobs j WHERE j.status = {pending} AND j.tenant > t.tenant
                         ORDER BY j.tenant LIMIT 1)
                 FROM tenants t WHERE t.tenant IS NOT NULL
+            ),
+            shares(tenant, start, weight) AS (
+                SELECT t.tenant, max(coalesce(n.next_turn, c.turn), c.turn),
+                    coalesce((SELECT w.value FROM json_each(:weights) w WHERE w.key = t.tenant), :default_weight)
+                FROM tenants t JOIN claim_clock c ON c.id = 1
+                    LEFT JOIN tenant_turns n ON n.tenant = t.tenant
+                WHERE t.tenant IS NOT NULL
             )
+            INSERT INTO temp.claim_pick (id, tenant, turn, start, weight)
+            SELECT id, tenant, turn, start, weight FROM (
+                SELECT c.id, c.created_at, s.tenant, s.start, s.weight,
+                    s.start + (row_number() OVER (PARTITION BY s.tenant ORDER BY c.priority DESC, c.created_at, c.id)
+                        - 1) * 1.0 / s.weight AS turn
+                FROM shares s JOIN jobs c ON c.id IN (
+                    SELECT id FROM jobs
+                    WHERE status = {pending} AND tenant = s.tenant AND run_after <= :now AND NOT cancel_requested
+                    ORDER BY priority DESC, created_at, id LIMIT :limit
+                )
+                UNION ALL
+                SELECT id, created_at, NULL, NULL, NULL, NULL FROM (
+                    SELECT id, created_at FROM jobs
+                    WHERE status = {running} AND lease_expires_at < :now
+                    ORDER BY created_at, id LIMIT :limit
+                )
+            )
+            ORDER BY turn, created_at, id LIMIT :limit
+            """
+        ),
+        # A re-run has no tenant and no turn here (NULL sorts first): it does not count as a turn.
+        """
+        INSERT INTO tenant_turns (tenant, next_turn)
+        SELECT tenant, start + count(*) * 1.0 / weight FROM temp.claim_pick WHERE tenant IS NOT NULL
+        GROUP BY tenant, start, weight
+        ON CONFLICT (tenant) DO UPDATE SET next_turn = excluded.next_turn
+        """,
+        "UPDATE claim_clock SET turn = max(turn, (SELECT max(turn) FROM temp.claim_pick))"
+        " WHERE id = 1 AND EXISTS (SELECT 1 FROM temp.claim_pick WHERE turn IS NOT NULL)",
+        sql_text(
+            f"""
             UPDATE jobs SET status = {{running}}, attempts = attempts + 1, lease_owner = :worker,
                 lease_expires_at = :expires, started_at = :now
-            WHERE id IN (
-                SELECT id FROM (
-                    SELECT id, created_at,
-                        (row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) - 1)
-                            * 1.0 / coalesce(
-                                (SELECT w.value FROM json_each(:weights) w WHERE w.key = jobs.tenant),
-                                :default_weight
-                            ) AS turn
-                    FROM jobs
-                    WHERE id IN (
-                        SELECT c.id FROM tenants t, jobs c
-                        WHERE t.tenant IS NOT NULL AND c.id IN (
-                            SELECT id FROM jobs
-                            WHERE status = {{pending}} AND tenant = t.tenant AND run_after <= :now
-                                AND NOT cancel_requested
-                            ORDER BY priority DESC, created_at, id LIMIT :limit
-                        )
-                    )
-                    UNION ALL
-                    SELECT id, created_at, -1 FROM (
-                        SELECT id, created_at FROM jobs
-                        WHERE status = {{running}} AND lease_expires_at < :now
-                        ORDER BY created_at, id LIMIT :limit
-                    )
-                )
-                ORDER BY turn, created_at, id LIMIT :limit
-            )
+            WHERE id IN (SELECT id FROM temp.claim_pick)
             RETURNING {COLS}
             """
         ),

@@ -284,11 +284,13 @@ class JobStore:
         weights: TenantWeights = EQUAL_WEIGHTS,
     ) -> list[Job]:
         """Atomically take up to ``limit`` runnable jobs: pending with run_after <= now, or running
-        with an expired lease (its worker died; those come first). Pending jobs are shared between
-        tenants by ``weights``: a tenant's k-th job in its own order (priority, then age) has the turn
-        (k - 1) / weight, and the claim takes the lowest turns (ties: oldest first), so every tenant
-        waiting gets its next job before any gets a second, and a claim of N jobs takes about
-        N x weight / (sum of the weights) from each tenant with enough pending work.
+        with an expired lease (its worker died; those come first and take no turn). Pending jobs are
+        shared between tenants by ``weights`` across claims (stride scheduling): the store keeps each
+        tenant's next turn; its k-th job in its own order (priority, then age) has the turn
+        next turn + (k - 1) / weight, the claim takes the lowest turns (ties: oldest first) and moves
+        the next turn of each tenant it took n jobs from by n / weight. A tenant whose next turn is
+        behind the turn of the latest job claimed (it had nothing pending) starts from that turn, so
+        idleness earns no credit. Claims of one job thus alternate between tenants of equal weight.
         Each claimed job becomes running with attempts + 1, lease_owner = worker_id,
         lease_expires_at = now + lease_s, started_at = now. Concurrent claimers never get the same
         job (SKIP LOCKED / a single writer). Jobs of dead workers that must not run again (cancel

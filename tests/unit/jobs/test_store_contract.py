@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from inferd.core.errors import InvalidInputError, StoreUnavailableError
-from inferd.core.tenancy import TenantWeights, key_digest
+from inferd.core.tenancy import EQUAL_WEIGHTS, TenantWeights, key_digest
 from inferd.jobs.connector import Query
 from inferd.jobs.memory import MemoryConnector
 from inferd.jobs.models import Job, JobError, JobStatus
@@ -307,9 +307,9 @@ async def test_claims_share_by_tenant_weight_over_a_window(store: JobStore, make
 async def test_claim_turns_give_every_tenant_its_next_job_first(
     store: JobStore, make_job: JobFactory
 ) -> None:
-    # Turns ((rank - 1) / weight): a 0, 0.5, 1.0, 1.5, ...; b and c 0, 1.0, ... Every tenant's first job
-    # has turn 0, so a claim as large as the number of tenants waiting gives each one job, whatever
-    # the weights; ties go to the oldest job.
+    # Turns start at 0 for tenants never claimed from and grow by 1 / weight per job: a 0, 0.5, 1.0,
+    # 1.5, ...; b and c 0, 1.0, ... Every tenant's first job has turn 0, so a claim as large as the
+    # number of tenants waiting gives each one job, whatever the weights; ties go to the oldest job.
     b_jobs = [make_job(tenant="tenant-b") for _ in range(2)]
     a_jobs = [make_job(tenant="tenant-a") for _ in range(4)]
     c_first = make_job(tenant="tenant-c")
@@ -317,12 +317,60 @@ async def test_claim_turns_give_every_tenant_its_next_job_first(
     weights = TenantWeights({"tenant-a": 2.0})
     claimed = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW, weights=weights)
     assert sorted(j.id for j in claimed) == sorted([b_jobs[0].id, a_jobs[0].id, c_first.id])
-    # Ranks start again at each claim: a's next jobs now have turns 0, 0.5, 1.0 and b's second 0.
+    # The turns go on from there: a's next jobs have turns 0.5, 1.0, 1.5 and b's second 1.0.
     claimed = await store.claim(worker_id="w1", limit=3, lease_s=LEASE_S, now=NOW, weights=weights)
     assert sorted(j.id for j in claimed) == sorted([a_jobs[1].id, b_jobs[1].id, a_jobs[2].id])
     # Weights never hold work back: alone, a tenant of any weight gets the whole claim.
     rest = await store.claim(worker_id="w1", limit=5, lease_s=LEASE_S, now=NOW, weights=weights)
     assert [j.id for j in rest] == [a_jobs[3].id]
+
+
+async def claim_tenants(
+    stores: list[JobStore], claims: int, weights: TenantWeights = EQUAL_WEIGHTS
+) -> list[str]:
+    """The tenants of ``claims`` claims of one job each, made by the stores in turn (as workers of
+    several processes would)."""
+    tenants: list[str] = []
+    for index in range(claims):
+        store = stores[index % len(stores)]
+        [job] = await store.claim(worker_id=f"w{index}", limit=1, lease_s=LEASE_S, now=NOW, weights=weights)
+        tenants.append(job.tenant)
+    return tenants
+
+
+async def test_claims_of_one_job_alternate_between_tenants(
+    store_factory: StoreFactory, make_job: JobFactory
+) -> None:
+    # a's backlog is older than all of b's jobs, yet b does not wait behind it: the turns are kept in
+    # the store between claims (two stores claim in turn here, as two processes would).
+    stores = [await store_factory(), await store_factory()]
+    backlog = [make_job(tenant="tenant-a") for _ in range(40)]
+    late = [make_job(tenant="tenant-b") for _ in range(5)]
+    await stores[0].insert_many(backlog + late)
+    assert await claim_tenants(stores, 12) == ["tenant-a", "tenant-b"] * 5 + ["tenant-a"] * 2
+
+
+async def test_claims_of_one_job_share_by_weight(store: JobStore, make_job: JobFactory) -> None:
+    # b's jobs are older than a's, but a has 3 times b's weight: of 40 claims, a gets 30.
+    light = [make_job(tenant="tenant-b") for _ in range(40)]
+    heavy = [make_job(tenant="tenant-a") for _ in range(40)]
+    await store.insert_many(light + heavy)
+    tenants = await claim_tenants([store], 40, TenantWeights({"tenant-a": 3.0}))
+    assert abs(tenants.count("tenant-a") - 30) <= 1
+    # and at most one turn apart at every point of the window, not all of b's first
+    assert all(abs(tenants[:n].count("tenant-a") - 0.75 * n) <= 1 for n in range(1, 41))
+
+
+async def test_a_tenant_back_from_idleness_gets_no_burst(store: JobStore, make_job: JobFactory) -> None:
+    backlog = [make_job(tenant="tenant-a") for _ in range(60)]
+    early = [make_job(tenant="tenant-b") for _ in range(4)]
+    await store.insert_many(backlog + early)
+    assert await claim_tenants([store], 8) == ["tenant-a", "tenant-b"] * 4
+    # b has nothing pending while a gets 20 claims alone ...
+    assert await claim_tenants([store], 20) == ["tenant-a"] * 20
+    # ... and when it is back, it shares with a from then on: its idle time earned it nothing.
+    await store.insert_many([make_job(tenant="tenant-b") for _ in range(10)])
+    assert await claim_tenants([store], 10) == ["tenant-b", "tenant-a"] * 5
 
 
 async def test_claim_takes_higher_priority_first_within_a_tenant(
@@ -399,7 +447,9 @@ async def test_concurrent_claimers_never_share_a_job(
     store_factory: StoreFactory, make_job: JobFactory
 ) -> None:
     stores = [await store_factory() for _ in range(3)]
-    jobs = [make_job() for _ in range(120)]
+    # Three tenants, so the claimers also race for the same tenants' turns.
+    jobs = [make_job(tenant=f"tenant-{'abc'[index % 3]}") for index in range(120)]
+    weights = TenantWeights({"tenant-a": 2.0, "tenant-c": 0.5})
     await stores[0].insert_many(jobs)
     # Half the jobs were taken by a worker that died, so the race covers reclaiming expired leases
     # as well as fresh pending jobs.
@@ -408,7 +458,9 @@ async def test_concurrent_claimers_never_share_a_job(
 
     async def drain(store: JobStore, worker_id: str) -> list[Job]:
         got: list[Job] = []
-        while batch := await store.claim(worker_id=worker_id, limit=7, lease_s=LEASE_S, now=later):
+        while batch := await store.claim(
+            worker_id=worker_id, limit=7, lease_s=LEASE_S, now=later, weights=weights
+        ):
             got += batch
         return got
 
