@@ -8,7 +8,12 @@ Variants (each its own server, started one after the other on a free port):
   (``PROMETHEUS_MULTIPROC_DIR`` set), i.e. the per-request cost of multiprocess metrics alone;
 - ``1+limit`` / ``1+redis`` (with ``--redis URL``): a rate limit no request reaches, checked in the
   process / shared through Redis: the per-request cost of a Redis-shared limit;
-- ``N``: ``inferd serve --workers N`` for each N of ``--workers`` (default 2).
+- ``N``: ``inferd serve --workers N`` for each N of ``--workers`` (default 2);
+- with ``--compare-source DIR``, each of the above again as ``NAME@base``, run from that source tree
+  (e.g. an export of main), in the same rounds: before/after in one run.
+
+Every run is preceded by ``--warmup`` seconds of the same wrk load, unmeasured, so that each process
+has served its share of connections before the measured run.
 
 wrk shares the machine's cores with the server, so besides requests/s the script reports the CPU
 seconds each side used during the run (the server's whole process tree, and wrk), and rps per server
@@ -96,6 +101,15 @@ def main() -> int:
         help="also run 1+limit (a rate limit no request reaches, checked in process) and 1+redis (the same "
         "limit shared through Redis at URL)",
     )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="seconds of unmeasured wrk load before each measured run"
+    )
+    parser.add_argument(
+        "--compare-source",
+        type=Path,
+        metavar="DIR",
+        help="also run every variant from this source tree (its src first on PYTHONPATH) as NAME@base",
+    )
     parser.add_argument("--wrk", default="wrk")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
@@ -109,6 +123,13 @@ def main() -> int:
         variants.append(("1+limit", [], limit))
         variants.append(("1+redis", [], {**limit, "INFERD_REDIS_URL": args.redis}))
     variants += [(str(n), ["--workers", str(n)], {}) for n in args.workers]
+    if args.compare_source is not None:
+        base_path = os.pathsep.join(
+            filter(None, [str(args.compare_source.resolve() / "src"), os.environ.get("PYTHONPATH")])
+        )
+        variants += [
+            (f"{name}@base", extra, {**env, "PYTHONPATH": base_path}) for name, extra, env in variants
+        ]
     models = [("echo", "/v1/models/echo/predict", ECHO_BODY)]
     if not args.skip_iris:
         models.append(("iris", "/v1/models/iris/versions/2/predict", IRIS_BODY))
@@ -118,7 +139,12 @@ def main() -> int:
         for round_no in range(1, args.rounds + 1):
             for name, extra, env_extra in variants:
                 port = free_port()
-                env = {**os.environ, "INFERD_ACCESS_LOG": str(workdir / f"access-{name}.log"), **env_extra}
+                env = {
+                    **os.environ,
+                    "INFERD_ACCESS_LOG": str(workdir / f"access-{name}.log"),
+                    "INFERD_STORE": f"sqlite:///{workdir / f'jobs-{name}.db'}",
+                    **env_extra,
+                }
                 env.pop("INFERD_WORKERS", None)
                 command = [*inferd_command(), "serve", "--models", "examples/models", "--dev", "--host", HOST]
                 server = Server(
@@ -135,6 +161,12 @@ def main() -> int:
                     for model, path, body in models:
                         target = Target(model, server, path, body, DEV_AUTH)
                         warm_up(target, 20)
+                        if args.warmup > 0:
+                            run_wrk(
+                                target,
+                                f"warm-up {model} on {name}",
+                                argparse.Namespace(**{**vars(args), "duration": args.warmup}),
+                            )
                         row = measured_run(
                             target, f"{model} on {name} (round {round_no})", args, server.proc.pid
                         )
@@ -153,7 +185,8 @@ def main() -> int:
     for name, _, _ in variants:
         for model, _, _ in models:
             rows = [r for r in results if r["variant"] == name and r["model"] == model]
-            base = [r for r in results if r["variant"] == "1" and r["model"] == model]
+            one = "1@base" if name.endswith("@base") else "1"
+            base = [r for r in results if r["variant"] == one and r["model"] == model]
             ratios = [r["rps"] / b["rps"] for r, b in zip(rows, base, strict=True)]
 
             def median(key: str, rows: list[dict[str, Any]] = rows) -> float:
@@ -181,9 +214,47 @@ def main() -> int:
                 f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f} "
                 f"{entry['server_cpu_us_per_request']:>6.0f}  {entry['round_ratios']}"
             )
+    compared = []
+    if args.compare_source is not None:
+        print(
+            "\nthis tree against the compared one (median of the per-round rps ratios; server CPU per request)"
+        )
+        for name, _, _ in variants:
+            if name.endswith("@base"):
+                continue
+            for model, _, _ in models:
+                mine = [r for r in results if r["variant"] == name and r["model"] == model]
+                theirs = [r for r in results if r["variant"] == f"{name}@base" and r["model"] == model]
+                ratios = [a["rps"] / b["rps"] for a, b in zip(mine, theirs, strict=True)]
+                cpu = [
+                    statistics.median(r["server_cpu_us_per_request"] for r in rows) for rows in (mine, theirs)
+                ]
+                compared.append(
+                    {
+                        "variant": name,
+                        "model": model,
+                        "ratio": statistics.median(ratios),
+                        "round_ratios": [round(r, 2) for r in ratios],
+                        "us_per_request": cpu,
+                    }
+                )
+                print(
+                    f"{name:>8} {model:>5} {statistics.median(ratios):6.2f} x  {cpu[0]:4.0f} vs {cpu[1]:4.0f} us/req  {[round(r, 2) for r in ratios]}"
+                )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"config": vars(args), "summary": summary, "runs": results}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "config": {**vars(args), "compare_source": str(args.compare_source)},
+                "summary": summary,
+                "compared": compared,
+                "runs": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(
         f"\nresults written to {out} (CPU in seconds over the {args.duration}s run; cores: {os.cpu_count()})"
     )

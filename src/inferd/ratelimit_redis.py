@@ -1,9 +1,15 @@
 """Tenant rate limits shared through Redis by every server process and replica.
 
-One atomic Lua script per check implements GCRA (the generic cell rate algorithm: one timestamp per
-tenant, the "theoretical arrival time", on Redis's own clock, so the servers' clocks do not matter).
-Checks that arrive while another is on the wire go together in one pipeline: one round trip for many
-requests, none for tenants without a limit.
+One atomic Lua script implements GCRA (the generic cell rate algorithm: one timestamp per tenant, the
+"theoretical arrival time", on Redis's own clock, so the servers' clocks do not matter). A process sends
+every check it has in one script call: the checks made while the previous call is on the wire (or in the
+same event-loop iteration) go together, counted per tenant, and the script takes each tenant's requests in
+turn exactly as that many separate checks would. One round trip for many requests, none for tenants
+without a limit.
+
+The calls go over one connection of the limiter's own, written and read directly (no pipeline or pool
+per call): a shared limit costs a request a few microseconds of this process's time, not a round trip's
+worth of client machinery.
 
 If Redis cannot be reached, requests are admitted by the per-process limiter (each process 1/N of the
 limit) instead of failing; a warning is logged once per outage, ``rate_limit_shared`` drops to 0, and a
@@ -14,38 +20,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from inferd.core.tenancy import RateLimiter, rate_limited
-from inferd.jobs.coalescer import Coalescer
 
 logger = logging.getLogger("inferd.ratelimit")
 
 KEY_PREFIX = "inferd:ratelimit:"
 
-# KEYS[1] the tenant's key; ARGV: microseconds per request, burst, cost.
-# Returns 0 when admitted, else the microseconds until the request would be admitted.
+# KEYS: one per tenant; ARGV: per key, microseconds per request, burst, requests to check (in order).
+# Returns per key the requests admitted (the first ones: a refusal leaves the key unchanged, so every
+# later request of the key is refused too) and the microseconds until the first refused one would be
+# admitted (0 when all were). The stored time is an integer, as after one check per call.
 GCRA = """
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local allowed_at = new_tat - burst * interval
-if allowed_at > now then return math.ceil(allowed_at - now) end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return 0
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local count = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local admitted = 0
+  local wait = 0
+  while admitted < count do
+    local new_tat = tat + interval
+    local allowed_at = new_tat - burst * interval
+    if allowed_at > now then
+      wait = math.ceil(allowed_at - now)
+      break
+    end
+    tat = math.floor(new_tat)
+    admitted = admitted + 1
+  end
+  if admitted > 0 then
+    redis.call('SET', key, string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  out[2 * i - 1] = admitted
+  out[2 * i] = wait
+end
+return out
 """
+GCRA_SHA = hashlib.sha1(GCRA.encode()).hexdigest().encode()
 
-_Check = tuple[str, float, float]  # tenant, rate per second, burst
 _UNKNOWN = -1  # Redis did not answer: the local limiter decides
 
 
@@ -57,9 +82,18 @@ def redact_url(url: str) -> str:
     return url
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _command(*args: bytes) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
+
+
 class RedisRateLimiter:
     """Implements ``TenantLimit``: the limits of ``limits`` (the server's whole limits), shared through
-    Redis; ``fallback`` (this process's share) while Redis is away."""
+    Redis; ``fallback`` (this process's share) while Redis is away. ``timeout_s`` bounds each call."""
 
     def __init__(
         self,
@@ -68,19 +102,28 @@ class RedisRateLimiter:
         limits: RateLimiter,
         fallback: RateLimiter,
         on_shared: Callable[[bool], None],
+        timeout_s: float = 0.5,
         probe_interval_s: float = 1.0,
         description: str = "redis",
     ) -> None:
         self._client = client
+        pool = client.connection_pool
+        # Its own connection, outside the pool, without a socket timeout of its own: each call is
+        # bounded as a whole by timeout_s (one timer instead of one per read and write).
+        self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         self._limits = limits
         self._fallback = fallback
         self._on_shared = on_shared
+        self._timeout_s = timeout_s
         self._probe_interval_s = probe_interval_s
         self._description = description
-        self._sha: str | None = None
         self._shared = True
         self._probe: asyncio.Task[None] | None = None
-        self._checks: Coalescer[_Check, int] = Coalescer(self._run_checks)
+        # Checks not sent yet, per tenant in order of arrival: one future per request.
+        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._sender: asyncio.Task[None] | None = None
+        # Per tenant, its key and limits in the protocol, encoded once.
+        self._encoded: dict[str, tuple[bytes, bytes]] = {}
         on_shared(True)
 
     @property
@@ -94,33 +137,83 @@ class RedisRateLimiter:
         if not self._shared:
             self._fallback.acquire(tenant)
             return
-        rate, burst = limits
-        wait_us = await self._checks.submit((tenant, rate, burst))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        waiting = self._waiting.get(tenant)
+        if waiting is None:
+            self._waiting[tenant] = [future]
+        else:
+            waiting.append(future)
+        if self._sender is None:
+            # Started on the next iteration: every check made in this one goes in the same call.
+            self._sender = loop.create_task(self._send())
+        wait_us = await future
         if wait_us == _UNKNOWN:
             self._fallback.acquire(tenant)
         elif wait_us > 0:
+            rate, burst = limits
             raise rate_limited(tenant, rate, burst, wait_us / 1e6)
 
-    async def _run_checks(self, checks: list[_Check]) -> list[int]:
-        """All checks in one pipeline; never raises (an unreachable Redis answers ``_UNKNOWN`` for each)."""
+    async def _send(self) -> None:
+        """One call at a time; what arrives meanwhile goes in the next one."""
         try:
-            if self._sha is None:
-                self._sha = await self._client.script_load(GCRA)
-            try:
-                return await self._pipeline(checks, self._sha)
-            except NoScriptError:  # Redis restarted and lost its scripts
-                self._sha = await self._client.script_load(GCRA)
-                return await self._pipeline(checks, self._sha)
-        except (TimeoutError, RedisError, OSError) as exc:
-            self._lost(exc)
-            return [_UNKNOWN] * len(checks)
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                try:
+                    answers = await self._check(batch)
+                except (
+                    Exception
+                ) as exc:  # an answer this code cannot read: fail these requests, not hang them
+                    logger.exception("rate limits: unexpected answer from %s", self._description)
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for (admitted, wait_us), futures in zip(answers, batch.values(), strict=True):
+                    for position, future in enumerate(futures):
+                        if not future.done():  # done: the request went away (cancelled)
+                            future.set_result(0 if position < admitted else wait_us)
+        finally:
+            self._sender = None
 
-    async def _pipeline(self, checks: list[_Check], sha: str) -> list[int]:
-        pipe = self._client.pipeline(transaction=False)
-        for tenant, rate, burst in checks:
-            pipe.evalsha(sha, 1, KEY_PREFIX + tenant, 1e6 / rate, burst, 1)
-        results = await pipe.execute(raise_on_error=True)
-        return [int(result) for result in results]
+    async def _check(self, batch: dict[str, list[asyncio.Future[int]]]) -> list[tuple[int, int]]:
+        """(admitted, wait in µs) per tenant of ``batch``; never raises: an unreachable Redis answers
+        ``_UNKNOWN`` for every request."""
+        keys, args = [], []
+        for tenant, futures in batch.items():
+            encoded = self._encoded.get(tenant) or self._encode(tenant)
+            keys.append(encoded[0])
+            args.append(encoded[1] + _bulk(b"%d" % len(futures)))
+        head = b"*%d\r\n" % (3 + 4 * len(batch)) + _bulk(b"EVALSHA") + _bulk(GCRA_SHA)
+        payload = b"".join((head, _bulk(b"%d" % len(batch)), *keys, *args))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                try:
+                    reply = await self._call(payload)
+                except NoScriptError:  # a Redis that never saw the script, or restarted and lost it
+                    await self._call(_command(b"SCRIPT", b"LOAD", GCRA.encode()))
+                    reply = await self._call(payload)
+        except (TimeoutError, RedisError, OSError) as exc:
+            await self._connection.disconnect(nowait=True)
+            self._lost(exc)
+            return [(0, _UNKNOWN)] * len(batch)
+        return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def _call(self, payload: bytes) -> Any:
+        await self._connection.send_packed_command(payload, check_health=False)
+        return await self._connection.read_response()
+
+    def _encode(self, tenant: str) -> tuple[bytes, bytes]:
+        limits = self._limits.limits_for(tenant)
+        assert limits is not None  # only limited tenants are checked
+        rate, burst = limits
+        encoded = (
+            _bulk((KEY_PREFIX + tenant).encode()),
+            _bulk(repr(1e6 / rate).encode()) + _bulk(repr(float(burst)).encode()),
+        )
+        self._encoded[tenant] = encoded
+        return encoded
 
     def _lost(self, exc: BaseException) -> None:
         if not self._shared:
@@ -149,8 +242,10 @@ class RedisRateLimiter:
             return
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        for task in (self._probe, self._sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._connection.disconnect()
         await self._client.aclose()

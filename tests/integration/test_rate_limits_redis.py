@@ -7,6 +7,7 @@ free port, stops it and starts it again (never the shared one).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -19,7 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from inferd_http_testkit import FIXTURES, InProcessAPI, free_port, running_server
+
+from inferd.core.errors import RateLimitedError
+from inferd.core.tenancy import RateLimiter
+from inferd.ratelimit_redis import RedisRateLimiter
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT_S = 30.0
@@ -163,3 +169,76 @@ async def _pause() -> None:
     import asyncio
 
     await asyncio.sleep(0.05)  # lets the limiter's probe run on the API's loop
+
+
+def _limiter(port: int, limits: RateLimiter) -> RedisRateLimiter:
+    client = aioredis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return RedisRateLimiter(
+        client=client, limits=limits, fallback=limits, on_shared=lambda shared: None, description="test"
+    )
+
+
+async def _outcomes(limiter: RedisRateLimiter, tenants: list[str]) -> list[float]:
+    """Each check's outcome, in the order the checks were made: 0 admitted, else the Retry-After."""
+
+    async def one(tenant: str) -> float:
+        try:
+            await limiter.admit(tenant)
+        except RateLimitedError as exc:
+            return exc.retry_after_s
+        return 0
+
+    return list(await asyncio.gather(*(one(tenant) for tenant in tenants)))
+
+
+def _evalsha_calls(port: int) -> int:
+    stats = redis.Redis(port=port).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_checks_made_together_go_in_one_call_and_count_as_separate_checks(own_redis: OwnRedis) -> None:
+    port = own_redis.port
+    # burst 3 for acme and 2 for beta, one more every minute: nothing refills during the test.
+    limits = RateLimiter(default=(1 / 60, 3), overrides={"beta": (1 / 60, 2), "free": None})
+
+    async def scenario() -> tuple[list[float], int, list[float]]:
+        limiter = _limiter(port, limits)
+        try:
+            await limiter.admit("warm")  # loads the script
+            before = _evalsha_calls(port)
+            together = ["acme", "beta", "acme", "free", "acme", "beta", "beta", "acme"]
+            outcomes = await _outcomes(limiter, together)
+            calls = _evalsha_calls(port) - before
+            later = await _outcomes(limiter, ["acme", "beta"])
+            return outcomes, calls, later
+        finally:
+            await limiter.close()
+
+    outcomes, calls, later = asyncio.run(scenario())
+    assert calls == 1  # eight checks, two limited tenants, one script call
+    # Each tenant's first requests up to its burst are admitted, the rest refused until the next token
+    # (a minute away), exactly as one check per call would have decided; the unlimited tenant passes.
+    assert outcomes == [0, 0, 0, 0, 0, 0, 60, 60]
+    assert later == [60, 60]
+    stored = redis.Redis(port=port)
+    assert stored.exists("inferd:ratelimit:acme") and stored.exists("inferd:ratelimit:beta")
+    assert not stored.exists("inferd:ratelimit:free")
+
+
+def test_one_call_decides_as_single_checks_do(own_redis: OwnRedis) -> None:
+    """The same checks for one tenant, made one at a time and all together (on two keys): the same
+    requests are admitted."""
+    port = own_redis.port
+    limits = RateLimiter(default=(1 / 60, 4))
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        limiter = _limiter(port, limits)
+        try:
+            alone = [(await _outcomes(limiter, ["one-by-one"]))[0] for _ in range(6)]
+            together = await _outcomes(limiter, ["all-at-once"] * 6)
+            return alone, together
+        finally:
+            await limiter.close()
+
+    alone, together = asyncio.run(scenario())
+    assert alone == together == [0, 0, 0, 0, 60, 60]

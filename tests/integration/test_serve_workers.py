@@ -96,6 +96,18 @@ def test_requests_are_counted_once_whichever_process_answers(server: ServerProce
     assert len(answered_scrapes) == 2, "every scrape was answered by the same process"
 
 
+def test_server_processes_run_every_thread_under_batch_scheduling(server: ServerProcess) -> None:
+    """SCHED_BATCH: an executor thread the event loop wakes does not take the core from it."""
+    threads = [
+        (pid, int(thread))
+        for pid in children(server.process.pid)
+        for thread in os.listdir(f"/proc/{pid}/task")
+    ]
+    assert len(threads) > 2
+    assert {os.sched_getscheduler(thread) for _, thread in threads} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER  # the supervisor keeps its own
+
+
 def test_metrics_negotiate_openmetrics_and_gzip(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
         response = client.get(
