@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from http_bench import DEV_AUTH, ECHO_BODY, IRIS_BODY, RESULTS_DIR, Target, run_wrk, warm_up  # noqa: E402
@@ -64,7 +67,20 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return used
 
 
+def executor_steps(target: Target, model: str) -> tuple[float, float]:
+    """(steps, items) the server's executors ran for ``model`` so far (``inference_batch_items``, merged
+    over every process by whichever answers)."""
+    text = httpx.get(target.server.base_url + "/metrics", timeout=10.0).text
+    totals = {"inference_batch_items_count": 0.0, "inference_batch_items_sum": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals and sample.labels.get("model") == model:
+                totals[sample.name] += sample.value
+    return totals["inference_batch_items_count"], totals["inference_batch_items_sum"]
+
+
 def measured_run(target: Target, label: str, args: argparse.Namespace, root: int) -> dict[str, Any]:
+    steps_before = executor_steps(target, target.name)
     pids = tree_pids(root)
     before = cpu_seconds(pids)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -72,6 +88,8 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = cpu_seconds(pids)
     server_cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+    steps_after = executor_steps(target, target.name)
+    steps, items = (later - earlier for later, earlier in zip(steps_after, steps_before, strict=True))
     wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
     return {
         "rps": stats.rps,
@@ -82,6 +100,7 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
         "wrk_cpu_s": wrk_cpu,
         "rps_per_server_cpu_s": stats.rps * args.duration / server_cpu if server_cpu else 0.0,
         "server_cpu_us_per_request": 1e6 * server_cpu / (stats.rps * args.duration) if stats.rps else 0.0,
+        "items_per_step": items / steps if steps else 0.0,
     }
 
 
@@ -179,7 +198,7 @@ def main() -> int:
 
     print(
         f"\n{'variant':>8} {'model':>5} {'rps':>8} {'x 1':>6} {'p50':>7} {'p99':>7} {'srv cpu':>8} {'wrk cpu':>8} "
-        f"{'us/req':>6}  per-round x 1"
+        f"{'us/req':>6} {'items':>5}  per-round x 1"
     )
     summary = []
     for name, _, _ in variants:
@@ -207,12 +226,13 @@ def main() -> int:
                 "non_2xx": sum(r["non_2xx"] for r in rows),
                 # Server CPU per request: what a process spends on each, whatever share of the cores wrk took.
                 "server_cpu_us_per_request": median("server_cpu_us_per_request"),
+                "items_per_step": median("items_per_step"),
             }
             summary.append(entry)
             print(
                 f"{name:>8} {model:>5} {entry['rps']:>8.0f} {entry['ratio_to_1']:>6.2f} {entry['p50_ms']:>7.2f} "
                 f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f} "
-                f"{entry['server_cpu_us_per_request']:>6.0f}  {entry['round_ratios']}"
+                f"{entry['server_cpu_us_per_request']:>6.0f} {entry['items_per_step']:>5.1f}  {entry['round_ratios']}"
             )
     compared = []
     if args.compare_source is not None:
