@@ -73,39 +73,52 @@ class Model:
         return list(batch)
 """
 
-# Pure Python holding the GIL: a fixed amount of work per call, whatever the batch size, sized once at load
-# to 5 ms of this thread's CPU time. Unlike spinning on the clock, two such calls side by side take twice
-# as long: they share the interpreter, as real Python models do.
+# Pure Python holding the GIL: a fixed amount of work per call, whatever the batch size. Unlike spinning on
+# the clock, two such calls side by side take twice as long: they share the interpreter, as real Python
+# models do. The amount is sized once per bench run (`work_iterations`) and written into every model and
+# server of the run: sized at each model's load, it varied by up to 20 % between models loaded seconds
+# apart, and that difference went straight into the rps ratios.
 WORK = """
-import time
-
 def _work(n):
     total = 0
     for i in range(n):
         total += i
     return total
 
-def _iterations(seconds):
-    n = 20_000
-    while True:
-        start = time.thread_time()
-        _work(n)
-        spent = time.thread_time() - start
-        if spent > 0.05:
-            return max(1, int(n * seconds / spent))
-        n *= 2
-
 class Model:
-    def __init__(self):
-        self.iterations = _iterations(0.005)
-
     def predict(self, batch):
-        _work(self.iterations)
+        _work(ITERATIONS)
         return list(batch)
 """
 
 
-def write_repository(root: Path) -> None:
+def _work(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def work_iterations(seconds: float = 0.005) -> int:
+    """Iterations of WORK's loop that take ``seconds`` of this thread's CPU time, from the fastest of
+    five timings of at least 50 ms each: on a shared machine a timing is only ever slowed (a busy
+    sibling core, frequency), so the fastest is the steadiest between runs."""
+    n = 20_000
+    while True:
+        start = time.thread_time()
+        _work(n)
+        if time.thread_time() - start > 0.05:
+            break
+        n *= 2
+    rates = []
+    for _ in range(5):
+        start = time.thread_time()
+        _work(n)
+        rates.append(n / (time.thread_time() - start))
+    return max(1, int(max(rates) * seconds))
+
+
+def write_repository(root: Path, iterations: int) -> None:
     def model(name: str, spec: str, source: str | None = None, artifact: Path | None = None) -> None:
         folder = root / name / "1"
         folder.mkdir(parents=True)
@@ -116,15 +129,16 @@ def write_repository(root: Path) -> None:
             (folder / artifact.name).write_bytes(artifact.read_bytes())
 
     python = "runtime: python\nmodel: m:Model\n"
+    work = f"ITERATIONS = {iterations}\n{WORK}"
     model("slow", python + "device: cpu\ntimeout_s: 1\nmax_batch_size: 1\nmax_concurrency: 4\n", SLEEPY)
     iris = ROOT / "examples" / "models" / "iris" / "2" / "model.joblib"
     model("iris", "runtime: sklearn\nartifact: model.joblib\ndevice: cpu\nmax_batch_size: 64\n", None, iris)
     model("fixed", python + "device: fair\nmax_batch_size: 1\nqueue_limit: 256\n", SLEEPY)
     spin = python + "device: spin\nmax_batch_size: 8\n"
     for delay in (0, 5):
-        model(f"spin{delay}", spin + f"max_delay_ms: {delay}\n", WORK)
+        model(f"spin{delay}", spin + f"max_delay_ms: {delay}\n", work)
     # The issue's baseline: what a free thread does without any batching policy (merge what is queued).
-    model("spin0m", spin + "max_delay_ms: 0\nbatch_while_busy: false\n", WORK)
+    model("spin0m", spin + "max_delay_ms: 0\nbatch_while_busy: false\n", work)
     for delay in (0, 30):
         model(f"open{delay}", python + f"device: gpu\nmax_batch_size: 8\nmax_delay_ms: {delay}\n", SPIN)
 
@@ -250,15 +264,18 @@ def ms(seconds: float) -> float:
 
 
 class Server:
-    def __init__(self, workdir: Path, label: str = "inferd", source: Path | None = None) -> None:
-        """``source``: serve the inferd of that source tree (its ``src`` first on PYTHONPATH) instead of
-        this checkout's, e.g. a copy of main, to compare two builds in one run."""
+    def __init__(
+        self, workdir: Path, iterations: int, label: str = "inferd", source: Path | None = None
+    ) -> None:
+        """``iterations``: WORK's size (`work_iterations`). ``source``: serve the inferd of that source
+        tree (its ``src`` first on PYTHONPATH) instead of this checkout's, e.g. a copy of main, to
+        compare two builds in one run."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.label = label
         self.port = free_port()
         repo = workdir / "models"
-        write_repository(repo)
+        write_repository(repo, iterations)
         config = workdir / "inferd.yaml"
         config.write_text(CONFIG)
         script = Path(sys.executable).with_name("inferd")
@@ -533,9 +550,13 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="inferd-sched-") as tmp:
         workdir = Path(tmp)
-        servers = [Server(workdir / "inferd")]
+        iterations = work_iterations()
+        print(f"5 ms of WORK: {iterations} iterations", flush=True)
+        servers = [Server(workdir / "inferd", iterations)]
         if args.compare_source is not None:
-            servers.append(Server(workdir / "compared", "compared", args.compare_source.resolve()))
+            servers.append(
+                Server(workdir / "compared", iterations, "compared", args.compare_source.resolve())
+            )
         try:
             for server in servers:
                 server.wait_ready()
@@ -547,7 +568,12 @@ def main() -> int:
     out = RESULTS / f"sched-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(
         json.dumps(
-            {"args": {**vars(args), "compare_source": str(args.compare_source)}, "results": results}, indent=2
+            {
+                "args": {**vars(args), "compare_source": str(args.compare_source)},
+                "work_iterations": iterations,
+                "results": results,
+            },
+            indent=2,
         )
     )
     print(f"results written to {out}")
