@@ -123,6 +123,9 @@ _BUSY_WAIT_ESTIMATES = 2.0
 # The idle thread watching for that sleeps at least this long (Python's GIL switch interval): finer
 # timing is not real while a model holds the GIL, and each wake-up takes the GIL from the loop.
 _WATCH_FLOOR_S = 0.005
+# How long a batch size learned from a closed loop (see ``DeviceExecutor._collected``) holds: after
+# that the version waits the whole delay once more to check it, one delay per second at most.
+_LEARNED_S = 1.0
 
 # A work is staged (submitted this loop iteration), then queued, then started or gone (left unrun).
 _STAGED, _QUEUED, _STARTED, _GONE = 0, 1, 2, 3
@@ -179,6 +182,10 @@ class _Lane:
         "cond",
         "cpu_share",
         "overlaps",
+        "running_items",
+        "learned",
+        "learned_until",
+        "short",
     )
 
     def __init__(
@@ -209,6 +216,10 @@ class _Lane:
         self.cond = threading.Condition(lock)
         self.cpu_share = -1.0  # EWMA of thread CPU time / run time of calls that ran alone; -1: none yet
         self.overlaps = 0  # calls started beside a running call: a call ran alone if this did not move
+        self.running_items = 0
+        self.learned = 0  # with max_delay_s: the batch its traffic fills (0: none), until learned_until
+        self.learned_until = 0.0
+        self.short = 0  # items of the last wait that ran out with its queue complete early (0: none)
 
     def observe(self, elapsed: float) -> None:
         if self.mean == 0.0 and self.dev == 0.0:
@@ -455,8 +466,11 @@ class DeviceExecutor:
             wake = 0
             now = self._clock()
             for lane in touched:
+                if lane.learned:
+                    # More requests at once than the learned batch: more clients came; wait for them.
+                    lane.learned = max(lane.learned, lane.queued_items + lane.running_items)
                 if lane.collecting:
-                    if self._batch_ready(lane):
+                    if self._collected(lane, now):
                         lane.cond.notify()
                     continue
                 if self._held_until(lane, now) is not None:
@@ -691,9 +705,40 @@ class DeviceExecutor:
             or (bool(lane.preferred) and items >= lane.preferred[-1])
         )
 
+    def _collected(self, lane: _Lane, now: float) -> bool:
+        """Whether a thread collecting a batch of ``lane`` (``max_delay_s``) has what it waits for: a
+        batch size worth running, or the batch its traffic has been filling (``_learn``)."""
+        return self._batch_ready(lane) or (0 < lane.learned <= lane.queued_items and now < lane.learned_until)
+
+    def _learn(self, lane: _Lane, now: float) -> None:
+        """A collecting wait ran out. When its queue was complete in the first half of the delay and
+        nothing more came, twice in a row with the same number of items, that number is all the
+        traffic has (a closed loop of N clients: N, fewer than any batch size; one client: 1), and
+        later waits end as soon as the queue holds it instead of adding the delay to every call.
+        Requests that keep arriving through the wait (an open loop) never teach it; more requests
+        at once than it (``_flush``) raise it, and it lapses after ``_LEARNED_S``."""
+        if self._collected(lane, now):
+            return
+        oldest: _Work | None = None
+        newest = 0.0
+        for tenant in lane.active:
+            for work in tenant.works:
+                if work.state == _QUEUED:
+                    if oldest is None or work.enqueued < oldest.enqueued:
+                        oldest = work
+                    newest = max(newest, work.enqueued)
+        delay = lane.policy.max_delay_s
+        if oldest is None or now < oldest.enqueued + delay or newest - oldest.enqueued > delay / 2:
+            lane.short = 0  # cut short (a latest start, closing), or requests still came late
+            return
+        if lane.queued_items == lane.short:
+            lane.learned = lane.short
+            lane.learned_until = now + _LEARNED_S
+        lane.short = lane.queued_items
+
     def _hold_until(self, lane: _Lane, now: float) -> float | None:
         """When a thread should stop waiting for a fuller batch of ``lane``; None: run now."""
-        if self._closed or self._batch_ready(lane):
+        if self._closed or self._collected(lane, now):
             return None
         oldest = self._oldest(lane)
         if oldest is None:
@@ -769,6 +814,7 @@ class DeviceExecutor:
             else:
                 overlaps = lane.overlaps
             lane.running_since = (*lane.running_since, now)
+            lane.running_items += items
             self._vtime = lane.vpass
             charged = lane.estimate / lane.policy.weight
             lane.vpass += charged
@@ -800,6 +846,7 @@ class DeviceExecutor:
                         lane.cond.wait(until - now)
                         lane.collecting = False
                         continue
+                    self._learn(lane, now)
                 taken = self._fill(lane, now)
                 if self._idle and any(self._ready(other, now) for other in self._listed):
                     # Work this thread left behind (max_batch_size, a lane cap) goes to an idle thread.
@@ -821,6 +868,7 @@ class DeviceExecutor:
             since = list(lane.running_since)
             since.remove(taken.started)
             lane.running_since = tuple(since)
+            lane.running_items -= sum(work.size for work in taken.works)
             # A call stopped at its deadline measured the deadline, not the model: no sample.
             if not any(work.stopped for work in taken.works):
                 # A call that overran its timeout says the model is slow, not by how much it would

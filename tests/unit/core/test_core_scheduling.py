@@ -391,6 +391,93 @@ def test_batching_never_holds_work_past_its_latest_start(fake_metrics: Any) -> N
     assert model.calls == [(pytest.approx(100.5), ["x"])]
 
 
+class Loop:
+    """Rounds of requests to a version with max_delay_s 50 ms and max_batch_size 8 (fake time)."""
+
+    def __init__(self, fake_metrics: Any, waiter: Callable[..., bool]) -> None:
+        self.clock = FakeClock()
+        self.model = Model(self.clock)
+        self.ex = make(fake_metrics, self.clock)
+        self.target = pipeline(self.model, max_batch_size=8)
+        self.policy = LanePolicy(max_delay_s=0.05)
+        self.waiter = waiter
+
+    async def round(self, *arrivals: tuple[float, str], waits: bool) -> None:
+        """Each (seconds after the previous one, items) arrives in its own loop iteration, one request
+        per item; ``waits``: the queue is then still waiting for a fuller batch, and the clock is
+        moved to the end of its delay."""
+        futures = []
+        for after, items in arrivals:
+            self.clock.advance(after)
+            futures += [send(self.ex, self.target, item, policy=self.policy) for item in items]
+            await asyncio.sleep(0)
+        if waits:
+            assert await asyncio.to_thread(self.waiter, lambda: self.ex.collecting() == 1)
+            self.clock.advance(0.05 - sum(after for after, _ in arrivals[1:]))
+        await asyncio.gather(*futures)
+
+    def learned(self) -> int:
+        return next(iter(self.ex._lanes.values())).learned
+
+
+def test_batching_learns_the_batch_a_closed_loop_fills(
+    fake_metrics: Any, waiter: Callable[..., bool]
+) -> None:
+    """Three clients, each sending again when answered: the queue never holds 8. After two waits
+    that ran out with the three there early, a call starts as soon as the three are back; more
+    requests at once raise what it waits for, a wait that ran out with fewer lowers it, and after a
+    second the version waits the whole delay once more. The fake clock moves only where a round
+    waits: a call that waited for the delay otherwise would never start."""
+    loop = Loop(fake_metrics, waiter)
+
+    async def main() -> None:
+        try:
+            one_by_one = ((0.0, "a"), (0.0, "b"), (0.0, "c"))
+            for _ in range(2):
+                await loop.round(*one_by_one, waits=True)
+            await loop.round((0.001, "a"), (0.0, "b"), (0.0, "c"), waits=False)  # no delay added
+            await loop.round((0.0, "abcd"), waits=False)  # four at once: a fourth client
+            assert loop.learned() == 4
+            await loop.round(*one_by_one, waits=True)  # three again: the whole delay, and 3 is learned
+            await loop.round(*one_by_one, waits=False)
+            loop.clock.advance(1.0)  # lapsed: the whole delay once, then learned again
+            await loop.round(*one_by_one, waits=True)
+            await loop.round(*one_by_one, waits=False)
+        finally:
+            loop.ex.close()
+
+    asyncio.run(main())
+    assert [(round(at - 100.0, 3), items) for at, items in loop.model.calls] == [
+        (0.05, ["a", "b", "c"]),
+        (0.1, ["a", "b", "c"]),
+        (0.101, ["a", "b", "c"]),
+        (0.101, ["a", "b", "c", "d"]),
+        (0.151, ["a", "b", "c"]),
+        (0.151, ["a", "b", "c"]),
+        (1.201, ["a", "b", "c"]),
+        (1.201, ["a", "b", "c"]),
+    ]
+
+
+def test_batching_learns_nothing_from_requests_arriving_through_the_delay(
+    fake_metrics: Any, waiter: Callable[..., bool]
+) -> None:
+    """An open loop: requests keep arriving through each wait (the second 30 ms after the first,
+    past half the delay), so more might come: every call waits the delay."""
+    loop = Loop(fake_metrics, waiter)
+
+    async def main() -> None:
+        try:
+            for _ in range(3):
+                await loop.round((0.0, "a"), (0.03, "b"), waits=True)
+            assert loop.learned() == 0
+        finally:
+            loop.ex.close()
+
+    asyncio.run(main())
+    assert [round(at - 100.0, 3) for at, _ in loop.model.calls] == [0.05, 0.1, 0.15]
+
+
 def test_without_max_delay_a_lone_request_runs_at_once(fake_metrics: Any) -> None:
     clock = FakeClock()
     model = Model(clock)
