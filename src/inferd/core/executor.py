@@ -28,7 +28,9 @@ Scheduling (the README's "Scheduling under load" explains the policy for users):
   the sweep or when a thread reaches it; a call that started and overran its deadline is a timeout.
 - **Adaptive batching**: with ``max_delay_s`` a thread that finds fewer queued items than a preferred
   batch size holds the lane up to that long after the oldest request arrived (never past its latest
-  start), then runs whatever it has; with 0 it runs what is queued at once.
+  start), then runs whatever it has; with 0 it runs what is queued at once. A lane whose waits run out
+  with the same few items, all there early (a closed loop smaller than any batch size, one client),
+  learns that size and ends later waits as soon as the queue holds it.
 - **Batching while busy** (no delay added): a version whose calls keep their thread on the CPU
   (thread CPU time at least half the run time, measured on calls that ran alone: Python, scikit-learn,
   anything holding the GIL) gains nothing from a second call beside a running one: both compete for
