@@ -38,7 +38,12 @@ Scheduling (the README's "Scheduling under load" explains the policy for users):
   call's thread, which takes it as one call when it returns; a second thread joins for a full batch,
   when the oldest request could not start in time after the running call, or when that call has run
   twice its estimate (stuck). Calls that wait off the CPU (I/O, sleeps, a model process) still run
-  side by side. This is what merges gRPC calls, which grpc.aio hands to the loop one at a time.
+  side by side.
+- **Gathering** (``max_delay_s`` 0, automatic): requests that reach the executor one loop iteration at a
+  time (gRPC: grpc.aio hands each call to the loop separately) are held while they keep coming, at most
+  2 ms from the oldest, then run as one call: answers that complete together cost grpc.aio far less per
+  request. Requests that arrive together (HTTP) are never held, and a lane whose waits collect nothing
+  (one client) stops waiting, trying again once every 256 calls.
 
 The seam between scheduling and execution is :meth:`DeviceExecutor._execute`: one call, one slot, one
 group of requests of one version; everything around it (queues, admission, accounting) stays here.
@@ -128,6 +133,22 @@ _WATCH_FLOOR_S = 0.005
 # How long a batch size learned from a closed loop (see ``DeviceExecutor._collected``) holds: after
 # that the version waits the whole delay once more to check it, one delay per second at most.
 _LEARNED_S = 1.0
+# Gathering (the default path, max_delay_ms 0): requests that reach the loop one per iteration (gRPC: grpc.aio
+# hands over each call separately) are collected into one call while they keep coming. Each merged request
+# saves more than the model's per-call cost: answers finishing together cost the transport far less (grpc.aio
+# handles completions that arrive together in one wake-up of the loop). The wait ends when no request came
+# for _GATHER_GAPS typical spacings, at _GATHER_CAP_S after the oldest request's arrival, or at a full batch.
+_GATHER_CAP_S = 0.002
+_GATHER_GAPS = 2.0
+_SPACING_ALPHA = 0.2
+_SPACING_SAMPLES = 16  # handovers measured before a lane's spacing is trusted
+# A lane gathers only while its arrivals come alone: HTTP requests that arrive together reach the executor in
+# one step, and a closed loop's burst is complete when it comes (waiting would only add its latency).
+_TRICKLE = 1.5  # mean requests per handover at or below which arrivals trickle
+# Pay-off: a lane whose last _GATHER_MISSES waits collected no other request (one client, a slow trickle)
+# stops waiting, and tries one wait again every _GATHER_PROBE_CALLS calls.
+_GATHER_MISSES = 4
+_GATHER_PROBE_CALLS = 256
 
 # A work is staged (submitted this loop iteration), then queued, then started or gone (left unrun).
 _STAGED, _QUEUED, _STARTED, _GONE = 0, 1, 2, 3
@@ -188,6 +209,13 @@ class _Lane:
         "learned",
         "learned_until",
         "short",
+        "arrived",
+        "spacing",
+        "spaced",
+        "per_handover",
+        "gathered_from",
+        "misses",
+        "probe_in",
     )
 
     def __init__(
@@ -222,6 +250,16 @@ class _Lane:
         self.learned = 0  # with max_delay_s: the batch its traffic fills (0: none), until learned_until
         self.learned_until = 0.0
         self.short = 0  # items of the last wait that ran out with its queue complete early (0: none)
+        # Gathering (default path): when requests last arrived, EWMAs of the time between arrivals
+        # (capped at _GATHER_CAP_S) and of requests per handover; the queued items when the current
+        # wait began (-1: none); consecutive waits that collected nothing; calls until the next probe.
+        self.arrived = -1.0
+        self.spacing = -1.0
+        self.spaced = 0  # spacing samples
+        self.per_handover = 1.0
+        self.gathered_from = -1
+        self.misses = 0
+        self.probe_in = 0
 
     def observe(self, elapsed: float) -> None:
         if self.mean == 0.0 and self.dev == 0.0:
@@ -236,6 +274,39 @@ class _Lane:
             self.cpu_share = share
         else:
             self.cpu_share += _CPU_ALPHA * (share - self.cpu_share)
+
+    def note_arrivals(self, now: float, count: int) -> None:
+        """``count`` requests were handed over at ``now`` (one loop iteration's submissions)."""
+        if self.arrived >= 0.0:
+            gap = min(now - self.arrived, _GATHER_CAP_S)
+            self.spacing = gap if self.spacing < 0.0 else self.spacing + _SPACING_ALPHA * (gap - self.spacing)
+            self.spaced += 1
+        self.arrived = now
+        self.per_handover += _SPACING_ALPHA * (count - self.per_handover)
+
+    def gathered(self, items: int) -> None:
+        """A wait for more requests ended with ``items`` queued (the pay-off rule)."""
+        if items > self.gathered_from:
+            self.misses = 0
+        else:
+            self.misses += 1
+            if self.misses >= _GATHER_MISSES:
+                self.probe_in = _GATHER_PROBE_CALLS
+        self.gathered_from = -1
+
+    def may_gather(self) -> bool:
+        """Whether a free thread may wait for more of this lane's requests before a call (default path)."""
+        if self.policy.max_delay_s > 0.0 or self.max_batch_size <= 1:
+            return False
+        if self.spaced < _SPACING_SAMPLES or self.per_handover > _TRICKLE:
+            return False
+        if not 0.0 < self.spacing < _GATHER_CAP_S:
+            return False
+        if self.misses >= _GATHER_MISSES:
+            if self.probe_in > 0:
+                return False
+            self.misses = _GATHER_MISSES - 1  # one probe: a miss stops it again, a catch resumes
+        return True
 
     @property
     def batches_while_busy(self) -> bool:
@@ -437,6 +508,7 @@ class DeviceExecutor:
         queued = 0
         with self._cond:
             touched: list[_Lane] = []
+            arrivals: dict[_Lane, int] = {}
             for work in submitted:
                 lane = work.lane
                 lane.staged_items -= work.size
@@ -458,6 +530,7 @@ class DeviceExecutor:
                 lane.queued_items += work.size
                 lane.queued_requests += 1
                 queued += 1
+                arrivals[lane] = arrivals.get(lane, 0) + 1
                 if not lane.listed:
                     lane.listed = True
                     lane.vpass = max(lane.vpass, self._vtime)
@@ -467,6 +540,8 @@ class DeviceExecutor:
                     touched.append(lane)
             wake = 0
             now = self._clock()
+            for lane, count in arrivals.items():
+                lane.note_arrivals(now, count)
             for lane in touched:
                 if lane.learned:
                     # More requests at once than the learned batch: more clients came; wait for them.
@@ -750,6 +825,34 @@ class DeviceExecutor:
             until = min(until, oldest.deadline - lane.estimate)
         return until if until > now else None
 
+    def _gather_until(self, lane: _Lane, now: float) -> float | None:
+        """Default path: when a free thread stops waiting for more of ``lane``'s trickling requests
+        (see _GATHER_CAP_S); None: run now. A wait that ends is scored for the pay-off rule."""
+        if lane.gathered_from < 0:
+            if lane.probe_in > 0:
+                lane.probe_in -= 1
+            if not lane.may_gather():
+                return None
+        until = self._gather_limit(lane, now)
+        if until is None:
+            if lane.gathered_from >= 0:
+                lane.gathered(lane.queued_items)
+            return None
+        if lane.gathered_from < 0:
+            lane.gathered_from = lane.queued_items
+        return until
+
+    def _gather_limit(self, lane: _Lane, now: float) -> float | None:
+        if self._closed or self._batch_ready(lane):
+            return None
+        oldest = self._oldest(lane)
+        if oldest is None:
+            return None
+        until = min(lane.arrived + _GATHER_GAPS * lane.spacing, oldest.enqueued + _GATHER_CAP_S)
+        if lane.policy.deadline_admission:
+            until = min(until, oldest.deadline - lane.estimate)
+        return until if until > now else None
+
     def _next_tenant(self, lane: _Lane, group: Any, items: int, taken: dict[str, int]) -> _Tenant | None:
         """The queue whose account is furthest behind (then the oldest head) that can join the call."""
         best: _Tenant | None = None
@@ -843,12 +946,15 @@ class DeviceExecutor:
                     continue
                 if lane.policy.max_delay_s > 0.0:
                     until = self._hold_until(lane, now)
-                    if until is not None:
-                        lane.collecting = True
-                        lane.cond.wait(until - now)
-                        lane.collecting = False
-                        continue
-                    self._learn(lane, now)
+                    if until is None:
+                        self._learn(lane, now)
+                else:
+                    until = self._gather_until(lane, now)
+                if until is not None:
+                    lane.collecting = True
+                    lane.cond.wait(until - now)
+                    lane.collecting = False
+                    continue
                 taken = self._fill(lane, now)
                 if self._idle and any(self._ready(other, now) for other in self._listed):
                     # Work this thread left behind (max_batch_size, a lane cap) goes to an idle thread.

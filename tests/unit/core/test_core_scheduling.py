@@ -727,3 +727,125 @@ def test_a_call_that_overran_its_timeout_does_not_lock_the_version_out(fake_metr
     asyncio.run(main())
     assert fake_metrics.sheds == []
     assert model.items == ["slow", "a", "b"]
+
+
+SPACING_S = 0.0003  # between trickling arrivals, as grpc.aio hands calls to the loop
+
+
+class Trickled:
+    """A lane whose requests came one at a time, each in its own loop iteration and answered before the
+    next: it learned the spacing of its arrivals without any wait (15 gaps; the next request's is the
+    16th, from which on the spacing counts). ``model.calls`` starts with those 16 calls."""
+
+    WARM = 16
+
+    def __init__(self, fake_metrics: Any, *, max_batch_size: int = 8) -> None:
+        self.clock = FakeClock()
+        self.model = Model(self.clock)
+        self.metrics = fake_metrics
+        self.max_batch_size = max_batch_size
+
+    def run(
+        self, body: Callable[[DeviceExecutor, Pipeline, FakeClock], Any]
+    ) -> list[tuple[float, list[Any]]]:
+        """Warm the lane, run ``body``; the calls after the warm ones."""
+
+        async def main() -> None:
+            ex = make(self.metrics, self.clock)
+            target = pipeline(self.model, max_batch_size=self.max_batch_size)
+            try:
+                for index in range(self.WARM):
+                    self.clock.advance(SPACING_S)
+                    assert await send(ex, target, f"warm{index}") == [f"warm{index}"]
+                await body(ex, target, self.clock)
+            finally:
+                ex.close()
+
+        asyncio.run(main())
+        return self.model.calls[self.WARM :]
+
+
+def test_trickling_requests_are_gathered_into_one_call_until_they_stop_coming(
+    fake_metrics: Any, waiter: Callable[..., bool]
+) -> None:
+    async def body(ex: DeviceExecutor, target: Pipeline, clock: FakeClock) -> None:
+        gathered = [send(ex, target, "a")]
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(waiter, lambda: ex.collecting() == 1)
+        for item in ("b", "c"):
+            clock.advance(SPACING_S)  # each within two spacings of the one before
+            gathered.append(send(ex, target, item))
+            await asyncio.sleep(0)
+        assert ex.collecting() == 1
+        clock.advance(3 * SPACING_S)  # none for more than two spacings: the burst is over
+        assert await asyncio.gather(*gathered) == [["a"], ["b"], ["c"]]
+
+    assert Trickled(fake_metrics).run(body) == [(pytest.approx(100.0063), ["a", "b", "c"])]
+
+
+def test_a_gathering_wait_ends_two_ms_after_the_oldest_request(
+    fake_metrics: Any, waiter: Callable[..., bool]
+) -> None:
+    async def body(ex: DeviceExecutor, target: Pipeline, clock: FakeClock) -> None:
+        started = clock()
+        futures = [send(ex, target, 0)]
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(waiter, lambda: ex.collecting() == 1)
+        for item in range(1, 7):  # arrivals keep coming, 0.3 ms apart
+            clock.advance(SPACING_S)
+            futures.append(send(ex, target, item))
+            await asyncio.sleep(0)
+        assert clock() - started == pytest.approx(0.0018)
+        clock.advance(SPACING_S)  # 2.1 ms after the oldest: the call starts with what is there
+        await asyncio.gather(*futures)
+
+    calls = Trickled(fake_metrics, max_batch_size=64).run(body)
+    assert calls == [(pytest.approx(100.0069), list(range(7)))]
+
+
+def test_requests_that_arrive_together_are_not_held(fake_metrics: Any) -> None:
+    clock = FakeClock()
+    model = Model(clock)
+
+    async def main() -> None:
+        ex = make(fake_metrics, clock)
+        target = pipeline(model, max_batch_size=8)
+        try:
+            for burst in range(20):  # 4 per loop iteration, as HTTP requests read in one step
+                clock.advance(SPACING_S)
+                futures = [send(ex, target, f"{burst}-{index}") for index in range(4)]
+                # The clock stands still: a held lane would never run (guarded, not timed).
+                await asyncio.wait_for(asyncio.gather(*futures), STUCK_LIMIT_S)
+        finally:
+            ex.close()
+
+    asyncio.run(main())
+    assert all(len(batch) == 4 for _, batch in model.calls)
+
+
+def test_a_lane_whose_waits_collect_nothing_stops_waiting_and_probes_rarely(
+    fake_metrics: Any, waiter: Callable[..., bool]
+) -> None:
+    async def body(ex: DeviceExecutor, target: Pipeline, clock: FakeClock) -> None:
+        async def alone(item: str) -> None:
+            # One client: nothing else arrives while the thread waits (until 2 ms at most).
+            future = send(ex, target, item)
+            await asyncio.sleep(0)
+            assert await asyncio.to_thread(waiter, lambda: ex.collecting() == 1)
+            clock.advance(0.002)
+            assert await future == [item]
+
+        for index in range(4):
+            await alone(f"miss{index}")
+        # Four waits collected nothing: the lane runs lone requests at once (the clock stands still
+        # while each one is served: a held lane would never run).
+        for index in range(255):
+            clock.advance(SPACING_S)
+            assert await asyncio.wait_for(send(ex, target, f"now{index}"), STUCK_LIMIT_S)
+        await alone("probe")  # every 256 calls one wait again; it collects nothing: off again
+        clock.advance(SPACING_S)
+        assert await asyncio.wait_for(send(ex, target, "after"), STUCK_LIMIT_S) == ["after"]
+
+    calls = Trickled(fake_metrics).run(body)
+    assert [batch for _, batch in calls if len(batch) != 1] == []
+    assert calls[-1][1] == ["after"]
