@@ -161,9 +161,8 @@ class RedisRateLimiter:
                 batch, self._waiting = self._waiting, {}
                 try:
                     answers = await self._check(batch)
-                except (
-                    Exception
-                ) as exc:  # an answer this code cannot read: fail these requests, not hang them
+                except Exception as exc:
+                    # An answer this code cannot read: fail these requests rather than leave them hanging.
                     logger.exception("rate limits: unexpected answer from %s", self._description)
                     for futures in batch.values():
                         for future in futures:
