@@ -1025,6 +1025,10 @@ class DeviceExecutor:
                     loop.call_soon_threadsafe(self._deliver, works, outcomes, taken.dropped, finished)
                 except RuntimeError:  # loop closed between the check and the call
                     return
+                if works and taken.lane.batches_while_busy:
+                    # This thread's next call would take the GIL at once and keep these answers from the
+                    # loop for a switch interval: let the loop hand them out first.
+                    time.sleep(0)
 
     def collecting(self) -> int:
         """How many versions a thread is holding for a fuller batch right now."""
