@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from inferd.core.tenancy import RateLimiter, rate_limited
+from inferd.jobs.coalescer import Coalescer
 
 logger = logging.getLogger("inferd.ratelimit")
 
@@ -86,11 +87,6 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _command(*args: bytes) -> bytes:
-    """One command in the Redis protocol (RESP)."""
-    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
-
-
 class RedisRateLimiter:
     """Implements ``TenantLimit``: the limits of ``limits`` (the server's whole limits), shared through
     Redis; ``fallback`` (this process's share) while Redis is away. ``timeout_s`` bounds each call."""
@@ -119,9 +115,8 @@ class RedisRateLimiter:
         self._description = description
         self._shared = True
         self._probe: asyncio.Task[None] | None = None
-        # Checks not sent yet, per tenant in order of arrival: one future per request.
-        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
-        self._sender: asyncio.Task[None] | None = None
+        # Checks made while a call is on the wire (or in one loop iteration) go together in the next.
+        self._checks: Coalescer[str, int] = Coalescer(self._run_checks)
         # Per tenant, its key and limits in the protocol, encoded once.
         self._encoded: dict[str, tuple[bytes, bytes]] = {}
         on_shared(True)
@@ -137,53 +132,41 @@ class RedisRateLimiter:
         if not self._shared:
             self._fallback.acquire(tenant)
             return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        waiting = self._waiting.get(tenant)
-        if waiting is None:
-            self._waiting[tenant] = [future]
-        else:
-            waiting.append(future)
-        if self._sender is None:
-            # Started on the next iteration: every check made in this one goes in the same call.
-            self._sender = loop.create_task(self._send())
-        wait_us = await future
+        wait_us = await self._checks.submit(tenant)
         if wait_us == _UNKNOWN:
             self._fallback.acquire(tenant)
         elif wait_us > 0:
             rate, burst = limits
             raise rate_limited(tenant, rate, burst, wait_us / 1e6)
 
-    async def _send(self) -> None:
-        """One call at a time; what arrives meanwhile goes in the next one."""
+    async def _run_checks(self, tenants: list[str]) -> list[int]:
+        """The wait in µs (0: admitted, ``_UNKNOWN``: Redis did not answer) of each check, in order:
+        one script call with each tenant's count; a tenant's first ``admitted`` checks pass."""
+        counts: dict[str, int] = {}
+        for tenant in tenants:
+            counts[tenant] = counts.get(tenant, 0) + 1
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, {}
-                try:
-                    answers = await self._check(batch)
-                except Exception as exc:
-                    # An answer this code cannot read: fail these requests rather than leave them hanging.
-                    logger.exception("rate limits: unexpected answer from %s", self._description)
-                    for futures in batch.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(exc)
-                    continue
-                for (admitted, wait_us), futures in zip(answers, batch.values(), strict=True):
-                    for position, future in enumerate(futures):
-                        if not future.done():  # done: the request went away (cancelled)
-                            future.set_result(0 if position < admitted else wait_us)
-        finally:
-            self._sender = None
+            answers = dict(zip(counts, await self._check(counts), strict=True))
+        except Exception:  # an answer this code cannot read: these requests fail, with the reason logged
+            logger.exception("rate limits: unexpected answer from %s", self._description)
+            raise
+        seen: dict[str, int] = {}
+        waits = []
+        for tenant in tenants:
+            position = seen.get(tenant, 0)
+            seen[tenant] = position + 1
+            admitted, wait_us = answers[tenant]
+            waits.append(0 if position < admitted else wait_us)
+        return waits
 
-    async def _check(self, batch: dict[str, list[asyncio.Future[int]]]) -> list[tuple[int, int]]:
-        """(admitted, wait in µs) per tenant of ``batch``; never raises: an unreachable Redis answers
-        ``_UNKNOWN`` for every request."""
+    async def _check(self, batch: dict[str, int]) -> list[tuple[int, int]]:
+        """(admitted, wait in µs) per tenant of ``batch`` (tenant: checks); an unreachable Redis
+        answers ``_UNKNOWN`` for every check."""
         keys, args = [], []
-        for tenant, futures in batch.items():
+        for tenant, count in batch.items():
             encoded = self._encoded.get(tenant) or self._encode(tenant)
             keys.append(encoded[0])
-            args.append(encoded[1] + _bulk(b"%d" % len(futures)))
+            args.append(encoded[1] + _bulk(b"%d" % count))
         head = b"*%d\r\n" % (3 + 4 * len(batch)) + _bulk(b"EVALSHA") + _bulk(GCRA_SHA)
         payload = b"".join((head, _bulk(b"%d" % len(batch)), *keys, *args))
         try:
@@ -191,7 +174,7 @@ class RedisRateLimiter:
                 try:
                     reply = await self._call(payload)
                 except NoScriptError:  # a Redis that never saw the script, or restarted and lost it
-                    await self._call(_command(b"SCRIPT", b"LOAD", GCRA.encode()))
+                    await self._call(self._connection.pack_command("SCRIPT", "LOAD", GCRA))
                     reply = await self._call(payload)
         except (TimeoutError, RedisError, OSError) as exc:
             await self._connection.disconnect(nowait=True)
@@ -199,7 +182,7 @@ class RedisRateLimiter:
             return [(0, _UNKNOWN)] * len(batch)
         return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
-    async def _call(self, payload: bytes) -> Any:
+    async def _call(self, payload: bytes | list[bytes]) -> Any:
         await self._connection.send_packed_command(payload, check_health=False)
         return await self._connection.read_response()
 
@@ -241,10 +224,9 @@ class RedisRateLimiter:
             return
 
     async def close(self) -> None:
-        for task in (self._probe, self._sender):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         await self._connection.disconnect()
         await self._client.aclose()

@@ -507,8 +507,7 @@ class DeviceExecutor:
         submitted, self._submitted = self._submitted, []
         queued = 0
         with self._cond:
-            touched: list[_Lane] = []
-            arrivals: dict[_Lane, int] = {}
+            arrivals: dict[_Lane, int] = {}  # lanes that got work, in order: requests each
             for work in submitted:
                 lane = work.lane
                 lane.staged_items -= work.size
@@ -535,14 +534,10 @@ class DeviceExecutor:
                     lane.listed = True
                     lane.vpass = max(lane.vpass, self._vtime)
                     self._listed.append(lane)
-                    touched.append(lane)
-                elif lane not in touched:
-                    touched.append(lane)
             wake = 0
             now = self._clock()
             for lane, count in arrivals.items():
                 lane.note_arrivals(now, count)
-            for lane in touched:
                 if lane.learned:
                     # More requests at once than the learned batch: more clients came; wait for them.
                     lane.learned = max(lane.learned, lane.queued_items + lane.running_items)
@@ -820,7 +815,11 @@ class DeviceExecutor:
         oldest = self._oldest(lane)
         if oldest is None:
             return None
-        until = oldest.enqueued + lane.policy.max_delay_s
+        return self._wait_end(lane, oldest, oldest.enqueued + lane.policy.max_delay_s, now)
+
+    @staticmethod
+    def _wait_end(lane: _Lane, oldest: _Work, until: float, now: float) -> float | None:
+        """``until``, never past the oldest request's latest start; None when that has come."""
         if lane.policy.deadline_admission:
             until = min(until, oldest.deadline - lane.estimate)
         return until if until > now else None
@@ -849,9 +848,7 @@ class DeviceExecutor:
         if oldest is None:
             return None
         until = min(lane.arrived + _GATHER_GAPS * lane.spacing, oldest.enqueued + _GATHER_CAP_S)
-        if lane.policy.deadline_admission:
-            until = min(until, oldest.deadline - lane.estimate)
-        return until if until > now else None
+        return self._wait_end(lane, oldest, until, now)
 
     def _next_tenant(self, lane: _Lane, group: Any, items: int, taken: dict[str, int]) -> _Tenant | None:
         """The queue whose account is furthest behind (then the oldest head) that can join the call."""
