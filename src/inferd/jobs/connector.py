@@ -50,6 +50,8 @@ class Query(enum.StrEnum):
     RELEASE = "release"  # ids, worker, now -> rowcount
     CANCEL = "cancel"  # id, tenant (None: any), now -> the job, when it was pending or running
     DELETE_FINISHED = "delete_finished"  # cutoff -> rowcount
+    # -> rowcount: the tenant turn rows at or behind the clock deleted (an absent row means the same).
+    PRUNE_TURNS = "prune_turns"
     REPOSITORY_GENERATION = "repository_generation"  # -> generation
     BUMP_REPOSITORY_GENERATION = "bump_repository_generation"  # -> generation (the new one)
     # API keys made at run time.

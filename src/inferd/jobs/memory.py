@@ -75,6 +75,7 @@ class MemoryConnector:
             Query.RELEASE: self._release,
             Query.CANCEL: self._cancel,
             Query.DELETE_FINISHED: self._delete_finished,
+            Query.PRUNE_TURNS: self._prune_turns,
             Query.REPOSITORY_GENERATION: lambda p: ([{"generation": self.generation}], 1),
             Query.BUMP_REPOSITORY_GENERATION: self._bump_generation,
             Query.INSERT_KEY: self._insert_key,
@@ -311,6 +312,12 @@ class MemoryConnector:
         for job_id in doomed:
             del self.rows[job_id]
         return [], len(doomed)
+
+    def _prune_turns(self, p: dict[str, Any]) -> tuple[list[Row], int]:
+        kept = {tenant: turn for tenant, turn in self.next_turns.items() if turn > self.clock}
+        pruned = len(self.next_turns) - len(kept)
+        self.next_turns = kept
+        return [], pruned
 
     def _insert_key(self, p: dict[str, Any]) -> tuple[list[Row], int]:
         if p["id"] in self.keys or any(key["digest"] == p["digest"] for key in self.keys.values()):

@@ -115,10 +115,11 @@ _DROP_CREATION_ORDER_INDEX = Migration(
 
 
 # Fair claims across claims (stride scheduling): each tenant's next turn, and the turn of the latest
-# job claimed, where a tenant that was idle starts again (so idleness banks no credit). Both tables
-# hold a row per tenant ever claimed from and one row; a claim reads and writes only the rows of the
-# tenants it takes jobs from (and the clock). Turns are doubles: SQLite's REAL is one, PostgreSQL's
-# real is single precision, hence the parameter.
+# job claimed, where a tenant that was idle starts again (so idleness banks no credit). tenant_turns
+# holds a row per tenant claimed from until the clock catches up with its next turn: the retention
+# janitor then deletes it (an absent row means the same). A claim reads and writes only the rows of
+# the tenants it takes jobs from (and the clock). Turns are doubles: SQLite's REAL is one,
+# PostgreSQL's real is single precision, hence the parameter.
 def _fair_turns(real: str) -> Migration:
     return Migration(
         10,

@@ -213,6 +213,14 @@ RETURNING {COLS}
     Query.DELETE_FINISHED: sql_text(
         "DELETE FROM jobs WHERE status IN ({terminal}) AND finished_at < %(cutoff)s"
     ),
+    # A row a claim is writing is skipped (it moves past the clock anyway), and the rest are locked in
+    # tenant order, as claims lock them: the sweep neither waits for a claim nor deadlocks with one. A
+    # row a claim moved after this statement's snapshot is checked again as it stands, against a clock
+    # that can only have grown since.
+    Query.PRUNE_TURNS: (
+        "DELETE FROM tenant_turns WHERE tenant IN (SELECT tenant FROM tenant_turns"
+        " WHERE next_turn <= (SELECT turn FROM claim_clock WHERE id = 1) ORDER BY tenant FOR UPDATE SKIP LOCKED)"
+    ),
     Query.REPOSITORY_GENERATION: "SELECT generation FROM model_repository WHERE id = 1",
     Query.BUMP_REPOSITORY_GENERATION: (
         "UPDATE model_repository SET generation = generation + 1 WHERE id = 1 RETURNING generation"

@@ -1,4 +1,5 @@
-"""Runs the job machinery of one process: store, worker, queue-depth refresh, retention janitor."""
+"""Runs the job machinery of one process: store, worker, queue-depth refresh, retention janitor (finished
+jobs past their ttl, tenant turns behind the clock)."""
 
 from __future__ import annotations
 
@@ -116,15 +117,7 @@ class JobRuntime:
                 )
             )
         )
-        self._tasks.append(
-            asyncio.create_task(
-                _every(
-                    self._janitor_interval_s,
-                    lambda: self.service.delete_expired(self._job_ttl_s),
-                    "job retention",
-                )
-            )
-        )
+        self._tasks.append(asyncio.create_task(_every(self._janitor_interval_s, self._tidy, "job retention")))
         if self.worker is not None:
             self._worker_task = asyncio.create_task(self.worker.run())
 
@@ -142,6 +135,10 @@ class JobRuntime:
                 await task
         self._tasks.clear()
         await self.store.close()
+
+    async def _tidy(self) -> None:
+        await self.service.delete_expired(self._job_ttl_s)
+        await self.store.prune_turns()
 
     async def refresh_keys(self) -> None:
         """Run-time keys: record which were used, then take the store's current set (new, revoked

@@ -158,6 +158,7 @@ QUERIES: dict[Query, str | tuple[str, ...]] = {
     Query.DELETE_FINISHED: sql_text(
         "DELETE FROM jobs WHERE status IN ({terminal}) AND finished_at < :cutoff"
     ),
+    Query.PRUNE_TURNS: "DELETE FROM tenant_turns WHERE next_turn <= (SELECT turn FROM claim_clock WHERE id = 1)",
     Query.REPOSITORY_GENERATION: "SELECT generation FROM model_repository WHERE id = 1",
     Query.BUMP_REPOSITORY_GENERATION: (
         "UPDATE model_repository SET generation = generation + 1 WHERE id = 1 RETURNING generation"

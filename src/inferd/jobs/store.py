@@ -414,6 +414,12 @@ class JobStore:
         """Delete terminal jobs finished before ``cutoff``; returns how many."""
         return await self._execute(Query.DELETE_FINISHED, cutoff=cutoff)
 
+    async def prune_turns(self) -> int:
+        """Delete the next turns of tenants that are at or behind the clock (see ``claim``): such a
+        tenant starts from the clock either way, so its row says nothing; kept, the table would hold a
+        row for every tenant ever claimed from. Returns how many were deleted."""
+        return await self._execute(Query.PRUNE_TURNS)
+
     async def repository_generation(self) -> int:
         """How many reloads of the model repository were requested (by any process sharing the store)."""
         rows = await self._fetch(Query.REPOSITORY_GENERATION)

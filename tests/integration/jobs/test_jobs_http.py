@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -12,9 +13,9 @@ from typing import Any
 
 import orjson
 import pytest
-from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app
+from jobs_testkit import ACME, BETA, JOB_FIELDS, PREDICT_ONLY, assert_error, bearer, job_app, with_store
 
-from inferd.jobs.models import JobStatus
+from inferd.jobs.models import Job, JobStatus
 from inferd.jobs.store import JobStore, encode_cursor
 
 
@@ -339,7 +340,26 @@ def test_store_failure_on_read_is_a_native_500_with_request_id(
     asyncio.run(body())
 
 
-def test_retention_janitor_of_the_runtime_deletes_expired_finished_jobs(tmp_path: Path) -> None:
+def test_retention_janitor_of_the_runtime_deletes_expired_jobs_and_prunes_turns(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+
+    def turn_rows() -> list[str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return [tenant for (tenant,) in db.execute("SELECT tenant FROM tenant_turns ORDER BY tenant")]
+
+    async def claim_in_turn(store: JobStore) -> None:
+        # Claims of one job: a, b, a, a (b has one job), so b's next turn (1) falls behind the clock (2).
+        jobs = [
+            Job(id=f"turn-{i}", tenant=t, model="echo", version="1", inputs=[1], batch=False)
+            for i, t in enumerate("aaab")
+        ]
+        await store.insert_many(jobs)
+        for _ in jobs:
+            assert len(await store.claim(worker_id="w", limit=1, lease_s=60, now=datetime.now(UTC))) == 1
+
+    with_store(f"sqlite:///{path}", claim_in_turn)
+    assert turn_rows() == ["a", "b"]
+
     async def body() -> None:
         async with job_app(tmp_path, worker=False, job_ttl=0.3, janitor_interval_s=0.1) as api:
             finished = await api.submit_ok("echo", {"input": "done"})
@@ -352,6 +372,10 @@ def test_retention_janitor_of_the_runtime_deletes_expired_finished_jobs(tmp_path
             assert_error(await api.get(finished["id"]), 404, "job_not_found")
             await asyncio.sleep(0.5)  # well past the ttl: pending jobs are never expired
             assert (await api.get(pending["id"])).json()["status"] == "pending"
+            # ... and the turns of tenants behind the clock are swept with the jobs.
+            while turn_rows() != ["a"]:
+                assert time.monotonic() < deadline, "the janitor did not prune b's turn"
+                await asyncio.sleep(0.05)
 
     asyncio.run(body())
 

@@ -373,6 +373,27 @@ async def test_a_tenant_back_from_idleness_gets_no_burst(store: JobStore, make_j
     assert await claim_tenants([store], 10) == ["tenant-b", "tenant-a"] * 5
 
 
+async def test_turns_behind_the_clock_are_pruned_and_claims_go_on_as_before(
+    store: JobStore, make_job: JobFactory
+) -> None:
+    # The claims of test_a_tenant_back_from_idleness_gets_no_burst, pruned in between: a tenant whose
+    # next turn is at or behind the clock starts from the clock with or without its row.
+    backlog = [make_job(tenant="tenant-a") for _ in range(60)]
+    early = [make_job(tenant="tenant-b") for _ in range(4)]
+    await store.insert_many(backlog + early)
+    assert await store.prune_turns() == 0  # no tenant was claimed from yet
+    assert await claim_tenants([store], 8) == ["tenant-a", "tenant-b"] * 4
+    assert await store.prune_turns() == 0  # both next turns (4) are ahead of the clock (3)
+    assert await claim_tenants([store], 20) == ["tenant-a"] * 20
+    assert await store.prune_turns() == 1  # b's 4 is behind the clock (23); a's 24 is not
+    assert await store.prune_turns() == 0
+    await store.insert_many([make_job(tenant="tenant-b") for _ in range(10)])
+    assert await claim_tenants([store], 10) == ["tenant-b", "tenant-a"] * 5
+    # b took the turns 23 to 27 and a 24 to 28: b's next turn (28) is the clock, a's (29) ahead of it.
+    assert await store.prune_turns() == 1
+    assert await claim_tenants([store], 4) == ["tenant-b", "tenant-a"] * 2
+
+
 async def test_claim_takes_higher_priority_first_within_a_tenant(
     store: JobStore, make_job: JobFactory
 ) -> None:
@@ -464,7 +485,16 @@ async def test_concurrent_claimers_never_share_a_job(
             got += batch
         return got
 
-    per_worker = await asyncio.gather(*(drain(stores[i % 3], f"w{i}") for i in range(6)))
+    async def prune(store: JobStore) -> None:
+        # The retention janitor of another process, sweeping the turns while the claims run.
+        for _ in range(10):
+            await store.prune_turns()
+            await asyncio.sleep(0.001)
+
+    per_worker, _ = await asyncio.gather(
+        asyncio.gather(*(drain(stores[i % 3], f"w{i}") for i in range(6))),
+        asyncio.gather(*(prune(store) for store in stores)),
+    )
     claimed = [job for batch in per_worker for job in batch]
     assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
     rerun = {j.id for j in abandoned}
