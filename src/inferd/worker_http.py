@@ -3,6 +3,8 @@
 A worker has no API, but orchestrators need a liveness and a readiness probe for it and Prometheus a
 scrape target. This is a minimal HTTP/1.1 responder on the worker's event loop (one request per
 connection), so a readiness check can ask the job store the same way ``inferd serve``'s /readyz does.
+Requests are routed and refused as ``inferd serve`` does it (paths percent-decoded, query parameters
+refused rather than ignored, errors in the API's body), so probes behave the same on either port.
 """
 
 from __future__ import annotations
@@ -12,18 +14,30 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, unquote
 
+from inferd.core.errors import (
+    InferdError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    quote,
+    unknown_query_parameters,
+)
+from inferd.http.errors import STATUS_BY_CODE, error_headers
 from inferd.metrics import MetricsExposition
 
 logger = logging.getLogger("inferd.worker")
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
 _JSON = {"Content-Type": "application/json"}
+_PATHS = ("/metrics", "/livez", "/readyz")
+_METHODS = ("GET", "HEAD")
 _REASONS = {
     200: "OK",
+    400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
-    400: "Bad Request",
+    422: "Unprocessable Entity",
     503: "Service Unavailable",
 }
 _HEADER_TIMEOUT_S = 5.0
@@ -76,23 +90,43 @@ class WorkerEndpoints:
         parts = request_line.split(b" ")
         if len(parts) != 3:
             return 400, _JSON, b'{"status": "bad request"}'
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method not in (b"GET", b"HEAD"):
-            return 405, _JSON, b'{"status": "method not allowed"}'
-        if target == b"/metrics":
+        method = parts[0].decode("latin-1")
+        target, _, query = parts[1].decode("latin-1").partition("?")
+        # Routed as ``inferd serve`` routes: on the percent-decoded path, its query string apart.
+        path = unquote(target)
+        if path not in _PATHS:
+            return _error(
+                RouteNotFoundError(f"no route {method} {quote(path)}; this port serves {', '.join(_PATHS)}")
+            )
+        if method not in _METHODS:
+            allowed = [*_METHODS]
+            return _error(
+                MethodNotAllowedError(
+                    f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}", allowed=allowed
+                )
+            )
+        unknown = list(dict.fromkeys(name for name, _ in parse_qsl(query, keep_blank_values=True)))
+        if unknown:
+            return _error(unknown_query_parameters("GET", path, unknown, []))
+        if path == "/metrics":
             headers = _headers(header_block)
             body, response_headers = await asyncio.to_thread(
                 self._exposition.render, headers.get("accept"), headers.get("accept-encoding")
             )
             return 200, response_headers, body
-        if target == b"/livez":
+        if path == "/livez":
             return 200, _JSON, b'{"status": "ok"}'
-        if target == b"/readyz":
-            reasons = await self._readiness()
-            if reasons:
-                return 503, _JSON, json.dumps({"status": "not_ready", "reasons": reasons}).encode()
-            return 200, _JSON, b'{"status": "ready"}'
-        return 404, _JSON, b'{"status": "not found", "paths": ["/metrics", "/livez", "/readyz"]}'
+        reasons = await self._readiness()
+        if reasons:
+            return 503, _JSON, json.dumps({"status": "not_ready", "reasons": reasons}).encode()
+        return 200, _JSON, b'{"status": "ready"}'
+
+
+def _error(error: InferdError) -> tuple[int, dict[str, str], bytes]:
+    """The API's error status, headers and body for ``error`` (without a request id: this port has none)."""
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in error_headers(error)}
+    body = json.dumps({"error": {"code": error.code.value, "message": error.message}}).encode()
+    return STATUS_BY_CODE[error.code], {**_JSON, **headers}, body
 
 
 def _headers(block: bytes) -> dict[str, str]:

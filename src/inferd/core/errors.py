@@ -137,6 +137,18 @@ class InvalidInputError(InferdError):
     code = ErrorCode.INVALID_INPUT
 
 
+def unknown_query_parameters(
+    method: str, path: str, unknown: Sequence[str], accepted: Sequence[str]
+) -> InvalidInputError:
+    """The refusal of query parameters a route does not take (every front end refuses them the same
+    way rather than ignore them: a misspelt filter must not silently match everything)."""
+    plural = "s" if len(unknown) > 1 else ""
+    takes = f"takes only {', '.join(accepted)}" if accepted else "takes no query parameters"
+    return InvalidInputError(
+        f"unknown query parameter{plural} {quote_names(unknown)}; {method} {path} {takes}"
+    )
+
+
 class PayloadTooLargeError(InferdError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 

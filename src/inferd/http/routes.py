@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from inferd.core import json_limits
-from inferd.core.errors import InvalidInputError, quote_names, validation_problems
+from inferd.core.errors import InvalidInputError, unknown_query_parameters, validation_problems
 from inferd.core.json_limits import DEFAULT_MAX_DEPTH
 from inferd.core.tenancy import KeyScope, Principal
 from inferd.http.wire import BodyLimit, Receive, RequestInfo, Scope, header, read_body
@@ -178,21 +178,13 @@ def parse_query(route: Route, query_string: bytes) -> Any:
     if not route.ignores_unknown_query:
         unknown = list(dict.fromkeys(name for name, _ in pairs if name not in fields))
         if unknown:
-            raise _unknown_query(route, unknown, list(fields))
+            raise unknown_query_parameters(route.method, route.path, unknown, list(fields))
     if route.query is None:
         return None
     try:
         return route.query.model_validate(dict(pairs))
     except ValidationError as exc:
         raise InvalidInputError(validation_problems(exc, whole="?", prefix="query parameter ")) from None
-
-
-def _unknown_query(route: Route, unknown: list[str], accepted: list[str]) -> InvalidInputError:
-    plural = "s" if len(unknown) > 1 else ""
-    takes = f"takes only {', '.join(accepted)}" if accepted else "takes no query parameters"
-    return InvalidInputError(
-        f"unknown query parameter{plural} {quote_names(unknown)}; {route.method} {route.path} {takes}"
-    )
 
 
 class _Node:
