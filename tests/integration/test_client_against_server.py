@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from inferd_http_testkit import ServerProcess, free_port, running_server, server_env
 
@@ -71,9 +72,17 @@ def without_setup_lines(script: str) -> str:
 
 
 def test_the_readme_try_it_curl_commands_answer_as_described(server: ServerProcess, tmp_path: Path) -> None:
-    result = run_bash(pointed_at(server, readme_blocks("## Try it", "bash")[0]), tmp_path)
+    script = readme_blocks("## Try it", "bash")[0]
+    result = run_bash(pointed_at(server, script), tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    lines = out.splitlines()
+    # What the README shows them print, exactly; and every answer on a line of its own (the server's
+    # JSON ends without a newline: without curl's -w the answers would run together on one line).
+    shown = readme_blocks("## Try it", "text")[0].splitlines()
+    assert lines[: len(shown)] == shown, out
+    answers = [orjson.loads(line) for line in lines if line.startswith("{")]
+    assert len(answers) == script.count("curl -s -w '\\n' "), out
     for expected in (
         '{"status":"ok"}',
         '"model":"iris","version":"2","output":0,',
