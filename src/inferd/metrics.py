@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import glob
 import gzip
+import mmap
 import os
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -281,3 +285,128 @@ class LiveProcessesCollector(Collector):
 
 def _constant(pid: int) -> Callable[[], int]:
     return lambda: pid
+
+
+# -- multiprocess values ------------------------------------------------------------------------------
+
+_USED = struct.Struct("i")
+_VALUE = struct.Struct("d")
+_VALUE_AND_TIME = struct.Struct("dd")
+_INITIAL_FILE_BYTES = 1 << 16
+
+
+class _ValuesFile:
+    """One of this process's metric files, in the layout prometheus_client's ``MmapedDict`` documents and
+    ``MultiProcessCollector`` reads: the bytes used (int32, then 4 bytes of padding), then per value its
+    key's length (int32), the UTF-8 key padded with spaces to 8-byte alignment, the value and a timestamp
+    (doubles). Unlike ``MmapedDict`` it gives each value its offset once, so an update is one store."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a+b")  # noqa: SIM115  (open for the process's life)
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            self._file.truncate(_INITIAL_FILE_BYTES)
+            size = _INITIAL_FILE_BYTES
+        self.map = mmap.mmap(self._file.fileno(), size)
+        self._size = size
+        self._positions: dict[str, int] = {}
+        self._used = _USED.unpack_from(self.map, 0)[0]
+        if self._used == 0:
+            self._used = 8
+            self.map[0:4] = _USED.pack(self._used)
+        else:
+            # A process that had this pid before wrote here (its counts are kept, as the library does).
+            for key, _, _, position in MmapedDict.read_all_values_from_file(path):
+                self._positions[key] = position
+
+    def position(self, key: str) -> int:
+        """The offset of ``key``'s value, added (as 0) if the file does not hold it yet."""
+        position = self._positions.get(key)
+        if position is not None:
+            return position
+        encoded = key.encode("utf-8")
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        entry = _USED.pack(len(encoded)) + padded + _VALUE_AND_TIME.pack(0.0, 0.0)
+        while self._used + len(entry) > self._size:
+            self._size *= 2
+            self._file.truncate(self._size)
+            self.map = mmap.mmap(self._file.fileno(), self._size)
+        self.map[self._used : self._used + len(entry)] = entry
+        self._used += len(entry)
+        # The collector reads up to this count: the entry is complete before it is counted.
+        self.map[0:4] = _USED.pack(self._used)
+        position = self._positions[key] = self._used - _VALUE_AND_TIME.size
+        return position
+
+
+def multiprocess_value_class(directory: Path, pid: int) -> type:
+    """A value class for prometheus_client's multiprocess mode writing the same files as its own
+    (``{type}[_{mode}]_{pid}.db`` in ``directory``), for a process that never forks with its metrics.
+
+    The library's class asks the kernel for the process id on every update (to notice a fork) and
+    looks each value's key up again; on echo, with a counter and a histogram per request and a few
+    gauges and a histogram per executor step, that was most of the cost of multiprocess metrics."""
+    files: dict[str, _ValuesFile] = {}
+    lock = threading.Lock()  # executor threads update the gauges too
+
+    class MmapValue:
+        _multiprocess = True
+
+        def __init__(
+            self,
+            typ: str,
+            metric_name: str,
+            name: str,
+            labelnames: Any,
+            labelvalues: Any,
+            help_text: str,
+            multiprocess_mode: str = "",
+            **kwargs: Any,
+        ) -> None:
+            prefix = f"{typ}_{multiprocess_mode}" if typ == "gauge" else typ
+            with lock:
+                file = files.get(prefix)
+                if file is None:
+                    file = files[prefix] = _ValuesFile(str(directory / f"{prefix}_{pid}.db"))
+                self._file = file
+                self._position = file.position(
+                    mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+                )
+                self._value, self._timestamp = _VALUE_AND_TIME.unpack_from(file.map, self._position)
+
+        def inc(self, amount: float) -> None:
+            with lock:
+                self._value += amount
+                position = self._position
+                self._file.map[position : position + 8] = _VALUE.pack(self._value)
+                if self._timestamp:
+                    self._timestamp = 0.0
+                    self._file.map[position + 8 : position + 16] = _VALUE.pack(0.0)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            with lock:
+                self._value = value
+                self._timestamp = timestamp or 0.0
+                position = self._position
+                self._file.map[position : position + 16] = _VALUE_AND_TIME.pack(value, self._timestamp)
+
+        def set_exemplar(self, exemplar: Any) -> None:
+            return  # prometheus_client keeps no exemplars in multiprocess mode either
+
+        def get(self) -> float:
+            with lock:
+                return self._value
+
+        def get_exemplar(self) -> None:
+            return None
+
+    return MmapValue
+
+
+def use_multiprocess_values() -> None:
+    """In prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, which the library reads
+    when first imported), make this process's metrics use :func:`multiprocess_value_class`. Call it before
+    any metric exists: a metric takes its value class when created."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and values.ValueClass is not values.MutexValue:
+        values.ValueClass = multiprocess_value_class(Path(directory), os.getpid())

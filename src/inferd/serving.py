@@ -82,7 +82,9 @@ def run_server(
     """Serve until stopped; the process's exit status (0 after a clean stop)."""
     from inferd.bootstrap import build_app, connection_limits
     from inferd.http.server import server_options
+    from inferd.metrics import use_multiprocess_values
 
+    use_multiprocess_values()
     asgi = build_app(settings, share=share, serve_grpc=settings.grpc, reload_on_sighup=True)
     server_config = uvicorn.Config(
         asgi,
