@@ -17,7 +17,10 @@ has served its share of connections before the measured run.
 
 wrk shares the machine's cores with the server, so besides requests/s the script reports the CPU
 seconds each side used during the run (the server's whole process tree, and wrk), and rps per server
-CPU second.
+CPU second. What wrk spends is taken from the server: wrk runs without bench/post.lua's per-response
+status callback (a Lua call and a header table per response), and errors are wrk's own count of
+responses with status >= 400, which every error inferd answers is. ``--lua-status`` puts the callback
+back (the setup of the runs before it was dropped).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
     pids = tree_pids(root)
     before = cpu_seconds(pids)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    stats, _ = run_wrk(target, label, args)
+    stats, _ = run_wrk(target, label, args, count_status=args.lua_status)
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = cpu_seconds(pids)
     server_cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
@@ -100,6 +103,7 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
         "wrk_cpu_s": wrk_cpu,
         "rps_per_server_cpu_s": stats.rps * args.duration / server_cpu if server_cpu else 0.0,
         "server_cpu_us_per_request": 1e6 * server_cpu / (stats.rps * args.duration) if stats.rps else 0.0,
+        "wrk_cpu_us_per_request": 1e6 * wrk_cpu / (stats.rps * args.duration) if stats.rps else 0.0,
         "items_per_step": items / steps if steps else 0.0,
     }
 
@@ -128,6 +132,11 @@ def main() -> int:
         type=Path,
         metavar="DIR",
         help="also run every variant from this source tree (its src first on PYTHONPATH) as NAME@base",
+    )
+    parser.add_argument(
+        "--lua-status",
+        action="store_true",
+        help="count non-2xx responses in bench/post.lua's per-response callback too (costs wrk CPU)",
     )
     parser.add_argument("--wrk", default="wrk")
     args = parser.parse_args()
@@ -185,6 +194,7 @@ def main() -> int:
                                 target,
                                 f"warm-up {model} on {name}",
                                 argparse.Namespace(**{**vars(args), "duration": args.warmup}),
+                                count_status=args.lua_status,
                             )
                         row = measured_run(
                             target, f"{model} on {name} (round {round_no})", args, server.proc.pid
@@ -198,7 +208,7 @@ def main() -> int:
 
     print(
         f"\n{'variant':>8} {'model':>5} {'rps':>8} {'x 1':>6} {'p50':>7} {'p99':>7} {'srv cpu':>8} {'wrk cpu':>8} "
-        f"{'us/req':>6} {'items':>5}  per-round x 1"
+        f"{'us/req':>6} {'wrk us':>6} {'items':>5}  per-round x 1"
     )
     summary = []
     for name, _, _ in variants:
@@ -226,13 +236,15 @@ def main() -> int:
                 "non_2xx": sum(r["non_2xx"] for r in rows),
                 # Server CPU per request: what a process spends on each, whatever share of the cores wrk took.
                 "server_cpu_us_per_request": median("server_cpu_us_per_request"),
+                "wrk_cpu_us_per_request": median("wrk_cpu_us_per_request"),
                 "items_per_step": median("items_per_step"),
             }
             summary.append(entry)
             print(
                 f"{name:>8} {model:>5} {entry['rps']:>8.0f} {entry['ratio_to_1']:>6.2f} {entry['p50_ms']:>7.2f} "
                 f"{entry['p99_ms']:>7.2f} {entry['server_cpu_s']:>8.1f} {entry['wrk_cpu_s']:>8.1f} "
-                f"{entry['server_cpu_us_per_request']:>6.0f} {entry['items_per_step']:>5.1f}  {entry['round_ratios']}"
+                f"{entry['server_cpu_us_per_request']:>6.0f} {entry['wrk_cpu_us_per_request']:>6.0f} "
+                f"{entry['items_per_step']:>5.1f}  {entry['round_ratios']}"
             )
     compared = []
     if args.compare_source is not None:
