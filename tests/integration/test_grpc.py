@@ -103,6 +103,20 @@ def test_sentiment_bytes_in_and_out_match_v1(server: tuple[ServerProcess, str], 
     assert result.as_numpy("scores") is None  # only the requested output comes back
 
 
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_a_large_tensor_both_ways_through_the_flow_control_windows(
+    client: Any, compression: str | None
+) -> None:
+    # 800 KB each way: many times the 64 KiB a client's stream window starts with, so the answer goes
+    # out in frames as the client's WINDOW_UPDATEs arrive; compressed requests are inflated first.
+    array = np.arange(200_000, dtype=np.float32).reshape(1, -1)
+    tensor = grpcclient.InferInput("x", list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array)
+    result = client.infer("echo", [tensor], headers=AUTH, compression_algorithm=compression)
+    (output,) = result.get_response().outputs
+    assert np.array_equal(result.as_numpy(output.name), array)
+
+
 def test_routed_infer_uses_the_highest_version(client: Any) -> None:
     result = client.infer("iris", [iris_input()], headers={"x-api-key": KEY})
     assert result.get_response().model_version == "2"

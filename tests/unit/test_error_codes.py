@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
-
 from inferd.core import errors
 from inferd.core.errors import ErrorCode
 from inferd.grpc.server import STATUS_BY_CODE as GRPC_STATUS
+from inferd.grpc.transport import GrpcStatus
 from inferd.http.errors import STATUS_BY_CODE as HTTP_STATUS
 
 # Start-up only: a bad setting stops the process before any request is served.
@@ -37,7 +36,7 @@ def test_http_maps_every_code_a_request_can_meet() -> None:
 
 def test_grpc_maps_every_code() -> None:
     assert set(GRPC_STATUS) == set(ErrorCode)
-    assert GRPC_STATUS[ErrorCode.STORE_UNAVAILABLE] is grpc.StatusCode.UNAVAILABLE
+    assert GRPC_STATUS[ErrorCode.STORE_UNAVAILABLE] is GrpcStatus.UNAVAILABLE
 
 
 def test_codes_are_the_strings_clients_see() -> None:

@@ -1,6 +1,6 @@
 """The gRPC adapter in process: the committed descriptor against the .proto and tritonclient's
 messages, the status code table, retry delay, deadlines, typed contents, and auth through the
-Gatekeeper, on a real grpc.aio server over a fake data plane."""
+Gatekeeper, on the real transport (grpc/transport.py) over a fake data plane, with grpc.aio as the client."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from inferd.core.tenancy import KeyRing, RateLimiter
 from inferd.core.tensors import Datatype, Tensor, TensorSpec
 from inferd.grpc import messages
 from inferd.grpc.server import RETRY_AFTER, STATUS_BY_CODE, InferenceServicer, start_grpc_server
+from inferd.grpc.transport import GrpcStatus
 from inferd.http.gatekeeper import Gatekeeper
 
 KEY = "unit-key"
@@ -173,35 +174,31 @@ def test_typed_contents_and_parameters() -> None:
 
             bad = infer_request(a=("INT8", [1, 300]))
             bad.inputs[0].contents.int_contents.extend([1, 300])
-            await _expect(
-                h.call("ModelInfer", bad), grpc.StatusCode.INVALID_ARGUMENT, "out of range for INT8"
-            )
+            await _expect(h.call("ModelInfer", bad), GrpcStatus.INVALID_ARGUMENT, "out of range for INT8")
             half = infer_request(a=("FP16", [1.0]))
             half.inputs[0].contents.fp32_contents.append(1.0)
             await _expect(
-                h.call("ModelInfer", half), grpc.StatusCode.INVALID_ARGUMENT, "only as raw_input_contents"
+                h.call("ModelInfer", half), GrpcStatus.INVALID_ARGUMENT, "only as raw_input_contents"
             )
             mismatch = infer_request(a=("INT8", [1]), b=("INT8", [1]))
             mismatch.raw_input_contents.append(b"\x01")
             await _expect(
-                h.call("ModelInfer", mismatch), grpc.StatusCode.INVALID_ARGUMENT, "1 entries for 2 inputs"
+                h.call("ModelInfer", mismatch), GrpcStatus.INVALID_ARGUMENT, "1 entries for 2 inputs"
             )
             short = infer_request(a=("INT32", [1, 2]))
             short.raw_input_contents.append(b"\x01\x00\x00\x00")
-            await _expect(h.call("ModelInfer", short), grpc.StatusCode.INVALID_ARGUMENT, "needs 8 bytes")
+            await _expect(h.call("ModelInfer", short), GrpcStatus.INVALID_ARGUMENT, "needs 8 bytes")
             unknown = infer_request(a=("FLOAT", [1]))
             unknown.raw_input_contents.append(b"\x00" * 4)
-            await _expect(
-                h.call("ModelInfer", unknown), grpc.StatusCode.INVALID_ARGUMENT, "not a V2 datatype"
-            )
+            await _expect(h.call("ModelInfer", unknown), GrpcStatus.INVALID_ARGUMENT, "not a V2 datatype")
 
     run(scenario())
 
 
-async def _expect(call: Any, status: grpc.StatusCode, fragment: str) -> grpc.aio.AioRpcError:
+async def _expect(call: Any, status: GrpcStatus, fragment: str) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
-    assert info.value.code() == status, info.value
+    assert info.value.code().value[0] == status, info.value
     assert fragment in (info.value.details() or "")
     return info.value
 
@@ -209,14 +206,14 @@ async def _expect(call: Any, status: grpc.StatusCode, fragment: str) -> grpc.aio
 @pytest.mark.parametrize(
     ("error", "status"),
     [
-        (ModelNotFoundError("no model named 'q'"), grpc.StatusCode.NOT_FOUND),
-        (InferenceTimeoutError("too slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (InferenceError("model m:1 failed: ValueError: x"), grpc.StatusCode.INTERNAL),
-        (OverloadedError("queue full", retry_after_s=2.0), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (RuntimeError("a bug"), grpc.StatusCode.INTERNAL),
+        (ModelNotFoundError("no model named 'q'"), GrpcStatus.NOT_FOUND),
+        (InferenceTimeoutError("too slow"), GrpcStatus.DEADLINE_EXCEEDED),
+        (InferenceError("model m:1 failed: ValueError: x"), GrpcStatus.INTERNAL),
+        (OverloadedError("queue full", retry_after_s=2.0), GrpcStatus.RESOURCE_EXHAUSTED),
+        (RuntimeError("a bug"), GrpcStatus.INTERNAL),
     ],
 )
-def test_errors_map_through_the_table(error: Exception, status: grpc.StatusCode) -> None:
+def test_errors_map_through_the_table(error: Exception, status: GrpcStatus) -> None:
     async def scenario() -> None:
         async with serving() as h:
             h.plane.error = error
@@ -243,12 +240,12 @@ def test_rate_limit_answers_resource_exhausted_with_the_retry_delay() -> None:
             request.raw_input_contents.append(b"\x01")
             await h.call("ModelInfer", request, key="limited")  # the burst of 1
             failure = await _expect(
-                h.call("ModelInfer", request, key="limited"), grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit"
+                h.call("ModelInfer", request, key="limited"), GrpcStatus.RESOURCE_EXHAUSTED, "rate limit"
             )
             assert int(dict(failure.trailing_metadata() or ())[RETRY_AFTER]) >= 1
             await _expect(
                 h.call("ModelReady", messages.service_methods()["ModelReady"][0](name="m"), key="limited"),
-                grpc.StatusCode.PERMISSION_DENIED,
+                GrpcStatus.PERMISSION_DENIED,
                 "lacks the 'models' scope",
             )
 
@@ -264,7 +261,7 @@ def test_every_error_code_has_a_status() -> None:
         if isinstance(cls, type) and issubclass(cls, errors.InferdError)
     }
     assert codes <= set(STATUS_BY_CODE)
-    assert STATUS_BY_CODE[RateLimitedError("x", retry_after_s=1).code] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert STATUS_BY_CODE[RateLimitedError("x", retry_after_s=1).code] is GrpcStatus.RESOURCE_EXHAUSTED
 
 
 def test_public_health_and_metadata() -> None:
@@ -278,7 +275,7 @@ def test_public_health_and_metadata() -> None:
             assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 2])]
             await _expect(
                 h.call("ModelMetadata", methods["ModelMetadata"][0](name="m"), key=None),
-                grpc.StatusCode.UNAUTHENTICATED,
+                GrpcStatus.UNAUTHENTICATED,
                 "missing API key",
             )
 

@@ -1,5 +1,6 @@
-"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` on ``grpc.aio``, in the
-HTTP server's process and event loop, over the same data plane, Gatekeeper and metrics.
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` on inferd's own HTTP/2
+transport (grpc/transport.py), in the HTTP server's process and event loop, over the same data plane,
+Gatekeeper and metrics.
 
 Keys come as metadata (``authorization: Bearer <key>`` or ``x-api-key: <key>``); errors are gRPC status
 codes from one table; the client's deadline shortens the model's timeout.
@@ -13,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
@@ -30,28 +31,30 @@ from inferd.core.tensors import (
     select_outputs,
 )
 from inferd.grpc.messages import SERVICE, ModelInferResponse, service_methods
+from inferd.grpc.transport import Call, GrpcError, GrpcServer, GrpcStatus, Route
+from inferd.http.wire import BodyLimit
 
 logger = logging.getLogger("inferd.grpc")
 
 # Error code (core/errors.py) → gRPC status: the one table of this adapter.
-STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
-    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorCode.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
-    ErrorCode.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.JOB_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP only (slow clients); one table for all codes
-    ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorCode.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorCode.CONFLICT: grpc.StatusCode.ABORTED,
-    ErrorCode.INFERENCE_ERROR: grpc.StatusCode.INTERNAL,
-    ErrorCode.CONFIG_ERROR: grpc.StatusCode.INTERNAL,
+STATUS_BY_CODE: dict[ErrorCode, GrpcStatus] = {
+    ErrorCode.UNAUTHENTICATED: GrpcStatus.UNAUTHENTICATED,
+    ErrorCode.FORBIDDEN: GrpcStatus.PERMISSION_DENIED,
+    ErrorCode.MODEL_NOT_FOUND: GrpcStatus.NOT_FOUND,
+    ErrorCode.JOB_NOT_FOUND: GrpcStatus.NOT_FOUND,
+    ErrorCode.INVALID_INPUT: GrpcStatus.INVALID_ARGUMENT,
+    ErrorCode.PAYLOAD_TOO_LARGE: GrpcStatus.RESOURCE_EXHAUSTED,
+    ErrorCode.REQUEST_TIMEOUT: GrpcStatus.DEADLINE_EXCEEDED,  # HTTP only (slow clients); one table for all codes
+    ErrorCode.RATE_LIMITED: GrpcStatus.RESOURCE_EXHAUSTED,
+    ErrorCode.OVERLOADED: GrpcStatus.RESOURCE_EXHAUSTED,
+    ErrorCode.STORE_UNAVAILABLE: GrpcStatus.UNAVAILABLE,
+    ErrorCode.TIMEOUT: GrpcStatus.DEADLINE_EXCEEDED,
+    ErrorCode.CONFLICT: GrpcStatus.ABORTED,
+    ErrorCode.INFERENCE_ERROR: GrpcStatus.INTERNAL,
+    ErrorCode.CONFIG_ERROR: GrpcStatus.INTERNAL,
     # Raised by HTTP routing only; gRPC answers unknown methods itself.
-    ErrorCode.NOT_FOUND: grpc.StatusCode.UNIMPLEMENTED,
-    ErrorCode.METHOD_NOT_ALLOWED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.NOT_FOUND: GrpcStatus.UNIMPLEMENTED,
+    ErrorCode.METHOD_NOT_ALLOWED: GrpcStatus.UNIMPLEMENTED,
 }
 # Trailing metadata key with the seconds to wait before retrying (RESOURCE_EXHAUSTED), as HTTP's Retry-After.
 RETRY_AFTER = "retry-after"
@@ -73,8 +76,8 @@ _CONTENTS_FIELD = {
 }
 
 
-def status_of(error: InferdError) -> grpc.StatusCode:
-    return STATUS_BY_CODE.get(error.code, grpc.StatusCode.INTERNAL)
+def status_of(error: InferdError) -> GrpcStatus:
+    return STATUS_BY_CODE.get(error.code, GrpcStatus.INTERNAL)
 
 
 def api_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -158,26 +161,26 @@ class InferenceServicer:
         self._admit = admit
         self._methods = service_methods()
 
-    async def _principal(self, context: Any, rpc: str) -> Any:
+    async def _principal(self, call: Call, rpc: str) -> Any:
         scope = self.SCOPES[rpc]
-        return None if scope is None else await self._admit(api_key(context.invocation_metadata()), scope)
+        return None if scope is None else await self._admit(api_key(call.metadata), scope)
 
-    async def ServerLive(self, request: Any, context: Any, response: Any) -> Any:
+    async def ServerLive(self, request: Any, call: Call, response: Any) -> Any:
         return response(live=True)
 
-    async def ServerReady(self, request: Any, context: Any, response: Any) -> Any:
+    async def ServerReady(self, request: Any, call: Call, response: Any) -> Any:
         return response(ready=await self._plane.server_ready())
 
-    async def ServerMetadata(self, request: Any, context: Any, response: Any) -> Any:
+    async def ServerMetadata(self, request: Any, call: Call, response: Any) -> Any:
         return response(name="inferd", version=__version__, extensions=[])
 
-    async def ModelReady(self, request: Any, context: Any, response: Any) -> Any:
-        principal = await self._principal(context, "ModelReady")
+    async def ModelReady(self, request: Any, call: Call, response: Any) -> Any:
+        principal = await self._principal(call, "ModelReady")
         ready = self._plane.model_ready(request.name, request.version or None, tenant=principal.tenant)
         return response(ready=ready)
 
-    async def ModelMetadata(self, request: Any, context: Any, response: Any) -> Any:
-        principal = await self._principal(context, "ModelMetadata")
+    async def ModelMetadata(self, request: Any, call: Call, response: Any) -> Any:
+        principal = await self._principal(call, "ModelMetadata")
         meta = self._plane.model_metadata(request.name, request.version or None, tenant=principal.tenant)
         message = response(name=meta.name, versions=meta.versions, platform=meta.platform)
         for spec, target in [(s, message.inputs) for s in meta.inputs] + [
@@ -186,9 +189,9 @@ class InferenceServicer:
             target.add(name=spec.name, datatype=spec.datatype.value, shape=list(spec.shape))
         return message
 
-    async def ModelInfer(self, request: Any, context: Any, response: Any) -> Any:
-        principal = await self._principal(context, "ModelInfer")
-        remaining = context.time_remaining()
+    async def ModelInfer(self, request: Any, call: Call, response: Any) -> Any:
+        principal = await self._principal(call, "ModelInfer")
+        remaining = call.time_remaining()
         if remaining is not None and remaining <= 0:
             raise _DeadlinePassed()
         prediction = await self._plane.infer_tensors(
@@ -201,40 +204,41 @@ class InferenceServicer:
         )
         return encode_response(request, prediction.model, prediction.version, prediction.outputs)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                self._guarded(getattr(self, name), response_cls),
-                request_deserializer=request_cls.FromString,
-                response_serializer=response_cls.SerializeToString,
-            )
+    def routes(self) -> dict[str, Route]:
+        """``/inference.GRPCInferenceService/<RPC>`` → its route, for every RPC the .proto declares."""
+        return {
+            f"/{SERVICE}/{name}": self._route(getattr(self, name), request_cls, response_cls)
             for name, (request_cls, response_cls) in self._methods.items()
         }
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     @staticmethod
-    def _guarded(
-        method: Callable[[Any, Any, Any], Awaitable[Any]], response_cls: Any
-    ) -> Callable[[Any, Any], Awaitable[Any]]:
-        async def call(request: Any, context: Any) -> Any:
+    def _route(
+        method: Callable[[Any, Call, Any], Awaitable[Any]], request_cls: Any, response_cls: Any
+    ) -> Route:
+        async def call(message: bytes, context: Call) -> bytes:
             try:
-                return await method(request, context, response_cls)
+                request = request_cls.FromString(message)
+            except DecodeError:
+                raise GrpcError(
+                    GrpcStatus.INVALID_ARGUMENT, f"the request is not a valid {request_cls.DESCRIPTOR.name}"
+                ) from None
+            try:
+                response = await method(request, context, response_cls)
             except InferdError as exc:
-                metadata: tuple[tuple[str, str], ...] = ()
+                trailers: tuple[tuple[str, str], ...] = ()
                 retry_after = getattr(exc, "retry_after_s", None)
                 if retry_after is not None:
-                    metadata = ((RETRY_AFTER, str(max(1, int(-(-float(retry_after) // 1))))),)
+                    trailers = ((RETRY_AFTER, str(max(1, int(-(-float(retry_after) // 1))))),)
                 # gRPC calls carry no request id: a fresh reference ties the message to the log line.
-                await context.abort(
-                    status_of(exc), exc.for_client(os.urandom(6).hex(), what="reference"), metadata
-                )
+                raise GrpcError(
+                    status_of(exc), exc.for_client(os.urandom(6).hex(), what="reference"), trailers
+                ) from None
             except _DeadlinePassed:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it ran"
-                )
-            except Exception as exc:  # never a traceback to the client; the log has it
-                logger.exception("gRPC %s failed", getattr(method, "__name__", "call"))
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+                raise GrpcError(
+                    GrpcStatus.DEADLINE_EXCEEDED, "the call's deadline passed before it ran"
+                ) from None
+            serialized: bytes = response.SerializeToString()
+            return serialized
 
         return call
 
@@ -244,8 +248,8 @@ class _DeadlinePassed(Exception):
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail before serving, in one line, when the gRPC port is taken (grpc would only say so from inside
-    the server's start-up)."""
+    """Fail before serving, in one line, when the gRPC port is taken (the server would only say so from
+    inside its start-up)."""
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -259,15 +263,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def server_options(*, max_message_bytes: int, reuse_port: bool) -> list[tuple[str, Any]]:
-    return [
-        # Several `serve --workers` processes share the port; a single one must fail on a taken port.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", -1),
-    ]
-
-
 async def start_grpc_server(
     *,
     servicer: InferenceServicer,
@@ -275,19 +270,14 @@ async def start_grpc_server(
     port: int,
     max_message_bytes: int,
     reuse_port: bool = False,
-) -> tuple[grpc.aio.Server, int]:
-    """Start serving on the running event loop; returns the server and the bound port."""
-    server = grpc.aio.server(
-        options=server_options(max_message_bytes=max_message_bytes, reuse_port=reuse_port)
-    )
-    server.add_generic_rpc_handlers((servicer.handler(),))
+) -> tuple[GrpcServer, int]:
+    """Start serving on the running event loop; returns the server and the bound port. With
+    ``reuse_port`` (every ``serve --workers`` process) the processes share the port; without, a taken
+    port is an OSError."""
+    server = GrpcServer(servicer.routes(), limit=BodyLimit.server(max_message_bytes))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        bound = 0
-        logger.debug("gRPC bind of %s failed: %s", address, exc)
-    if not bound:
-        raise OSError(f"cannot serve gRPC on {address}: the port is in use or not available")
-    await server.start()
+        bound = await server.start(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        raise OSError(f"cannot serve gRPC on {address}: {exc.strerror or exc}") from None
     return server, bound
