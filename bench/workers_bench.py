@@ -21,6 +21,9 @@ CPU second. What wrk spends is taken from the server: wrk runs without bench/pos
 status callback (a Lua call and a header table per response), and errors are wrk's own count of
 responses with status >= 400, which every error inferd answers is. ``--lua-status`` puts the callback
 back (the setup of the runs before it was dropped).
+
+Exit status: 0; 1 when a server did not start or wrk failed; 2 when a run got error responses (its
+numbers are not valid; the results are still written).
 """
 
 from __future__ import annotations
@@ -290,7 +293,15 @@ def main() -> int:
     print(
         f"\nresults written to {out} (CPU in seconds over the {args.duration}s run; cores: {os.cpu_count()})"
     )
-    return 0
+    status = 0
+    for entry in summary:
+        if entry["non_2xx"]:
+            print(
+                f"WARNING: {entry['variant']} {entry['model']}: {entry['non_2xx']} error responses (status >= 400); "
+                "its numbers are not valid"
+            )
+            status = 2
+    return status
 
 
 if __name__ == "__main__":
