@@ -5,7 +5,8 @@ because ``.labels(...)`` on every request costs a measurable share of an echo ca
 
 Under ``inferd serve --workers N`` every server process writes its values to memory-mapped files in one
 directory (prometheus_client's multiprocess mode, switched on by the supervisor through
-``PROMETHEUS_MULTIPROC_DIR`` in the children's environment) and ``/metrics`` merges the files: counters and
+``PROMETHEUS_MULTIPROC_DIR`` in the children's environment; the files are written by
+:func:`multiprocess_value_class`, read by the library) and ``/metrics`` merges the files: counters and
 histograms are summed over every process that ever ran (a dead process's counts stay), gauges say per
 metric how processes combine (``multiprocess_mode`` below).
 """
