@@ -158,10 +158,17 @@ def warm_up(target: Target, count: int) -> None:
 
 
 def run_wrk(
-    target: Target, label: str, args: argparse.Namespace, *, count_status: bool = True
+    target: Target,
+    label: str,
+    args: argparse.Namespace,
+    *,
+    count_status: bool = True,
+    batch_scheduling: bool = False,
 ) -> tuple[WrkStats, str]:
     """One wrk run. ``count_status``: bench/post.lua counts every response outside 200-299 (a Lua call
-    per response, which costs wrk CPU); without it only wrk's own count of status >= 400 is left."""
+    per response, which costs wrk CPU); without it only wrk's own count of status >= 400 is left.
+    ``batch_scheduling``: wrk runs under Linux's SCHED_BATCH, so that its threads waking up on responses
+    do not preempt a server process that shares its cores."""
     env = dict(os.environ)
     env.update(
         WRK_METHOD="POST",
@@ -184,7 +191,13 @@ def run_wrk(
     print(f"\n== {label}: {shlex.join(cmd)}", flush=True)
     try:
         proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=args.duration + 60, check=False
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.duration + 60,
+            check=False,
+            preexec_fn=_batch_scheduling if batch_scheduling else None,
         )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"wrk against {target.name} did not finish in time") from exc
@@ -194,6 +207,10 @@ def run_wrk(
         raise BenchError(f"wrk against {target.name} exited with status {proc.returncode}")
     target.server.check_alive()
     return parse_wrk_output(proc.stdout), output
+
+
+def _batch_scheduling() -> None:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def summarize(targets: Sequence[Target], runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,9 @@ seconds each side used during the run (the server's whole process tree, and wrk)
 CPU second. What wrk spends is taken from the server: wrk runs without bench/post.lua's per-response
 status callback (a Lua call and a header table per response), and errors are wrk's own count of
 responses with status >= 400, which every error inferd answers is. ``--lua-status`` puts the callback
-back (the setup of the runs before it was dropped).
+back (the setup of the runs before it was dropped). ``--wrk-batch`` runs wrk under SCHED_BATCH: its threads,
+which wake up on every few responses, then no longer preempt the servers' event loops (the server processes
+of ``--workers N`` already run under SCHED_BATCH, so they never preempted wrk).
 
 Exit status: 0; 1 when a server did not start or wrk failed; 2 when a run got error responses (its
 numbers are not valid; the results are still written).
@@ -90,7 +92,7 @@ def measured_run(target: Target, label: str, args: argparse.Namespace, root: int
     pids = tree_pids(root)
     before = cpu_seconds(pids)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    stats, _ = run_wrk(target, label, args, count_status=args.lua_status)
+    stats, _ = run_wrk(target, label, args, count_status=args.lua_status, batch_scheduling=args.wrk_batch)
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = cpu_seconds(pids)
     server_cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
@@ -140,6 +142,12 @@ def main() -> int:
         "--lua-status",
         action="store_true",
         help="count non-2xx responses in bench/post.lua's per-response callback too (costs wrk CPU)",
+    )
+    parser.add_argument(
+        "--wrk-batch",
+        action="store_true",
+        help="run wrk under SCHED_BATCH, as the server processes of --workers N run: then neither side's "
+        "threads preempt the other's when they wake up (wrk's otherwise preempt the event loops)",
     )
     parser.add_argument("--wrk", default="wrk")
     args = parser.parse_args()
@@ -198,6 +206,7 @@ def main() -> int:
                                 f"warm-up {model} on {name}",
                                 argparse.Namespace(**{**vars(args), "duration": args.warmup}),
                                 count_status=args.lua_status,
+                                batch_scheduling=args.wrk_batch,
                             )
                         row = measured_run(
                             target, f"{model} on {name} (round {round_no})", args, server.proc.pid
