@@ -40,10 +40,11 @@ Scheduling (the README's "Scheduling under load" explains the policy for users):
   twice its estimate (stuck). Calls that wait off the CPU (I/O, sleeps, a model process) still run
   side by side.
 - **Gathering** (``max_delay_s`` 0, automatic): requests that reach the executor one loop iteration at a
-  time (gRPC: grpc.aio hands each call to the loop separately) are held while they keep coming, at most
-  2 ms from the oldest, then run as one call: answers that complete together cost grpc.aio far less per
-  request. Requests that arrive together (HTTP) are never held, and a lane whose waits collect nothing
-  (one client) stops waiting, trying again once every 256 calls.
+  time (open-loop traffic: independent clients whose requests come spaced, not in bursts) are held while
+  they keep coming, at most 2 ms from the oldest, then run as one call instead of one call each.
+  Requests that arrive together (HTTP and gRPC under load: a loop iteration reads every connection that
+  has data) are never held, and a lane whose waits collect nothing (one client) stops waiting, trying
+  again once every 256 calls.
 
 The seam between scheduling and execution is :meth:`DeviceExecutor._execute`: one call, one slot, one
 group of requests of one version; everything around it (queues, admission, accounting) stays here.
@@ -133,11 +134,10 @@ _WATCH_FLOOR_S = 0.005
 # How long a batch size learned from a closed loop (see ``DeviceExecutor._collected``) holds: after
 # that the version waits the whole delay once more to check it, one delay per second at most.
 _LEARNED_S = 1.0
-# Gathering (the default path, max_delay_ms 0): requests that reach the loop one per iteration (gRPC: grpc.aio
-# hands over each call separately) are collected into one call while they keep coming. Each merged request
-# saves more than the model's per-call cost: answers finishing together cost the transport far less (grpc.aio
-# handles completions that arrive together in one wake-up of the loop). The wait ends when no request came
-# for _GATHER_GAPS typical spacings, at _GATHER_CAP_S after the oldest request's arrival, or at a full batch.
+# Gathering (the default path, max_delay_ms 0): requests that reach the loop one per iteration (spaced
+# arrivals of independent clients) are collected into one call while they keep coming, so each merged
+# request saves the model's per-call cost and a thread hand-over. The wait ends when no request came for
+# _GATHER_GAPS typical spacings, at _GATHER_CAP_S after the oldest request's arrival, or at a full batch.
 _GATHER_CAP_S = 0.002
 _GATHER_GAPS = 2.0
 _SPACING_ALPHA = 0.2

@@ -729,7 +729,7 @@ def test_a_call_that_overran_its_timeout_does_not_lock_the_version_out(fake_metr
     assert model.items == ["slow", "a", "b"]
 
 
-SPACING_S = 0.0003  # between trickling arrivals, as grpc.aio hands calls to the loop
+SPACING_S = 0.0003  # between trickling arrivals, as independent clients' requests come under load
 
 
 class Trickled:
