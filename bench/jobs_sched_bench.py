@@ -10,7 +10,8 @@ Each scenario starts, on a fresh schema of the local PostgreSQL (`INFERD_BENCH_P
 * fairness: tenant A submits `--backlog` jobs (bulk requests of 1,000 lines), then tenant B submits 10;
   reported: seconds from B's submission until B's last job finished (from the store's timestamps),
   and how many of A's jobs were still pending then. Goal: B's 10 finish within 2 s.
-* bulk: `--clients` concurrent clients post bulk requests of `--lines` jobs for `--duration` seconds;
+* bulk: `--clients` concurrent clients post bulk requests of `--lines` jobs for `--duration` seconds
+  (as tenant A, or with `--tenants 2` half of them as B, so that claims share between two tenants);
   reported: accepted jobs/s (jobs stored / submission time) and finished jobs/s end to end (jobs /
   (last finished - first submitted)), beside `pgbench -N` transactions/s (4 clients) in the same run.
   Goals: >= 10,000 jobs/s accepted, >= 5,000 jobs/s finished.
@@ -128,19 +129,20 @@ async def fairness(cluster: Cluster, backlog: int) -> dict[str, Any]:
     return result
 
 
-async def bulk(cluster: Cluster, duration: float, clients: int, lines: int) -> dict[str, Any]:
+async def bulk(cluster: Cluster, duration: float, clients: int, lines: int, tenants: int) -> dict[str, Any]:
     accepted = 0
     async with httpx.AsyncClient(base_url=cluster.url, timeout=120) as client:
         started = time.monotonic()
         end = started + duration
 
-        async def loop() -> int:
+        async def loop(key: str) -> int:
             count = 0
             while time.monotonic() < end:
-                count += await post_bulk(client, "ka", lines)
+                count += await post_bulk(client, key, lines)
             return count
 
-        accepted = sum(await asyncio.gather(*(loop() for _ in range(clients))))
+        keys = ["ka", "kb"][:tenants]
+        accepted = sum(await asyncio.gather(*(loop(keys[index % tenants]) for index in range(clients))))
         submit_s = time.monotonic() - started
     deadline = time.monotonic() + 600
     while cluster.scalar("SELECT count(*) FROM jobs WHERE status IN ('pending', 'running')") > 0:
@@ -168,6 +170,13 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--lines", type=int, default=1000, help="jobs per bulk request")
+    parser.add_argument(
+        "--tenants",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="bulk: the clients submit as A, or as A and B in turn",
+    )
     parser.add_argument("--worker-concurrency", type=int, default=64)
     args = parser.parse_args()
     results: dict[str, Any] = {"args": vars(args)}
@@ -183,7 +192,9 @@ def main() -> int:
                 if name == "fairness":
                     results[name] = asyncio.run(fairness(cluster, args.backlog))
                 else:
-                    results[name] = asyncio.run(bulk(cluster, args.duration, args.clients, args.lines))
+                    results[name] = asyncio.run(
+                        bulk(cluster, args.duration, args.clients, args.lines, args.tenants)
+                    )
             finally:
                 cluster.stop()
     if "bulk" in results and "pgbench" in results:

@@ -68,11 +68,16 @@ QUERIES: dict[Query, str] = {
     # probe per tenant); each tenant contributes at most ``limit`` candidates in its priority order,
     # read from the same index; the final pick takes the lowest turns (the tenant's start, then
     # 1 / its weight per job) and moves the next turns of the tenants it took from and the clock.
-    # Concurrent claimers read the turns from their snapshots and may both take from the same tenant;
-    # their increments add up (the upsert reads the row's latest version), so the tenant is charged
-    # for both. Turn rows are written in tenant order and the clock after all of them (its condition
-    # counts the upsert's rows, which runs it to the end; EXISTS would stop at the first row), so two
-    # claimers never wait for each other's rows crosswise.
+    # The starts come from claim_starts (migration 11): while two or more tenants wait, it locks the
+    # clock row until this claim commits and reads the turns after the claim before it committed, so
+    # concurrent claims take turns there: each one picks by the turns the others left, and charges
+    # them exactly. Candidates are locked after that (they are read per tenant of the starts), so a
+    # claim does not skip the jobs the claim before it locked but left, and those it took are no
+    # candidates (a locked row is read again as it stands). With one tenant waiting, claims overlap
+    # and each adds its jobs to the tenant's latest turn (the upsert reads the row's latest version).
+    # A tenant that has no turn row yet (new, or pruned) starts from the clock. The clock is written
+    # before the turn rows (their condition reads it), as the locking claims take them, so claims of
+    # either kind never wait for each other's rows crosswise.
     Query.CLAIM: sql_text(
         f"""
 WITH RECURSIVE tenants AS (
@@ -82,14 +87,11 @@ WITH RECURSIVE tenants AS (
             ORDER BY j.tenant LIMIT 1)
     FROM tenants t WHERE t.tenant IS NOT NULL
 ),
-clock AS (SELECT turn FROM claim_clock WHERE id = 1),
-shares AS (
-    SELECT t.tenant, greatest(n.next_turn, c.turn) AS start,
+shares AS MATERIALIZED (
+    SELECT s.tenant, s.start,
         coalesce(w.value::double precision, %(default_weight)s::double precision) AS weight
-    FROM tenants t CROSS JOIN clock c
-        LEFT JOIN tenant_turns n ON n.tenant = t.tenant
-        LEFT JOIN jsonb_each_text(%(weights)s::jsonb) w ON w.key = t.tenant
-    WHERE t.tenant IS NOT NULL
+    FROM claim_starts(ARRAY(SELECT tenant FROM tenants WHERE tenant IS NOT NULL)) s
+        LEFT JOIN jsonb_each_text(%(weights)s::jsonb) w ON w.key = s.tenant
 ),
 expired AS (
     SELECT id, created_at, attempts, max_attempts, cancel_requested FROM jobs
@@ -109,21 +111,19 @@ settled AS (
     RETURNING j.id
 ),
 candidates AS (
-    SELECT c.id, c.tenant, c.priority, c.created_at FROM tenants t
+    SELECT c.id, s.tenant, c.priority, c.created_at, s.start, s.weight FROM shares s
     CROSS JOIN LATERAL (
-        SELECT id, tenant, priority, created_at FROM jobs
-        WHERE status = {{pending}} AND tenant = t.tenant AND run_after <= %(now)s AND NOT cancel_requested
+        SELECT id, priority, created_at FROM jobs
+        WHERE status = {{pending}} AND tenant = s.tenant AND run_after <= %(now)s AND NOT cancel_requested
         ORDER BY priority DESC, created_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) c
-    WHERE t.tenant IS NOT NULL
 ),
 runnable AS (
-    SELECT c.id, c.tenant, c.created_at,
-        s.start + (row_number() OVER (PARTITION BY c.tenant ORDER BY c.priority DESC, c.created_at, c.id) - 1)
-            / s.weight AS turn
-    FROM candidates c JOIN shares s ON s.tenant = c.tenant
+    SELECT id, tenant, created_at,
+        start + (row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, created_at, id) - 1) / weight AS turn
+    FROM candidates
 ),
 picked AS MATERIALIZED (
     SELECT id, tenant, turn FROM (
@@ -139,17 +139,17 @@ taken AS (
     FROM picked p JOIN shares s ON s.tenant = p.tenant
     GROUP BY s.tenant, s.start, s.weight
 ),
-turned AS (
-    INSERT INTO tenant_turns AS n (tenant, next_turn)
-    SELECT tenant, start + step FROM taken ORDER BY tenant
-    ON CONFLICT (tenant) DO UPDATE SET
-        next_turn = greatest(n.next_turn, (SELECT turn FROM clock))
-            + (SELECT k.step FROM taken k WHERE k.tenant = excluded.tenant)
-    RETURNING n.tenant
-),
 clocked AS (
     UPDATE claim_clock SET turn = greatest(turn, (SELECT max(turn) FROM picked))
-    WHERE id = 1 AND (SELECT count(*) FROM turned) > 0
+    WHERE id = 1 AND EXISTS (SELECT 1 FROM picked WHERE turn IS NOT NULL)
+    RETURNING turn
+),
+turned AS (
+    INSERT INTO tenant_turns AS n (tenant, next_turn)
+    SELECT tenant, start + step FROM taken WHERE (SELECT count(*) FROM clocked) > 0
+    ON CONFLICT (tenant) DO UPDATE SET
+        next_turn = greatest(n.next_turn + (SELECT k.step FROM taken k WHERE k.tenant = excluded.tenant),
+            excluded.next_turn)
 )
 UPDATE jobs j SET
     status = {{running}}, attempts = j.attempts + 1, lease_owner = %(worker)s,

@@ -293,7 +293,8 @@ class JobStore:
         idleness earns no credit. Claims of one job thus alternate between tenants of equal weight.
         Each claimed job becomes running with attempts + 1, lease_owner = worker_id,
         lease_expires_at = now + lease_s, started_at = now. Concurrent claimers never get the same
-        job (SKIP LOCKED / a single writer). Jobs of dead workers that must not run again (cancel
+        job (SKIP LOCKED / a single writer), and read the turns one after another: each picks by the
+        turns the claims before it left. Jobs of dead workers that must not run again (cancel
         requested, no attempt left) are settled first."""
         if limit < 1:
             return []

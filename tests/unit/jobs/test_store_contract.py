@@ -501,6 +501,28 @@ async def test_concurrent_claimers_never_share_a_job(
     assert all(j.attempts == (2 if j.id in rerun else 1) for j in claimed)
 
 
+async def test_concurrent_claims_take_turns_exactly(
+    store_factory: StoreFactory, make_job: JobFactory
+) -> None:
+    # Claims of one job from two tenants of equal weight alternate, a then b, however many run at once:
+    # each claim reads the turns the claims before it left, so no two of them take the same tenant's turn.
+    # And each takes its tenant's oldest job left: none skips the jobs a claim before it looked at.
+    stores = [await store_factory() for _ in range(4)]
+    jobs = {tenant: [make_job(tenant=tenant) for _ in range(40)] for tenant in ("tenant-a", "tenant-b")}
+    await stores[0].insert_many(jobs["tenant-a"] + jobs["tenant-b"])
+
+    async def claim_one_job(index: int) -> Job:
+        [job] = await stores[index % 4].claim(worker_id=f"w{index}", limit=1, lease_s=LEASE_S, now=NOW)
+        return job
+
+    claimed: list[Job] = []
+    for claims in range(8, 48, 8):
+        claimed += await asyncio.gather(*(claim_one_job(index) for index in range(8)))
+        assert sorted(job.id for job in claimed) == sorted(
+            job.id for tenant_jobs in jobs.values() for job in tenant_jobs[: claims // 2]
+        )
+
+
 # -- leases and results ---------------------------------------------------------------------------------
 
 
