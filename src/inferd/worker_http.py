@@ -23,7 +23,7 @@ from inferd.core.errors import (
     quote,
     unknown_query_parameters,
 )
-from inferd.http.errors import STATUS_BY_CODE, error_headers
+from inferd.http.errors import error_body, error_headers, error_status
 from inferd.metrics import MetricsExposition
 
 logger = logging.getLogger("inferd.worker")
@@ -99,12 +99,7 @@ class WorkerEndpoints:
                 RouteNotFoundError(f"no route {method} {quote(path)}; this port serves {', '.join(_PATHS)}")
             )
         if method not in _METHODS:
-            allowed = [*_METHODS]
-            return _error(
-                MethodNotAllowedError(
-                    f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}", allowed=allowed
-                )
-            )
+            return _error(MethodNotAllowedError.on(method, path, _METHODS))
         unknown = list(dict.fromkeys(name for name, _ in parse_qsl(query, keep_blank_values=True)))
         if unknown:
             return _error(unknown_query_parameters("GET", path, unknown, []))
@@ -125,8 +120,7 @@ class WorkerEndpoints:
 def _error(error: InferdError) -> tuple[int, dict[str, str], bytes]:
     """The API's error status, headers and body for ``error`` (without a request id: this port has none)."""
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in error_headers(error)}
-    body = json.dumps({"error": {"code": error.code.value, "message": error.message}}).encode()
-    return STATUS_BY_CODE[error.code], {**_JSON, **headers}, body
+    return error_status(error), {**_JSON, **headers}, error_body(error.code, error.message, None)
 
 
 def _headers(block: bytes) -> dict[str, str]:

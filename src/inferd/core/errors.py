@@ -149,6 +149,15 @@ def unknown_query_parameters(
     )
 
 
+def retry_after_seconds(error: InferdError) -> int | None:
+    """Whole seconds to wait before retrying (HTTP's Retry-After, gRPC's retry-after trailer), rounded
+    up and at least 1; None when the error carries no retry delay."""
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is None:
+        return None
+    return max(1, int(-(-float(retry_after) // 1)))
+
+
 class PayloadTooLargeError(InferdError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
@@ -219,6 +228,11 @@ class MethodNotAllowedError(InferdError):
     def __init__(self, message: str, *, allowed: list[str]) -> None:
         super().__init__(message)
         self.allowed = allowed
+
+    @classmethod
+    def on(cls, method: str, path: str, allowed: Sequence[str]) -> MethodNotAllowedError:
+        """The refusal of ``method`` on a path that takes only ``allowed`` (every front end words it so)."""
+        return cls(f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}", allowed=list(allowed))
 
 
 class MissingExtraError(InferdError):

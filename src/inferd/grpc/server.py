@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from inferd import __version__
 from inferd.core.dataplane import DataPlane
-from inferd.core.errors import ConfigError, ErrorCode, InferdError, InvalidInputError
+from inferd.core.errors import ConfigError, ErrorCode, InferdError, InvalidInputError, retry_after_seconds
 from inferd.core.tenancy import KeyScope, malformed_authorization
 from inferd.core.tensors import (
     Datatype,
@@ -225,10 +225,8 @@ class InferenceServicer:
             try:
                 response = await method(request, context, response_cls)
             except InferdError as exc:
-                trailers: tuple[tuple[str, str], ...] = ()
-                retry_after = getattr(exc, "retry_after_s", None)
-                if retry_after is not None:
-                    trailers = ((RETRY_AFTER, str(max(1, int(-(-float(retry_after) // 1))))),)
+                seconds = retry_after_seconds(exc)
+                trailers = () if seconds is None else ((RETRY_AFTER, str(seconds)),)
                 # gRPC calls carry no request id: a fresh reference ties the message to the log line.
                 raise GrpcError(
                     status_of(exc), exc.for_client(os.urandom(6).hex(), what="reference"), trailers

@@ -111,10 +111,7 @@ class InferdASGI:
         try:
             if route is None:
                 if allowed:
-                    raise MethodNotAllowedError(
-                        f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
-                        allowed=list(allowed),
-                    )
+                    raise MethodNotAllowedError.on(method, path, allowed)
                 raise RouteNotFoundError(self._not_found_message(method, path))
             call = Call(scope, receive, info, route, params, self._body_limit, self._max_json_depth)
             if route.scope is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from inferd.core.errors import ErrorCode, InferdError
+from inferd.core.errors import ErrorCode, InferdError, retry_after_seconds
 
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHENTICATED: 401,
@@ -34,9 +34,8 @@ def error_headers(error: InferdError) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = []
     if error.code is ErrorCode.UNAUTHENTICATED:
         headers.append((b"www-authenticate", b"Bearer"))
-    retry_after = getattr(error, "retry_after_s", None)
-    if retry_after is not None:
-        seconds = max(1, int(-(-float(retry_after) // 1)))
+    seconds = retry_after_seconds(error)
+    if seconds is not None:
         headers.append((b"retry-after", str(seconds).encode()))
     allowed = getattr(error, "allowed", None)
     if allowed:
@@ -44,8 +43,12 @@ def error_headers(error: InferdError) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def error_body(code: str, message: str, request_id: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
+def error_body(code: str, message: str, request_id: str | None) -> bytes:
+    """The API's error body; ``request_id`` None where the port has none (a worker's probe port)."""
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return orjson.dumps(body)
 
 
 def v2_error_body(message: str) -> bytes:
